@@ -1,0 +1,1 @@
+"""Lightning and Fabric callbacks of rcl."""

@@ -1,0 +1,1 @@
+"""Studies, custom callbacks and benchmarks built on rcl."""

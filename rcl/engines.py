@@ -1,0 +1,161 @@
+"""Generation engines: one small interface for every way rcl samples text.
+
+The RL loop only ever calls `engine.generate(prompt_ids, params)`. `HFEngine` runs a transformers model in process
+(KV cache, left padding, batched); the server client engine (`rcl.serving.client`) sends the same request to rcl or
+TRL-compatible servers. Prompts travel as token ids so the ids that were sampled from are the ids scored in the loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, Sequence, runtime_checkable
+
+import torch
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass
+class SamplingParams:
+    """How to sample: the fields of TRL's /generate/ request that rcl uses."""
+
+    max_tokens: int = 64
+    """Most new tokens per completion."""
+    n: int = 1
+    """Completions per prompt."""
+    temperature: float = 1.0
+    """Softmax temperature; 0 means greedy."""
+    top_p: float = 1.0
+    top_k: int = 0
+    """0 disables top-k."""
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    """Stop strings (kept in the completion)."""
+    stop_token_ids: list[int] = field(default_factory=list)
+    """Extra stop ids besides the tokenizer's eos."""
+    seed: int | None = None
+    """Seed for this request; None draws from the global generator."""
+
+
+@dataclass
+class Completion:
+    token_ids: list[int]
+    """Generated ids, ending with the stop token when finish_reason is 'stop'; never padded."""
+    logprobs: list[float] | None
+    """Log-prob of each generated id under the sampling distribution (after temperature and filters)."""
+    finish_reason: FinishReason
+    text: str
+
+
+@runtime_checkable
+class GenerationEngine(Protocol):
+    tokenizer: Any
+
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]:
+        """`params.n` completions for each prompt, in prompt order."""
+        ...
+
+
+def stop_ids(tokenizer: Any, params: SamplingParams) -> list[int]:
+    ids = list(params.stop_token_ids)
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def trim_completion(
+    ids: Sequence[int], logprobs: Sequence[float] | None, tokenizer: Any, params: SamplingParams
+) -> Completion:
+    """Cut a raw generated row after its first stop id or stop string; what remains is unpadded."""
+    ids = list(ids)
+    stops = set(stop_ids(tokenizer, params))
+    end, reason = len(ids), "length"
+    for i, t in enumerate(ids):
+        if t in stops:
+            end, reason = i + 1, "stop"
+            break
+    if params.stop and reason == "length":
+        for i in range(1, len(ids) + 1):
+            piece = tokenizer.decode(ids[:i], skip_special_tokens=False)
+            if any(s in piece for s in params.stop):
+                end, reason = i, "stop"
+                break
+    ids = ids[:end]
+    lps = list(logprobs[:end]) if logprobs is not None else None
+    return Completion(ids, lps, reason, tokenizer.decode(ids, skip_special_tokens=True))
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None):
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+class HFEngine:
+    """In-process generation with `transformers.generate` (KV cache, left padding).
+
+    `model` may be the live policy: generation reads its current weights, so in-process rollouts are always on-policy.
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, max_batch_size: int = 256):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch_size = max_batch_size
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]:
+        if params.n < 1 or params.max_tokens < 1:
+            raise ValueError(f"n and max_tokens must be >= 1, got n={params.n}, max_tokens={params.max_tokens}")
+        was_training = self.model.training
+        self.model.eval()
+        out: list[list[Completion]] = []
+        try:
+            with _seeded(params.seed):
+                per_chunk = max(1, self.max_batch_size // params.n)
+                for start in range(0, len(prompts), per_chunk):
+                    out.extend(self._generate_chunk(prompts[start : start + per_chunk], params))
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def _generate_chunk(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]:
+        device = next(self.model.parameters()).device
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            if len(p) == 0:
+                raise ValueError("empty prompt")
+            input_ids[i, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+            attention[i, width - len(p) :] = 1
+        greedy = params.temperature == 0
+        kwargs: dict[str, Any] = dict(
+            max_new_tokens=params.max_tokens,
+            do_sample=not greedy,
+            num_return_sequences=params.n,
+            eos_token_id=stop_ids(self.tokenizer, params),
+            pad_token_id=self.pad_id,
+            return_dict_in_generate=True,
+            output_scores=True,
+            repetition_penalty=params.repetition_penalty,
+        )
+        if not greedy:
+            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None)
+            if params.min_p > 0:
+                kwargs["min_p"] = params.min_p
+        if params.stop:
+            kwargs.update(stop_strings=params.stop, tokenizer=self.tokenizer)
+        res = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
+        new = res.sequences[:, width:].cpu()
+        # scores are the processed logits the sampler drew from: their log-softmax is the behaviour log-prob.
+        scores = torch.stack(res.scores, dim=1).float().log_softmax(-1)
+        logps = scores.gather(-1, new.to(scores.device).unsqueeze(-1)).squeeze(-1).cpu()
+        rows = [trim_completion(new[i].tolist(), logps[i].tolist(), self.tokenizer, params) for i in range(len(new))]
+        return [rows[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]
