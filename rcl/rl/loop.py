@@ -42,6 +42,7 @@ from rcl.rl.args import (
 from rcl.rl.rollout import Rollout, RolloutRunner, RolloutSettings
 from rcl.tiny_models import resolve_model
 
+RUN_LOGS = ("history.jsonl", "degradations.jsonl", "samples.jsonl")
 DEFAULT_OPTIMIZER = OptimizerArgs(learning_rate=1e-6, schedule="constant", max_grad_norm=1.0)
 
 
@@ -236,6 +237,9 @@ def main(
     out_dir = Path(trainer.out_dir)
     if fabric.global_rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
+        if not ckpt_path and command == "fit":  # a fresh run starts fresh logs; a resumed one appends
+            for name in RUN_LOGS:
+                (out_dir / name).unlink(missing_ok=True)
     fabric.barrier()
     fabric.seed_everything(trainer.seed)
 
