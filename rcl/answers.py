@@ -7,6 +7,7 @@ symbolic check runs in a helper process with its own timeout, because math-verif
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -263,6 +264,12 @@ class _SymbolicChecker:
             self._process, self._owner_pid = process, os.getpid()
         return self._process
 
+    def close(self) -> None:
+        """Stop the helper (it also exits by itself when this process ends and its stdin closes)."""
+        with self._lock:
+            if self._owner_pid == os.getpid():
+                self._stop()
+
     def _stop(self) -> None:
         if self._process is not None:
             self._process.kill()
@@ -287,6 +294,7 @@ def _read_line(process: subprocess.Popen, timeout: float) -> str | None:
 
 
 _SYMBOLIC = _SymbolicChecker()
+atexit.register(_SYMBOLIC.close)
 
 if __name__ == "__main__":
     _serve()

@@ -55,8 +55,8 @@ def test_parity_with_original_when_k_and_m_are_one(with_correct, baseline_correc
 def test_documented_values_at_100_tokens():
     # eps = 100 / 200 = .5 -> improvement 1 * 1.5, maintained .5 * 1.5
     reward = AdaptiveTeachingReward()
-    values = reward([sample([False], [True]), sample([True], [True]), sample([False], [False]), sample([True], [False])])
-    assert values == [1.5, 0.75, 0.0, 0.0]
+    cases = [([False], [True]), ([True], [True]), ([False], [False]), ([True], [False])]
+    assert reward([sample(base, with_) for base, with_ in cases]) == [1.5, 0.75, 0.0, 0.0]
 
 
 def test_generalised_improvement_and_efficiency_weight():
