@@ -17,9 +17,10 @@ from typing import Any, Sequence
 
 import torch
 
-from rcl.answers import has_parseable_answer, is_correct
+from rcl.answers import is_correct
 from rcl.engines import Completion, GenerationEngine, SamplingParams
 from rcl.grpo import group_advantages
+from rcl.metrics import completion_share
 from rcl.prompts import (
     MissingTeaching,
     PromptTemplates,
@@ -94,8 +95,7 @@ def encode_prompts(tokenizer: Any, conversations: Sequence[list[dict[str, str]]]
 
 def _correctness(outputs: Sequence[Completion], ground_truth: str) -> tuple[list[bool], float]:
     correct = [is_correct(c.text, ground_truth) for c in outputs]
-    completed = sum(c.finish_reason == "stop" and has_parseable_answer(c.text) for c in outputs) / len(outputs)
-    return correct, completed
+    return correct, completion_share([c.text for c in outputs], [c.finish_reason == "stop" for c in outputs])
 
 
 class RolloutRunner:
