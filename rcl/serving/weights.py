@@ -43,7 +43,7 @@ def peft_base_name(name: str) -> str | None:
 def _unwrap(module: nn.Module) -> nn.Module:
     """Strip Fabric, DDP, DeepSpeed and torch.compile wrappers (not FSDP, whose wrapper does the gathering)."""
     while True:
-        inner = getattr(module, "_forward_module", None) or getattr(module, "_orig_mod", None)
+        inner = _first_attr(module, "_forward_module", "_orig_mod")
         if inner is None and type(module).__name__ in ("DistributedDataParallel", "DeepSpeedEngine"):
             inner = module.module
         if inner is None:
@@ -51,12 +51,20 @@ def _unwrap(module: nn.Module) -> nn.Module:
         module = inner
 
 
+def _first_attr(obj: Any, *names: str) -> Any:
+    for name in names:
+        value = getattr(obj, name, None)
+        if value is not None:  # not `or`: an empty ModuleList is falsy
+            return value
+    return None
+
+
 def _find_peft(module: nn.Module) -> nn.Module | None:
     m = module
     for _ in range(4):
         if hasattr(m, "peft_config") and hasattr(m, "merge_adapter"):
             return m
-        m = getattr(m, "module", None) or getattr(m, "_fsdp_wrapped_module", None)
+        m = _first_attr(m, "module", "_fsdp_wrapped_module")
         if m is None:
             return None
     return None
