@@ -1,0 +1,376 @@
+"""`python -m rcl launch`: start teacher/student generation servers on their GPUs, train against them, clean up.
+
+    python -m rcl launch --teacher-gpus 0,1 --student-gpus 2,3 --train-gpus 4-7 \\
+        --config lightning_configs/teacher_rcl.yaml [--grpo.num_generations 8 ...]
+
+One server per listed GPU (`none`/`cpu`, or `cpu:N`, puts hf-engine servers on the CPU), on explicit ports from
+`--base-port`, seeded `trainer.seed + i`, serving the recipe's own teacher/student models. Training runs as a child
+with the server URLs passed as overrides (recipe files are never edited). Servers log to `<run dir>/servers/`. On
+exit, Ctrl-C or SIGTERM the launcher stops the process groups it created, and nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+import yaml
+
+ROLES = ("teacher", "student")
+API_KEY_ENV = "RCL_API_KEY"
+
+
+class LaunchError(Exception):
+    """A problem with the launch request; the message says what to change."""
+
+
+@dataclass
+class ServerPlan:
+    role: str
+    index: int
+    gpu: str | None
+    """Physical GPU id, None for a CPU server."""
+    port: int
+    url: str
+    cmd: list[str]
+    log: str
+
+
+@dataclass
+class LaunchPlan:
+    run_dir: str
+    servers: list[ServerPlan]
+    train_cmd: list[str]
+    train_gpus: list[str] | None
+    """None: train on the CPU."""
+    recipe_api_key: str | None = None
+    """engines.<role>.api_key from the recipe, if set (never written to the plan file)."""
+
+
+# -- parsing ---------------------------------------------------------------------------------------------------------
+def parse_gpus(spec: str | None) -> list[str | None]:
+    """`0,1` / `4-7` / `0,2-3` -> GPU ids; `none` or `cpu` -> one CPU slot; `cpu:N` -> N CPU slots; empty -> []."""
+    if spec is None or spec.strip() == "":
+        return []
+    spec = spec.strip().lower()
+    if spec in ("none", "cpu"):
+        return [None]
+    if spec.startswith("cpu:"):
+        count = spec[4:]
+        if not count.isdigit() or int(count) < 1:
+            raise LaunchError(f"bad GPU list {spec!r}: write cpu:N with N >= 1")
+        return [None] * int(count)
+    gpus: list[str | None] = []
+    for part in spec.split(","):
+        lo, _, hi = part.strip().partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()) or (hi and int(hi) < int(lo)):
+            raise LaunchError(f"bad GPU list {spec!r}: use ids and ranges such as 0,1 or 4-7, or none/cpu/cpu:N")
+        gpus.extend(str(i) for i in range(int(lo), int(hi or lo) + 1))
+    if len(set(gpus)) != len(gpus):
+        raise LaunchError(f"GPU list {spec!r} names a GPU twice")
+    return gpus
+
+
+def parse_overrides(tokens: list[str]) -> dict[str, Any]:
+    """`--a.b value` / `--a.b=value` pairs -> {"a.b": parsed YAML value}."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if not token.startswith("--"):
+            raise LaunchError(f"unexpected argument {token!r}: overrides look like --group.key value")
+        key, eq, value = token[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(tokens) or tokens[i + 1].startswith("--"):
+                raise LaunchError(f"override --{key} has no value")
+            value, i = tokens[i + 1], i + 1
+        out[key] = yaml.safe_load(value)
+        i += 1
+    return out
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def load_recipe(configs: list[str], overrides: dict[str, Any]) -> dict:
+    recipe: dict = {}
+    for path in configs:
+        p = Path(path)
+        if not p.is_file():
+            raise LaunchError(f"config file not found: {path}")
+        content = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(content, dict):
+            raise LaunchError(f"config {path} is not a mapping")
+        _deep_merge(recipe, content)
+    for dotted, value in overrides.items():
+        node = recipe
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[leaf] = value
+    return recipe
+
+
+def _get(recipe: dict, dotted: str, default: Any = None) -> Any:
+    node: Any = recipe
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+# -- planning --------------------------------------------------------------------------------------------------------
+def _visible_gpus() -> list[str]:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [g.strip() for g in visible.split(",") if g.strip()]
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [str(i) for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU ")]
+
+
+def _check_model(recipe: dict, role: str) -> str:
+    model = _get(recipe, f"{role}.model_name_or_path")
+    if not model:
+        raise LaunchError(f"no {role} model: set {role}.model_name_or_path in the recipe or pass "
+                          f"--{role}.model_name_or_path")
+    looks_local = str(model).startswith((".", "/", "~")) or Path(str(model)).expanduser().exists()
+    if looks_local and not Path(str(model)).expanduser().exists():
+        raise LaunchError(f"{role}.model_name_or_path {model!r} does not exist")
+    return str(model)
+
+
+def build_plan(args: argparse.Namespace, overrides: list[str], available_gpus: list[str] | None = None) -> LaunchPlan:
+    recipe = load_recipe(args.config, parse_overrides(overrides))
+    if "grpo" not in recipe:
+        raise LaunchError("the recipe has no grpo: section; launch runs RL recipes (use `python -m rcl fit` for SFT)")
+    role_gpus = {"teacher": parse_gpus(args.teacher_gpus), "student": parse_gpus(args.student_gpus)}
+    train_spec = parse_gpus(args.train_gpus)
+    train_gpus = None if train_spec == [None] else train_spec
+    if not role_gpus["teacher"]:
+        raise LaunchError("--teacher-gpus is required (GPU ids such as 0,1, or none/cpu for a CPU server)")
+    if train_gpus == []:
+        raise LaunchError("--train-gpus is required (GPU ids such as 4-7, or none/cpu to train on the CPU)")
+
+    named = [("teacher", role_gpus["teacher"]), ("student", role_gpus["student"]), ("train", train_gpus or [])]
+    owner: dict[str, str] = {}
+    for who, gpus in named:
+        for gpu in gpus:
+            if gpu is None:
+                continue
+            if gpu in owner:
+                raise LaunchError(f"GPU {gpu} is in both the {owner[gpu]} and the {who} GPU sets; give each its own")
+            owner[gpu] = who
+    if owner:
+        available = _visible_gpus() if available_gpus is None else available_gpus
+        missing = [g for g in owner if int(g) >= len(available)]
+        if missing:
+            raise LaunchError(f"GPU(s) {', '.join(missing)} requested but only {len(available)} visible; "
+                              f"use ids 0-{len(available) - 1} or fewer GPUs" if available else
+                              f"GPU(s) {', '.join(missing)} requested but no GPU is visible; use none/cpu")
+    cpu_servers = any(g is None for gpus in role_gpus.values() for g in gpus)
+    if cpu_servers and args.engine != "hf":
+        raise LaunchError("CPU servers need --engine hf (vLLM serves on GPUs)")
+
+    num_nodes = int(_get(recipe, "trainer.num_nodes", 1) or 1)
+    if num_nodes != 1:
+        raise LaunchError(f"trainer.num_nodes={num_nodes}: launch starts one node; run servers per node yourself")
+    devices = _get(recipe, "trainer.devices", 1)
+    processes = len(train_gpus) if train_gpus is not None else (devices if isinstance(devices, int) else 1)
+    g = int(_get(recipe, "grpo.num_generations", 1))
+    prompts = int(_get(recipe, "grpo.prompts_per_step", 1))
+    if (prompts * g) % processes:
+        raise LaunchError(
+            f"generation batch grpo.prompts_per_step x grpo.num_generations = {prompts} x {g} = {prompts * g} is not "
+            f"divisible by {processes} training processes; change prompts_per_step or the number of train GPUs"
+        )
+
+    seed = int(_get(recipe, "trainer.seed", 0) or 0)
+    run_dir = Path(args.run_dir or Path(_get(recipe, "trainer.out_dir") or "runs") / time.strftime("launch-%Y%m%d-%H%M%S"))
+    servers: list[ServerPlan] = []
+    for role in ROLES:
+        if not role_gpus[role]:
+            continue
+        model = _check_model(recipe, role)
+        for i, gpu in enumerate(role_gpus[role]):
+            k = len(servers)
+            port = args.base_port + k
+            cmd = [sys.executable, "-m", "rcl", "serve", "--model", model, "--engine", args.engine,
+                   "--host", args.host, "--port", str(port), "--seed", str(seed + k)]
+            if args.engine == "vllm":
+                cmd += ["--gpu-memory-utilization", str(args.gpu_memory_utilization)]
+            cmd += shlex.split(args.server_args or "")
+            log = run_dir / "servers" / f"{role}-{i}.log"
+            servers.append(ServerPlan(role, i, gpu, port, f"http://{args.host}:{port}", cmd, str(log)))
+
+    train = shlex.split(args.train_cmd) if args.train_cmd else [sys.executable, "-m", "rcl", "fit"]
+    for path in args.config:
+        train += ["--config", path]
+    train += overrides
+    for role in ROLES:
+        urls = [s.url for s in servers if s.role == role]
+        if urls:
+            train += [f"--engines.{role}.backend", "server", f"--engines.{role}.urls", json.dumps(urls)]
+    if train_gpus is None:
+        train += ["--trainer.accelerator", "cpu"]
+    else:
+        train += ["--trainer.accelerator", "cuda", "--trainer.devices", str(len(train_gpus))]
+    keys = {_get(recipe, f"engines.{role}.api_key") for role in ROLES} - {None}
+    if len(keys) > 1:
+        raise LaunchError("engines.teacher.api_key and engines.student.api_key differ; launch uses one key for all")
+    return LaunchPlan(str(run_dir), servers, train, train_gpus, keys.pop() if keys else None)
+
+
+# -- running ---------------------------------------------------------------------------------------------------------
+class _Terminated(Exception):
+    pass
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
+def _cuda_env(gpus: list[str | None] | None) -> str:
+    if not gpus or gpus == [None]:
+        return ""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    mapping = [g.strip() for g in visible.split(",")] if visible else None
+    return ",".join(mapping[int(g)] if mapping else g for g in gpus)
+
+
+def _stop(proc: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM the child's own process group, SIGKILL it after `grace_s`."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def _tail(path: str, lines: int = 15) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def wait_healthy(servers: list[ServerPlan], procs: list[subprocess.Popen], api_key: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    headers = {"Authorization": f"Bearer {api_key}"}
+    pending = list(zip(servers, procs))
+    while pending:
+        still = []
+        for server, proc in pending:
+            if proc.poll() is not None:
+                raise LaunchError(f"{server.role} server {server.index} ({server.url}) exited with status "
+                                  f"{proc.returncode}; last lines of {server.log}:\n{_tail(server.log)}")
+            try:
+                ok = requests.get(f"{server.url}/health/", headers=headers, timeout=5).status_code == 200
+            except requests.RequestException:
+                ok = False
+            if not ok:
+                still.append((server, proc))
+        pending = still
+        if pending and time.monotonic() > deadline:
+            names = ", ".join(s.url for s, _ in pending)
+            raise LaunchError(f"server(s) {names} not healthy after {timeout_s:.0f} s; see {pending[0][0].log}")
+        if pending:
+            time.sleep(0.5)
+
+
+def run(plan: LaunchPlan, api_key: str, health_timeout_s: float = 600.0, grace_s: float = 30.0) -> int:
+    """Start the servers, wait for them, run training; stop every child this call started. Returns training's status."""
+    Path(plan.run_dir, "servers").mkdir(parents=True, exist_ok=True)
+    Path(plan.run_dir, "launch_plan.json").write_text(json.dumps(dict(asdict(plan), recipe_api_key=None), indent=2))
+    base_env = dict(os.environ, **{API_KEY_ENV: api_key})
+    children: list[subprocess.Popen] = []
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        for server in plan.servers:
+            env = dict(base_env, CUDA_VISIBLE_DEVICES=_cuda_env([server.gpu]))
+            with open(server.log, "w") as log:
+                children.append(subprocess.Popen(server.cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                                 stdin=subprocess.DEVNULL, start_new_session=True))
+            print(f"rcl launch: {server.role} server {server.index} on "
+                  f"{'cpu' if server.gpu is None else 'GPU ' + server.gpu} at {server.url} (log {server.log})",
+                  flush=True)
+        wait_healthy(plan.servers, children, api_key, health_timeout_s)
+        print(f"rcl launch: servers healthy; training: {shlex.join(plan.train_cmd)}", flush=True)
+        env = dict(base_env, CUDA_VISIBLE_DEVICES=_cuda_env(plan.train_gpus))
+        trainer = subprocess.Popen(plan.train_cmd, env=env, start_new_session=True)
+        children.append(trainer)
+        return trainer.wait()
+    except (KeyboardInterrupt, _Terminated):
+        print("rcl launch: interrupted; stopping training and servers", file=sys.stderr, flush=True)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for child in reversed(children):
+            _stop(child, grace_s)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m rcl launch", description=__doc__.splitlines()[0],
+                                epilog="Other --group.key value flags are recipe overrides, passed to training.")
+    p.add_argument("--config", action="append", required=True, help="RL recipe YAML (repeat to merge several)")
+    p.add_argument("--teacher-gpus", required=True, help="GPUs for teacher servers: 0,1 / 0-3 / none, cpu, cpu:N")
+    p.add_argument("--student-gpus", default=None, help="GPUs for student servers (omit: student runs in process)")
+    p.add_argument("--train-gpus", required=True, help="GPUs for training: 4-7, or none/cpu")
+    p.add_argument("--engine", choices=("hf", "vllm"), default="vllm")
+    p.add_argument("--host", default="127.0.0.1", help="address the servers bind to and the trainer connects to")
+    p.add_argument("--base-port", type=int, default=8765, help="servers use base-port, base-port+1, ...")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vllm servers")
+    p.add_argument("--server-args", default="", help="extra flags for every `rcl serve`, as one quoted string")
+    p.add_argument("--api-key", default=None, help=f"servers' API key (default: ${API_KEY_ENV}, else a random one)")
+    p.add_argument("--run-dir", default=None, help="where server logs go (default: <trainer.out_dir>/launch-<time>)")
+    p.add_argument("--health-timeout", type=float, default=900.0, help="seconds to wait for the servers")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    p.add_argument("--train-cmd", default=None, help=argparse.SUPPRESS)  # tests: a fake trainer
+    return p
+
+
+def cli_main(argv: list[str] | None = None) -> None:
+    args, overrides = build_parser().parse_known_args(argv)
+    try:
+        plan = build_plan(args, overrides)
+    except LaunchError as exc:
+        raise SystemExit(f"rcl launch: {exc}") from None
+    if args.dry_run:
+        for s in plan.servers:
+            where = "CUDA_VISIBLE_DEVICES=" + _cuda_env([s.gpu])
+            print(f"{s.role}-{s.index}: {where} {shlex.join(s.cmd)}  > {s.log}")
+        print(f"train: CUDA_VISIBLE_DEVICES={_cuda_env(plan.train_gpus)} {shlex.join(plan.train_cmd)}")
+        return
+    api_key = args.api_key or plan.recipe_api_key or os.environ.get(API_KEY_ENV) or secrets.token_urlsafe(24)
+    try:
+        status = run(plan, api_key, health_timeout_s=args.health_timeout)
+    except LaunchError as exc:
+        raise SystemExit(f"rcl launch: {exc}") from None
+    raise SystemExit(status)

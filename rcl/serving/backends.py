@@ -1,0 +1,135 @@
+"""What a generation server runs: one small interface over the in-process HF engine and vLLM.
+
+A backend generates from token ids and loads named weights into the model it serves. `HFBackend` is the CPU/test
+path (and a fallback on GPUs without vLLM); `rcl.serving.vllm_engine.VLLMBackend` is the fast GPU path.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Iterable, Protocol, Sequence
+
+import torch
+
+from rcl.engines import Completion, HFEngine, SamplingParams
+from rcl.serving.weights import NamedTensor, clean_name, weights_checksum
+
+
+class UnsupportedOperation(RuntimeError):
+    """The backend cannot do this (e.g. NCCL weight transfer on the hf engine)."""
+
+
+NO_NCCL = "this engine has no NCCL communicator; push weights with POST /update_weights/ (rcl's ServerEngine does)"
+
+
+class ServingBackend(Protocol):
+    tokenizer: Any
+    world_size: int
+    supports_nccl: bool
+
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]: ...
+
+    def load_weights(self, named: Iterable[NamedTensor]) -> int:
+        """Copy the tensors into the served model; returns how many were loaded."""
+        ...
+
+    def checksum(self) -> str: ...
+
+    def reset_prefix_cache(self) -> bool: ...
+
+    def init_communicator(self, host: str, port: int, world_size: int, client_device_uuid: str | None) -> None: ...
+
+    def update_named_param(self, name: str, dtype: str, shape: list[int]) -> None: ...
+
+    def close_communicator(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def torch_dtype(name: str) -> torch.dtype | str:
+    if name == "auto":
+        return "auto"
+    dtype = getattr(torch, name.removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"unknown dtype {name!r}")
+    return dtype
+
+
+def resolve_target(name: str, targets: dict[str, torch.Tensor]) -> str | None:
+    """The served model's key for a pushed name: wrapper prefixes removed, then leading components (such as a
+    LightningModule's `model.` attribute) dropped until a key matches."""
+    parts = clean_name(name).split(".")
+    for start in range(len(parts)):
+        candidate = ".".join(parts[start:])
+        if candidate in targets:
+            return candidate
+    return None
+
+
+class HFBackend:
+    """Serve a transformers causal LM with `rcl.engines.HFEngine`; weights are copied into the live model."""
+
+    world_size = 1
+    supports_nccl = False
+
+    def __init__(self, model: str, dtype: str = "auto", device: str | None = None, seed: int | None = None):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from rcl.tiny_models import resolve_model
+
+        path = resolve_model(model)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype)).to(device).eval()
+        lm.requires_grad_(False)
+        if seed is not None:
+            torch.manual_seed(seed)
+        self.model = lm
+        self.engine = HFEngine(lm, self.tokenizer)
+        self._lock = threading.Lock()
+
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]:
+        with self._lock:
+            return self.engine.generate(prompts, params)
+
+    def _targets(self) -> dict[str, torch.Tensor]:
+        targets = dict(self.model.named_parameters(remove_duplicate=False))
+        targets.update(self.model.named_buffers(remove_duplicate=False))
+        return targets
+
+    @torch.no_grad()
+    def load_weights(self, named: Iterable[NamedTensor]) -> int:
+        targets = self._targets()
+        plan = []
+        for name, tensor in named:  # check the whole bucket before touching the model
+            key = resolve_target(name, targets)
+            if key is None:
+                raise ValueError(f"unknown weight {name!r}: the served model has no such parameter")
+            if tuple(targets[key].shape) != tuple(tensor.shape):
+                raise ValueError(
+                    f"shape mismatch for {name!r}: sent {list(tensor.shape)}, served {list(targets[key].shape)}"
+                )
+            plan.append((targets[key], tensor))
+        with self._lock:
+            for target, tensor in plan:
+                target.copy_(tensor.to(device=target.device, dtype=target.dtype))
+        return len(plan)
+
+    def checksum(self) -> str:
+        with self._lock:
+            return weights_checksum(self.model.state_dict().items())
+
+    def reset_prefix_cache(self) -> bool:
+        return True  # HF generate keeps no cache between requests
+
+    def init_communicator(self, host: str, port: int, world_size: int, client_device_uuid: str | None) -> None:
+        raise UnsupportedOperation(NO_NCCL)
+
+    def update_named_param(self, name: str, dtype: str, shape: list[int]) -> None:
+        raise UnsupportedOperation(NO_NCCL)
+
+    def close_communicator(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

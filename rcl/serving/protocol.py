@@ -1,0 +1,96 @@
+"""Wire format of the generation server: TRL `vllm-serve` compatible requests plus rcl's bucketed weight update.
+
+Every path ends with `/` as in TRL. `/generate/` takes text or token-id prompts and answers `prompt_ids`,
+`completion_ids` (n per prompt, prompt-major), `logprobs` (sequence x token x 1, the sampled token's log-prob, as in
+TRL >= 1.0) and rcl's `finish_reasons`. Weight buckets travel as one safetensors file per request
+(`POST /update_weights/`, body = safetensors bytes); its `__metadata__` says which update the bucket belongs to and
+whether it is the last one, which is when the server's `weights_version` advances.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SAFETENSORS_MEDIA_TYPE = "application/octet-stream"
+BUCKET_UPDATE_ID = "rcl_update_id"
+BUCKET_INDEX = "rcl_bucket"
+BUCKET_LAST = "rcl_last"
+
+
+@dataclass
+class ServerLimits:
+    """Request limits; anything above them is answered with a 4xx that names the limit."""
+
+    max_prompts: int = 1024
+    """Most prompts in one /generate/ request."""
+    max_n: int = 256
+    """Most completions per prompt."""
+    max_tokens: int = 8192
+    """Largest max_tokens a request may ask for."""
+    max_prompt_tokens: int = 32768
+    """Longest prompt, in tokens."""
+    max_body_mb: float = 4096.0
+    """Largest request body (weight buckets included), in MiB."""
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+
+class GenerateRequest(BaseModel):
+    """TRL's /generate/ body. Unknown TRL fields (images, generation_kwargs) are accepted only when empty."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompts: list[str] | list[list[int]] = Field(min_length=1)
+    n: int = Field(1, ge=1)
+    repetition_penalty: float = Field(1.0, gt=0)
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(-1, ge=-1)
+    """-1 or 0 disables top-k."""
+    min_p: float = Field(0.0, ge=0, le=1)
+    max_tokens: int = Field(16, ge=1)
+    stop: list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    seed: int | None = None
+    logprobs: int | None = Field(0, ge=0, le=0)
+    """0: return the sampled token's log-prob; null: none (top-k alternatives are not supported)."""
+    images: list[Any] | None = None
+    structured_outputs_regex: str | None = None
+    guided_decoding_regex: str | None = None
+    generation_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class GenerateResponse(BaseModel):
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]
+    logprobs: list[list[list[float]]] | None
+    logprob_token_ids: list[list[list[int]]] | None
+    finish_reasons: list[Literal["stop", "length"]]
+
+
+class InitCommunicatorRequest(BaseModel):
+    host: str
+    port: int = Field(ge=1, le=65535)
+    world_size: int = Field(ge=2)
+    client_device_uuid: str | None = None
+
+
+class UpdateNamedParamRequest(BaseModel):
+    name: str = Field(min_length=1)
+    dtype: str = Field(pattern=r"^(torch\.)?[a-z0-9_]+$")
+    shape: list[int]
+
+
+class WeightsUpdateResponse(BaseModel):
+    tensors: int
+    weights_version: int
+    complete: bool
+
+
+class MessageResponse(BaseModel):
+    message: str

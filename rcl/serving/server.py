@@ -1,0 +1,312 @@
+"""`python -m rcl serve`: a TRL `vllm-serve` compatible generation server with bucketed weight updates.
+
+All engine work (generation, weight loads, communicator RPCs) runs on one worker thread, so requests take effect in
+the order they arrive: a weight update that was accepted before a generation request is visible to it. Health and
+version queries never wait for that thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+import signal
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, fields
+from typing import Any, Callable
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from rcl.engines import SamplingParams
+from rcl.serving.backends import NO_NCCL, ServingBackend, UnsupportedOperation
+from rcl.serving.protocol import (
+    GenerateRequest,
+    GenerateResponse,
+    InitCommunicatorRequest,
+    MessageResponse,
+    ServerLimits,
+    UpdateNamedParamRequest,
+    WeightsUpdateResponse,
+)
+from rcl.serving.weights import decode_bucket
+
+log = logging.getLogger("rcl.serve")
+API_KEY_ENV = "RCL_API_KEY"
+SAMPLING_FIELDS = {f.name for f in fields(SamplingParams)}
+
+
+@dataclass
+class _WeightsState:
+    version: int = 0
+    update_id: str | None = None
+    buckets: int = 0
+    named_param_updates: int = 0
+
+
+def _bad(status: int, message: str) -> HTTPException:
+    return HTTPException(status_code=status, detail=message)
+
+
+def _prompt_ids(req: GenerateRequest, tokenizer: Any, limits: ServerLimits) -> list[list[int]]:
+    vocab = len(tokenizer)
+    out = []
+    for i, prompt in enumerate(req.prompts):
+        ids = tokenizer(prompt)["input_ids"] if isinstance(prompt, str) else list(prompt)
+        if not ids:
+            raise _bad(422, f"prompt {i} is empty")
+        if len(ids) > limits.max_prompt_tokens:
+            raise _bad(413, f"prompt {i} has {len(ids)} tokens, more than the server limit {limits.max_prompt_tokens}")
+        if min(ids) < 0 or max(ids) >= vocab:
+            raise _bad(422, f"prompt {i} has token ids outside the vocabulary [0, {vocab})")
+        out.append(ids)
+    return out
+
+
+def sampling_params(req: GenerateRequest, limits: ServerLimits) -> SamplingParams:
+    if len(req.prompts) > limits.max_prompts:
+        raise _bad(413, f"{len(req.prompts)} prompts, more than the server limit {limits.max_prompts}")
+    if req.n > limits.max_n:
+        raise _bad(422, f"n={req.n} is more than the server limit {limits.max_n}")
+    if req.max_tokens > limits.max_tokens:
+        raise _bad(422, f"max_tokens={req.max_tokens} is more than the server limit {limits.max_tokens}")
+    if req.images and any(img is not None for img in req.images):
+        raise _bad(422, "images are not supported by this server")
+    if req.structured_outputs_regex or req.guided_decoding_regex:
+        raise _bad(422, "structured/guided decoding is not supported by this server")
+    unknown = set(req.generation_kwargs) - SAMPLING_FIELDS
+    if unknown:
+        raise _bad(422, f"unsupported generation_kwargs: {sorted(unknown)}; supported: {sorted(SAMPLING_FIELDS)}")
+    values = dict(
+        max_tokens=req.max_tokens,
+        n=req.n,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        top_k=max(req.top_k, 0),
+        min_p=req.min_p,
+        repetition_penalty=req.repetition_penalty,
+        stop=list(req.stop or []),
+        stop_token_ids=list(req.stop_token_ids or []),
+        seed=req.seed,
+    )
+    values.update(req.generation_kwargs)
+    return SamplingParams(**values)
+
+
+def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_key: str | None = None) -> FastAPI:
+    limits = limits or ServerLimits()
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rcl-engine")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        worker.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="rcl generation server", lifespan=lifespan)
+    weights = _WeightsState()
+    app.state.backend, app.state.worker, app.state.weights = backend, worker, weights
+
+    async def on_worker(fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(worker, fn, *args)
+
+    def fire_and_forget(fn: Callable[..., Any], *args: Any) -> None:
+        # NCCL RPCs: the client broadcasts only after our reply, so the worker must not be awaited here.
+        future = worker.submit(fn, *args)
+        future.add_done_callback(lambda f: f.exception() and log.error("%s failed: %s", fn.__name__, f.exception()))
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        if api_key is not None:
+            sent = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
+            if not hmac.compare_digest(sent.encode(), api_key.encode()):
+                return JSONResponse(
+                    {"detail": "missing or wrong API key: send 'Authorization: Bearer <key>'"}, status_code=401
+                )
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limits.max_body_bytes:
+            return JSONResponse(
+                {"detail": f"request body of {int(length)} bytes is larger than the limit {limits.max_body_bytes}"},
+                status_code=413,
+            )
+        return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'] if p != 'body') or 'body'}: {err['msg']}" for err in exc.errors()
+        )
+        return JSONResponse({"detail": f"invalid request: {problems}"}, status_code=422)
+
+    @app.exception_handler(ValueError)
+    async def value_error(request: Request, exc: ValueError):
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(UnsupportedOperation)
+    async def unsupported(request: Request, exc: UnsupportedOperation):
+        return JSONResponse({"detail": str(exc)}, status_code=501)
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception):
+        log.exception("request %s failed", request.url.path)
+        return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+
+    @app.get("/health/")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/get_world_size/")
+    async def world_size():
+        return {"world_size": backend.world_size}
+
+    @app.post("/generate/", response_model=GenerateResponse)
+    async def generate(req: GenerateRequest):
+        params = sampling_params(req, limits)
+        prompts = _prompt_ids(req, backend.tokenizer, limits)
+        groups = await on_worker(backend.generate, prompts, params)
+        flat = [c for group in groups for c in group]
+        with_logprobs = req.logprobs is not None and all(c.logprobs is not None for c in flat)
+        return GenerateResponse(
+            prompt_ids=prompts,
+            completion_ids=[c.token_ids for c in flat],
+            logprobs=[[[lp] for lp in c.logprobs] for c in flat] if with_logprobs else None,
+            logprob_token_ids=[[[t] for t in c.token_ids] for c in flat] if with_logprobs else None,
+            finish_reasons=[c.finish_reason for c in flat],
+        )
+
+    @app.post("/update_weights/", response_model=WeightsUpdateResponse)
+    async def update_weights(request: Request, update_id: str, bucket: int = 0, last: bool = False):
+        """One bucket of an update: body = safetensors bytes. `last=true` completes the update."""
+        body = await request.body()
+        if len(body) > limits.max_body_bytes:
+            raise _bad(413, f"bucket of {len(body)} bytes is larger than the limit {limits.max_body_bytes}")
+        try:
+            named = decode_bucket(body)
+        except Exception as exc:  # safetensors raises its own error types
+            raise _bad(400, f"body is not a safetensors file: {exc}") from exc
+        if weights.update_id != update_id:
+            weights.update_id, weights.buckets = update_id, 0
+        loaded = await on_worker(backend.load_weights, named)
+        weights.buckets += 1
+        if last:
+            weights.version += 1
+            weights.update_id = None
+        return WeightsUpdateResponse(tensors=loaded, weights_version=weights.version, complete=last)
+
+    @app.get("/weights_version/")
+    async def weights_version():
+        return {"weights_version": weights.version}
+
+    @app.get("/weights_checksum/")
+    async def weights_checksum():
+        checksum = await on_worker(backend.checksum)
+        return {"checksum": checksum, "weights_version": weights.version}
+
+    def require_nccl() -> None:
+        if not getattr(backend, "supports_nccl", False):
+            raise UnsupportedOperation(NO_NCCL)
+
+    @app.post("/init_communicator/", response_model=MessageResponse)
+    async def init_communicator(req: InitCommunicatorRequest):
+        require_nccl()
+        expected = backend.world_size + 1
+        if req.world_size != expected:
+            raise _bad(422, f"world_size={req.world_size}, but this server has {backend.world_size} workers + 1 client")
+        fire_and_forget(backend.init_communicator, req.host, req.port, req.world_size, req.client_device_uuid)
+        return MessageResponse(message="initialising the communicator")
+
+    @app.post("/update_named_param/", response_model=MessageResponse)
+    async def update_named_param(req: UpdateNamedParamRequest):
+        require_nccl()
+        fire_and_forget(backend.update_named_param, req.name, req.dtype, req.shape)
+        weights.named_param_updates += 1
+        return MessageResponse(message=f"receiving {req.name}")
+
+    @app.post("/reset_prefix_cache/", response_model=MessageResponse)
+    async def reset_prefix_cache():
+        ok = await on_worker(backend.reset_prefix_cache)
+        if weights.named_param_updates:  # a TRL-style per-tensor update is complete when the client resets the cache
+            weights.named_param_updates = 0
+            weights.version += 1
+        return MessageResponse(message=f"reset prefix cache, status: {ok}")
+
+    @app.post("/close_communicator/", response_model=MessageResponse)
+    async def close_communicator():
+        await on_worker(backend.close_communicator)
+        return MessageResponse(message="communicator closed")
+
+    return app
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m rcl serve", description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="HF folder, hub id or tiny preset (tiny-1m, tiny-10m)")
+    p.add_argument("--engine", choices=("hf", "vllm"), default="hf")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: local only)")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--api-key", default=None, help=f"require this key on every request (default: ${API_KEY_ENV})")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
+    p.add_argument("--device", default=None, help="hf engine: cpu or cuda (default: cuda when available)")
+    p.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm engine")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vllm engine")
+    p.add_argument("--max-model-len", type=int, default=None, help="vllm engine")
+    p.add_argument("--enable-prefix-caching", action="store_true", help="vllm engine")
+    p.add_argument("--enforce-eager", action="store_true", help="vllm engine: no CUDA graphs")
+    for f in fields(ServerLimits):
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, help="request limit")
+    p.add_argument("--log-level", default="info")
+    return p
+
+
+def build_backend(args: argparse.Namespace) -> ServingBackend:
+    if args.engine == "vllm":
+        from rcl.serving.vllm_engine import VLLMBackend
+
+        return VLLMBackend(
+            args.model,
+            dtype=args.dtype,
+            seed=args.seed,
+            tensor_parallel_size=args.tensor_parallel_size,
+            gpu_memory_utilization=args.gpu_memory_utilization,
+            max_model_len=args.max_model_len,
+            enable_prefix_caching=args.enable_prefix_caching,
+            enforce_eager=args.enforce_eager,
+        )
+    from rcl.serving.backends import HFBackend
+
+    return HFBackend(args.model, dtype=args.dtype, device=args.device, seed=args.seed)
+
+
+def _exit_cleanly(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
+
+
+def cli_main(argv: list[str] | None = None) -> None:
+    import uvicorn
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # uvicorn restores this handler and re-raises SIGTERM after its graceful shutdown: we then exit with status 0.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    limits = ServerLimits(**{f.name: getattr(args, f.name) for f in fields(ServerLimits)})
+    try:
+        backend = build_backend(args)
+    except (ImportError, OSError, ValueError) as exc:
+        raise SystemExit(f"rcl serve: {exc}") from None
+    try:
+        app = create_app(backend, limits, api_key)
+        log.info("serving %s with the %s engine on http://%s:%d (api key %s)", args.model, args.engine, args.host,
+                 args.port, "required" if api_key else "off")
+        config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+        uvicorn.Server(config).run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        backend.close()
+    sys.exit(0)

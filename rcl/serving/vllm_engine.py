@@ -1,0 +1,157 @@
+"""The `vllm` serving backend: `vllm.LLM` plus a worker extension that loads weights sent by the trainer.
+
+Weights arrive either as safetensors buckets over HTTP (handed to every worker with `collective_rpc`) or, for TRL
+clients, one tensor at a time over an NCCL group that the client joins as the last rank (`init_communicator`).
+Names are Hugging Face checkpoint names; vLLM's own `load_weights` maps them onto its fused layers.
+
+vLLM pins its own torch and transformers: install it into a separate environment (`pip install 'rcl[vllm]'`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from rcl.engines import Completion, SamplingParams
+from rcl.serving.weights import NamedTensor, encode_bucket, weights_checksum
+
+MISSING_VLLM = "the vllm engine needs vLLM, which is not installed: pip install 'rcl[vllm]' (or use --engine hf)"
+EXTENSION = "rcl.serving.vllm_engine.WeightSyncExtension"
+
+
+class WeightSyncExtension:
+    """Mixed into every vLLM worker (`worker_extension_cls`); methods are called through `LLM.collective_rpc`."""
+
+    device: torch.device
+    model_runner: Any
+
+    def rcl_load_bucket(self, data: bytes) -> int:
+        from safetensors.torch import load
+
+        tensors = load(data)
+        self.model_runner.model.load_weights(weights=[(n, t.to(self.device)) for n, t in tensors.items()])
+        return len(tensors)
+
+    def rcl_checksum(self) -> str:
+        return weights_checksum(self.model_runner.model.named_parameters())
+
+    def init_communicator(self, host: str, port: int, world_size: int, client_device_uuid: str | None = None) -> None:
+        from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
+        from vllm.distributed.parallel_state import get_world_group
+        from vllm.distributed.utils import StatelessProcessGroup
+
+        if getattr(self, "_rcl_comm", None) is not None:
+            raise RuntimeError("communicator already initialised: call /close_communicator/ first")
+        if client_device_uuid is not None and client_device_uuid == str(torch.cuda.get_device_properties(self.device).uuid):
+            raise RuntimeError("the trainer and the server share a GPU; NCCL needs them on different GPUs")
+        group = StatelessProcessGroup.create(host=host, port=port, rank=get_world_group().rank, world_size=world_size)
+        self._rcl_comm = PyNcclCommunicator(group, device=self.device)
+        self._rcl_client_rank = world_size - 1
+
+    def update_named_param(self, name: str, dtype: str, shape: list[int]) -> None:
+        comm = getattr(self, "_rcl_comm", None)
+        if comm is None:
+            raise RuntimeError("no communicator: call /init_communicator/ first")
+        weight = torch.empty(shape, dtype=getattr(torch, dtype.removeprefix("torch.")), device=self.device)
+        comm.broadcast(weight, src=self._rcl_client_rank)
+        comm.group.barrier()
+        self.model_runner.model.load_weights(weights=[(name, weight)])
+
+    def close_communicator(self) -> None:
+        self._rcl_comm = None
+
+
+def vllm_sampling_params(params: SamplingParams, logprobs: bool = True) -> Any:
+    from vllm import SamplingParams as VLLMSamplingParams
+
+    return VLLMSamplingParams(
+        n=params.n,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        top_k=params.top_k if params.top_k > 0 else -1,
+        min_p=params.min_p,
+        repetition_penalty=params.repetition_penalty,
+        max_tokens=params.max_tokens,
+        stop=params.stop or None,
+        stop_token_ids=params.stop_token_ids or None,
+        include_stop_str_in_output=True,  # HFEngine keeps stop strings in the completion too
+        seed=params.seed,
+        logprobs=0 if logprobs else None,
+    )
+
+
+class VLLMBackend:
+    supports_nccl = True
+
+    def __init__(
+        self,
+        model: str,
+        dtype: str = "auto",
+        seed: int | None = None,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.9,
+        max_model_len: int | None = None,
+        enable_prefix_caching: bool = False,
+        enforce_eager: bool = False,
+    ):
+        try:
+            import vllm
+        except ImportError as exc:
+            raise ImportError(MISSING_VLLM) from exc
+        from rcl.tiny_models import resolve_model
+
+        kwargs: dict[str, Any] = dict(
+            model=resolve_model(model),
+            dtype=dtype,
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            enable_prefix_caching=enable_prefix_caching,
+            enforce_eager=enforce_eager,
+            worker_extension_cls=EXTENSION,
+            # log-probs of the distribution actually sampled from (after temperature and filters), as HFEngine returns
+            logprobs_mode="processed_logprobs",
+        )
+        if seed is not None:
+            kwargs["seed"] = seed
+        self.llm = vllm.LLM(**kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.world_size = tensor_parallel_size
+
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]:
+        requests = [{"prompt_token_ids": list(p)} for p in prompts]
+        outputs = self.llm.generate(requests, sampling_params=vllm_sampling_params(params), use_tqdm=False)
+        result = []
+        for out in outputs:
+            group = []
+            for seq in out.outputs:
+                ids = list(seq.token_ids)
+                lps = [step[tok].logprob for step, tok in zip(seq.logprobs, ids)] if seq.logprobs else None
+                reason = "stop" if seq.finish_reason == "stop" else "length"
+                group.append(Completion(ids, lps, reason, self.tokenizer.decode(ids, skip_special_tokens=True)))
+            result.append(group)
+        return result
+
+    def load_weights(self, named: Iterable[NamedTensor]) -> int:
+        return self.llm.collective_rpc("rcl_load_bucket", args=(encode_bucket(named),))[0]
+
+    def checksum(self) -> str:
+        return "|".join(self.llm.collective_rpc("rcl_checksum"))
+
+    def reset_prefix_cache(self) -> bool:
+        return bool(self.llm.reset_prefix_cache())
+
+    def init_communicator(self, host: str, port: int, world_size: int, client_device_uuid: str | None) -> None:
+        self.llm.collective_rpc("init_communicator", args=(host, port, world_size, client_device_uuid))
+
+    def update_named_param(self, name: str, dtype: str, shape: list[int]) -> None:
+        self.llm.collective_rpc("update_named_param", args=(name, dtype, shape))
+
+    def close_communicator(self) -> None:
+        self.llm.collective_rpc("close_communicator")
+
+    def close(self) -> None:
+        shutdown = getattr(getattr(self.llm, "llm_engine", None), "shutdown", None)
+        if callable(shutdown):
+            shutdown()
