@@ -147,6 +147,10 @@ class EnginesArgs:
     teacher: EngineArgs = field(default_factory=EngineArgs)
     """Engines of the policy (the teacher in adaptive teaching)."""
     student: EngineArgs = field(default_factory=EngineArgs)
+    sync_every_n_steps: int = 1
+    """Push the policy's weights to teacher servers every N optimizer steps (in-process engines need no push)."""
+    sync_bucket_mb: float = 64.0
+    """Most megabytes per weight-update request."""
 
 
 @dataclass

@@ -23,6 +23,7 @@ from callbacks.degradation import DegradationTracker
 from callbacks.ref_sync import RefModelSync, unwrap
 from callbacks.sample_logging import SampleLogger
 from callbacks.teaching_metrics import TeachingMetrics
+from callbacks.weight_sync import WeightSync
 from rcl.engines import HFEngine, SamplingParams
 from rcl.grpo import completion_logprobs, grpo_loss
 from rcl.optim import OptimizerArgs, build_optimizer, build_scheduler
@@ -85,22 +86,27 @@ def setup(
         callbacks: Extra Fabric callbacks (subclasses of callbacks.base.FabricCallback).
         ckpt_path: Resume from this Fabric checkpoint.
     """
+    validate_config(trainer, grpo, engines)
+    fabric = build_fabric(trainer, default_callbacks(grpo, logging, engines) + list(callbacks or []), ckpt_path)
+    fabric.launch(
+        main, data, trainer, teacher, student, grpo, generation, reward, optimizer, templates, eval, engines, ckpt_path,
+        command,
+    )
+
+
+def build_fabric(trainer: TrainerArgs, callbacks: list[FabricCallback], ckpt_path: str | None = None):
     import lightning as L
 
-    validate_config(trainer, grpo, engines)
-    out_dir = Path(trainer.out_dir)
-    fabric = L.Fabric(
+    # A resumed run logs into its own version folder: the CSV logger would otherwise delete the first run's file.
+    version = f"resumed-{Path(ckpt_path).stem}" if ckpt_path else ""
+    return L.Fabric(
         accelerator=trainer.accelerator,
         strategy=trainer.strategy,
         devices=trainer.devices,
         num_nodes=trainer.num_nodes,
         precision=trainer.precision,
-        loggers=build_loggers(trainer.loggers, out_dir),
-        callbacks=default_callbacks(grpo, logging) + list(callbacks or []),
-    )
-    fabric.launch(
-        main, data, trainer, teacher, student, grpo, generation, reward, optimizer, templates, eval, engines, ckpt_path,
-        command,
+        loggers=build_loggers(trainer.loggers, Path(trainer.out_dir), version),
+        callbacks=callbacks,
     )
 
 
@@ -121,7 +127,7 @@ def validate_config(trainer: TrainerArgs, grpo: GRPOArgs, engines: EnginesArgs) 
             raise ConfigError(f"engines.{role}.backend is 'server' but engines.{role}.urls is empty")
 
 
-def default_callbacks(grpo: GRPOArgs, logging: LoggingArgs) -> list[FabricCallback]:
+def default_callbacks(grpo: GRPOArgs, logging: LoggingArgs, engines: EnginesArgs) -> list[FabricCallback]:
     callbacks: list[FabricCallback] = [
         TeachingMetrics(),
         DegradationTracker(window=logging.degradation_window, ndr_threshold=logging.ndr_warn_threshold),
@@ -129,21 +135,19 @@ def default_callbacks(grpo: GRPOArgs, logging: LoggingArgs) -> list[FabricCallba
     ]
     if grpo.sync_ref_model:
         callbacks.append(RefModelSync(grpo.ref_model_mixup_alpha, grpo.ref_model_sync_steps))
-    from callbacks.weight_sync import WeightSync
-
-    callbacks.append(WeightSync())
+    callbacks.append(WeightSync(engines.sync_every_n_steps, engines.sync_bucket_mb))
     return callbacks
 
 
-def build_loggers(names: list[str], out_dir: Path) -> list:
+def build_loggers(names: list[str], out_dir: Path, version: str = "") -> list:
     from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
 
     loggers = []
     for name in names:
         if name == "csv":
-            loggers.append(CSVLogger(str(out_dir), name="csv", version=""))
+            loggers.append(CSVLogger(str(out_dir), name="csv", version=version))
         elif name == "tensorboard":
-            loggers.append(TensorBoardLogger(str(out_dir), name="tensorboard", version=""))
+            loggers.append(TensorBoardLogger(str(out_dir), name="tensorboard", version=version))
         elif name == "wandb":
             from lightning.pytorch.loggers import WandbLogger
 
@@ -347,6 +351,8 @@ def fit(
                 evaluate(fabric, state, runner, val_rows, settings, eval_args, trainer.seed), state["step"])
     save_checkpoint(fabric, state, trainer.keep_last_checkpoints)
     fabric.call("on_train_end", fabric=fabric, state=state)
+    for logger in fabric.loggers:
+        logger.finalize("success")
 
 
 def next_prompts(rows, state: dict, per_step: int, seed: int, rank: int, local: int) -> list[dict]:
@@ -562,6 +568,8 @@ def cli_main(command: str, argv: list[str]) -> None:
     parser = ArgumentParser(prog=f"python -m rcl {command}", description=__doc__.splitlines()[0])
     parser.add_argument("--config", action=ActionConfigFile, help="Recipe YAML (repeat to merge in order).")
     parser.add_function_arguments(setup, skip={"command"})
+    # One set of prompt templates per run: the data module's copy follows the loop's.
+    parser.link_arguments("templates", "data.init_args.templates")
     cfg = parser.parse_args(argv)
     init = parser.instantiate_classes(cfg)
     kwargs = {k: v for k, v in vars(init).items() if k not in ("config", "__path__")}

@@ -1,0 +1,136 @@
+"""The RL loop on tiny models: metrics and files, parameter updates, exact resume, config errors."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rcl.rewards import available_rewards, register_reward
+from rcl.rl.loop import cli_main
+
+ROOT = Path(__file__).resolve().parents[1]
+RCL = str(ROOT / "lightning_configs" / "quickstart_rcl.yaml")
+DIRECT = str(ROOT / "lightning_configs" / "quickstart_direct.yaml")
+
+if "test_char_sum" not in available_rewards():
+
+    @register_reward("test_char_sum")
+    class CharSum:
+        """A reward that varies between random completions, so untrained models get non-zero advantages."""
+
+        def __call__(self, samples):
+            return [float(sum(map(ord, s.completion)) % 5) for s in samples]
+
+
+def tiny_overrides(out_dir: Path, *extra: str) -> list[str]:
+    return [
+        "--teacher.model_name_or_path", "tiny-1m",
+        "--student.model_name_or_path", "tiny-1m",
+        "--trainer.out_dir", str(out_dir),
+        "--trainer.loggers", "[csv]",
+        "--trainer.max_steps", "2",
+        "--grpo.prompts_per_step", "2",
+        "--grpo.num_generations", "3",
+        "--grpo.micro_batch_size", "4",
+        "--grpo.baseline_samples", "2",
+        "--grpo.student_samples", "1",
+        "--grpo.max_probe_tokens", "4",
+        "--generation.max_completion_length", "8",
+        "--generation.student_max_tokens", "6",
+        "--eval.num_prompts", "3",
+        "--data.init_args.synthetic_size", "200",
+        *extra,
+    ]
+
+
+def history(out_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (out_dir / "history.jsonl").read_text().splitlines()]
+
+
+def test_adaptive_teaching_run_logs_teaching_metrics_and_exports(models_dir, tmp_path):
+    out = tmp_path / "run"
+    cli_main("fit", ["--config", RCL, *tiny_overrides(out)])
+    rows = history(out)
+    train = [r for r in rows if "reward" in r]
+    evals = [r for r in rows if "eval/ndr" in r]
+    assert [r["step"] for r in train] == [1, 2]
+    assert [r["step"] for r in evals] == [0, 2], "evaluation before training and at the end"
+    for key in ("teaching/ndr", "teaching/tes", "teaching/learning_gain", "teaching/completion_rate",
+                "teaching/baseline_accuracy", "teaching/with_teaching_accuracy", "reward", "reward_std",
+                "frac_reward_zero_std", "completions/mean_length", "time/generation/policy",
+                "time/generation/student", "time/reward", "time/training", "rewards/adaptive_teaching/mean",
+                "tokens/policy", "tokens/student", "lr"):
+        assert key in train[-1], key
+    assert train[-1]["teaching/probe_tokens_mean"] <= 4
+    assert train[-1]["completions/max_length"] <= 8
+    assert (out / "csv" / "metrics.csv").exists()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002.ckpt"]
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(out / "hf_model")
+    tok = AutoTokenizer.from_pretrained(out / "hf_model")
+    assert model.generate(tok("What is 1+1?", return_tensors="pt").input_ids, max_new_tokens=2).shape[1] >= 1
+
+
+def test_every_trainable_parameter_changes_after_one_step(models_dir, tmp_path):
+    from rcl.tiny_models import resolve_model
+
+    out = tmp_path / "direct"
+    cli_main("fit", ["--config", DIRECT, *tiny_overrides(
+        out, "--trainer.max_steps", "1", "--reward.functions", "{test_char_sum: 1.0}", "--reward.kwargs", "{}",
+        "--optimizer.learning_rate", "0.01", "--eval.at_start", "false")])
+    before = load_file(Path(resolve_model("tiny-1m")) / "model.safetensors")
+    after = load_file(out / "hf_model" / "model.safetensors")
+    assert set(before) == set(after)
+    unchanged = [name for name in before if torch.equal(before[name], after[name])]
+    assert unchanged == []
+    assert history(out)[0]["frac_reward_zero_std"] < 1.0
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(models_dir, tmp_path):
+    common = ["--reward.functions", "{test_char_sum: 1.0}", "--reward.kwargs", "{}", "--eval.at_start", "false",
+              "--optimizer.learning_rate", "0.001", "--trainer.max_steps", "4", "--trainer.keep_last_checkpoints", "5"]
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    cli_main("fit", ["--config", DIRECT, *tiny_overrides(full, *common, "--trainer.checkpoint_every_n_steps", "2")])
+    # a second run trained only to step 2, then resumed from its own checkpoint
+    cli_main("fit", ["--config", DIRECT, *tiny_overrides(resumed, *common, "--trainer.max_steps", "2")])
+    cli_main("fit", ["--config", DIRECT, *tiny_overrides(
+        resumed, *common, "--ckpt_path", str(resumed / "checkpoints" / "step-000002.ckpt"))])
+    a = load_file(full / "hf_model" / "model.safetensors")
+    b = load_file(resumed / "hf_model" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = lambda rows: {r["step"]: r["reward"] for r in rows if "reward" in r}  # noqa: E731
+    assert steps(history(resumed))[4] == steps(history(full))[4]
+    assert steps(history(resumed))[3] == steps(history(full))[3]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--grpo.prompts_per_step", "3", "--trainer.devices", "2"], "must be divisible by the 2 training processes"),
+        (["--grpo.num_generations", "1"], "num_generations must be >= 2"),
+        (["--grpo.sync_ref_model", "true"], "sync_ref_model needs grpo.beta > 0"),
+        (["--engines.teacher.backend", "server"], "engines.teacher.urls is empty"),
+    ],
+)
+def test_impossible_configs_fail_at_start_with_the_fix(tmp_path, extra, message):
+    with pytest.raises(SystemExit, match=message):
+        cli_main("fit", ["--config", RCL, *tiny_overrides(tmp_path, *extra)])
+
+
+def test_ddp_two_processes_on_cpu(models_dir, tmp_path, repo_env):
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    args = tiny_overrides(out, "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
+                          "--eval.at_start", "false", "--grpo.prompts_per_step", "4")
+    repo_env["RCL_MODELS_DIR"] = str(models_dir)
+    proc = subprocess.run([sys.executable, "-m", "rcl", "fit", "--config", DIRECT, *args], cwd=ROOT, env=repo_env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    train = [r for r in history(out) if "reward" in r]
+    assert [r["step"] for r in train] == [1, 2]
+    assert (out / "hf_model" / "model.safetensors").exists()
