@@ -110,6 +110,10 @@ def build_fabric(trainer: TrainerArgs, callbacks: list[FabricCallback], ckpt_pat
     )
 
 
+def is_deepspeed(fabric) -> bool:
+    return type(fabric.strategy).__name__ == "DeepSpeedStrategy"
+
+
 def validate_config(trainer: TrainerArgs, grpo: GRPOArgs, engines: EnginesArgs) -> None:
     if grpo.num_generations < 2:
         raise ConfigError(f"grpo.num_generations must be >= 2 for group advantages, got {grpo.num_generations}")
@@ -251,8 +255,10 @@ def main(
     adaptive = grpo.protocol == "adaptive_teaching"
     student_tok = load_tokenizer(student) if adaptive else None
 
-    with fabric.init_module(empty_init=False):
-        policy = load_causal_lm(teacher, trainable=True)
+    # Loaded whole on the host: fabric.setup then moves it, or shards it (FSDP, DeepSpeed ZeRO partition on init).
+    policy = load_causal_lm(teacher, trainable=True)
+    if is_deepspeed(fabric) and optimizer_args.max_grad_norm:
+        fabric.strategy.config["gradient_clipping"] = optimizer_args.max_grad_norm  # DeepSpeed clips inside its step
     reference = None
     if grpo.beta != 0:
         reference = load_causal_lm(teacher, trainable=False).to(fabric.device)
@@ -444,7 +450,7 @@ def train_step(fabric, state, rollout, grpo, generation, optimizer_args, stop_id
         for name, value in stats.items():
             totals[name] = totals.get(name, 0.0) + float(value) / len(batches)
     fabric.call("on_before_optimizer_step", fabric=fabric, state=state, optimizer=optimizer)
-    if optimizer_args.max_grad_norm:
+    if optimizer_args.max_grad_norm and not is_deepspeed(fabric):
         totals["grad_norm"] = float(fabric.clip_gradients(model, optimizer, max_norm=optimizer_args.max_grad_norm))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
