@@ -51,7 +51,7 @@ class TeacherStudentDataModule(LightningDataModule):
         templates: PromptTemplates = PromptTemplates(),
         max_length: int = 1024,
         overlong: Literal["truncate", "drop"] = "truncate",
-        val_size: float | int = 0.1,
+        val_size: int | float = 0.1,
         seed: int = 42,
         batch_size: int = 16,
         num_workers: int = 0,
@@ -85,10 +85,6 @@ class TeacherStudentDataModule(LightningDataModule):
                 approach; needs `approach`).
         """
         super().__init__()
-        if val_size < 0 or (isinstance(val_size, float) and val_size >= 1):
-            raise DataError(f"val_size must be 0, a share in (0, 1) or a row count >= 1, got {val_size}")
-        if max_length < 1 or batch_size < 1:
-            raise DataError(f"max_length and batch_size must be >= 1, got {max_length} and {batch_size}")
         self.dataset = dataset
         self.dataset_config = dataset_config
         self.split = split
@@ -117,6 +113,7 @@ class TeacherStudentDataModule(LightningDataModule):
     def canonical_rows(self) -> datasets.Dataset:
         """All rows, with the schema's canonical column names and checked types."""
         if self._rows is None:
+            self._check_settings()
             if self.dataset == SYNTHETIC:
                 problems = synthetic.generate_problems(self.synthetic_size, self.synthetic_seed, self.synthetic_levels)
                 table = datasets.Dataset.from_list(_SYNTHETIC_ROWS[self.schema](problems, self.synthetic_seed))
@@ -124,6 +121,13 @@ class TeacherStudentDataModule(LightningDataModule):
                 table = load_rows(self.dataset, self.dataset_config, self.split, self.data_files)
             self._rows = canonicalize(table, self.schema, None if self.dataset == SYNTHETIC else self.columns)
         return self._rows
+
+    def _check_settings(self) -> None:
+        # Checked here rather than in __init__: errors raised while the CLI instantiates classes come wrapped.
+        if self.val_size < 0 or (isinstance(self.val_size, float) and self.val_size >= 1):
+            raise DataError(f"val_size must be 0, a share in (0, 1) or a row count >= 1, got {self.val_size}")
+        if self.max_length < 1 or self.batch_size < 1:
+            raise DataError(f"max_length and batch_size must be >= 1, got {self.max_length} and {self.batch_size}")
 
     def split_rows(self) -> tuple[datasets.Dataset, datasets.Dataset]:
         """Seeded train/validation split of the rows (before any row is expanded into several examples)."""

@@ -1,0 +1,90 @@
+"""`python -m rcl fit|validate|test|predict --config <sft recipe>`: the LightningCLI of the SFT phase.
+
+Run layout under `trainer.default_root_dir` (e.g. `runs/quickstart_sft/`): `config.yaml` (the resolved config),
+`checkpoints/` (`last.ckpt` and the best by `val/loss`), `csv/metrics.csv`, `tensorboard/`, `hf_model/` (the exported
+model). The default loggers are CSV + TensorBoard; add W&B with `--config lightning_configs/loggers/wandb.yaml`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from data_modules import DataError, TeacherStudentDataModule
+from rcl.sft import SFTModule
+
+DEFAULT_ROOT_DIR = "runs/sft"
+
+
+class SaveConfigToRunDir(SaveConfigCallback):
+    """Writes the resolved config to `<default_root_dir>/config.yaml` (overwriting), next to checkpoints and logs."""
+
+    def __init__(self, parser, config, config_filename: str = "config.yaml", overwrite: bool = True, multifile=False):
+        super().__init__(parser, config, config_filename, overwrite, multifile, save_to_log_dir=False)
+
+    def save_config(self, trainer: Trainer, pl_module, stage: str) -> None:
+        root = Path(trainer.default_root_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        self.parser.save(self.config, str(root / self.config_filename), skip_none=False, overwrite=True)
+
+
+def run_layout(config: dict[str, Any], callbacks: list[Callback]) -> None:
+    """Lay the run out under `default_root_dir`: CSV and TensorBoard loggers are always added (unless `logger: false`
+    or the recipe already has one of that kind), so `trainer.logger` entries such as W&B come on top of them; a
+    ModelCheckpoint writes to `checkpoints/` unless the recipe configures its own."""
+    root = Path(config.get("default_root_dir") or DEFAULT_ROOT_DIR)
+    config["default_root_dir"] = str(root)
+    logger = config.get("logger")
+    if logger is not False:
+        loggers = [] if logger in (None, True) else list(logger) if isinstance(logger, list) else [logger]
+        defaults = [
+            (TensorBoardLogger, lambda: TensorBoardLogger(str(root), "tensorboard", "", default_hp_metric=False)),
+            (CSVLogger, lambda: CSVLogger(str(root), name="csv", version="")),
+        ]
+        for kind, make in defaults:
+            if not any(isinstance(existing, kind) for existing in loggers):
+                loggers.insert(0, make())
+        config["logger"] = loggers
+    configured = (config.get("callbacks") or []) + callbacks
+    if config.get("enable_checkpointing", True) is not False and not any(
+        isinstance(c, ModelCheckpoint) for c in configured
+    ):
+        callbacks.append(ModelCheckpoint(dirpath=str(root / "checkpoints"), save_last=True))
+
+
+class RCLLightningCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # One tokenizer for data and model; one clipping setting for every strategy (DeepSpeed reads the Trainer's).
+        parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer_name_or_path")
+        parser.link_arguments("model.init_args.optimizer.max_grad_norm", "trainer.gradient_clip_val")
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        run_layout(config, callbacks)
+        return super()._instantiate_trainer(config, callbacks)
+
+
+def build_cli(command: str, argv: list[str], run: bool = True) -> RCLLightningCLI:
+    return RCLLightningCLI(
+        SFTModule,
+        TeacherStudentDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_callback=SaveConfigToRunDir,
+        args=[command, *argv] if run else argv,
+        run=run,
+        parser_kwargs={"description": "rcl SFT phase (LightningCLI)"},
+    )
+
+
+def cli_main(command: str, argv: list[str]) -> None:
+    try:
+        build_cli(command, argv)
+    except DataError as e:
+        print(f"rcl: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
