@@ -1,0 +1,61 @@
+"""Every shipped RL recipe parses against the real entry point; strategy flags override it.
+
+(The fragments in lightning_configs/strategies/ configure Lightning Trainer strategy objects for SFT recipes; the RL
+loop takes Fabric's strategy names, e.g. `--trainer.strategy deepspeed_stage_3`.)"""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rcl.__main__ import main
+from rcl.cli import is_rl_recipe
+
+CONFIGS = Path(__file__).resolve().parents[1] / "lightning_configs"
+RL_RECIPES = sorted(p for p in CONFIGS.glob("*.yaml") if "grpo" in (yaml.safe_load(p.read_text()) or {}))
+
+
+def test_the_rl_recipes_are_found():
+    assert {p.name for p in RL_RECIPES} == {"quickstart_rcl.yaml", "quickstart_direct.yaml", "teacher_rcl.yaml"}
+    assert all(is_rl_recipe(["--config", str(p)]) for p in RL_RECIPES)
+    assert not is_rl_recipe(["--config", str(CONFIGS / "quickstart_sft.yaml")])
+
+
+def print_config(capsys, *args: str) -> dict:
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", *args, "--print_config"])
+    assert stop.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("recipe", RL_RECIPES, ids=lambda p: p.name)
+def test_rl_recipe_pins_every_default(recipe, capsys):
+    resolved = print_config(capsys, "--config", str(recipe))
+    written = yaml.safe_load(recipe.read_text())
+    for group in ("trainer", "teacher", "student", "grpo", "generation", "reward", "optimizer", "eval", "engines",
+                  "logging"):
+        missing = set(resolved[group]) - set(written.get(group, {}))
+        assert not missing, f"{recipe.name}: {group} leaves {sorted(missing)} to code defaults"
+    assert resolved["data"]["class_path"] == "data_modules.TeacherStudentDataModule"
+
+
+@pytest.mark.parametrize("flag", ["ddp", "fsdp", "deepspeed_stage_3", "deepspeed_stage_3_offload"])
+def test_strategy_flag_overrides_the_recipe(flag, capsys):
+    resolved = print_config(capsys, "--config", str(CONFIGS / "teacher_rcl.yaml"), "--trainer.strategy", flag,
+                            "--trainer.devices", "8", "--optimizer.learning_rate", "2e-6")
+    assert (resolved["trainer"]["strategy"], resolved["trainer"]["devices"]) == (flag, 8)
+    assert resolved["optimizer"]["learning_rate"] == 2e-6
+
+
+def test_rl_help_shows_attribute_docstrings(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(CONFIGS / "quickstart_rcl.yaml"), "--help"])
+    out = capsys.readouterr().out
+    assert "k: student solutions without teaching per prompt" in out
+    assert "--grpo.loss_type" in out
+
+
+def test_unknown_rl_key_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(CONFIGS / "quickstart_rcl.yaml"), "--grpo.no_such_key", "1"])
+    assert "no_such_key" in capsys.readouterr().err
