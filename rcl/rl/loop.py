@@ -180,7 +180,7 @@ def load_tokenizer(args: ModelArgs):
     return AutoTokenizer.from_pretrained(resolve_model(args.model_name_or_path), padding_side="left")
 
 
-def build_engine(role: str, args: EngineArgs, model: torch.nn.Module | None, tokenizer: Any):
+def build_engine(args: EngineArgs, model: torch.nn.Module | None, tokenizer: Any):
     if args.backend == "in_process":
         return HFEngine(model, tokenizer, max_batch_size=args.max_batch_size)
     from rcl.serving.client import ServerEngine
@@ -188,7 +188,7 @@ def build_engine(role: str, args: EngineArgs, model: torch.nn.Module | None, tok
     return ServerEngine(args.urls, tokenizer, api_key=args.api_key, timeout_s=args.timeout_s)
 
 
-def rollout_settings(grpo: GRPOArgs, gen: GenerationArgs, teacher_tok: Any, student_tok: Any) -> RolloutSettings:
+def rollout_settings(grpo: GRPOArgs, gen: GenerationArgs) -> RolloutSettings:
     policy = SamplingParams(
         max_tokens=gen.max_completion_length,
         temperature=gen.temperature,
@@ -266,7 +266,7 @@ def main(
     policy, optimizer = fabric.setup(policy, optimizer)
     scheduler = build_scheduler(optimizer, trainer.max_steps, optimizer_args)
 
-    policy_engine = build_engine("teacher", engines_args.teacher, unwrap(policy), teacher_tok)
+    policy_engine = build_engine(engines_args.teacher, unwrap(policy), teacher_tok)
     student_engine = None
     if adaptive:
         student_model = (
@@ -274,12 +274,12 @@ def main(
             if engines_args.student.backend == "in_process"
             else None
         )
-        student_engine = build_engine("student", engines_args.student, student_model, student_tok)
+        student_engine = build_engine(engines_args.student, student_model, student_tok)
     engines = {"teacher": policy_engine, "student": student_engine}
 
     rewards = {name: get_reward(name, **reward.kwargs.get(name, {})) for name in reward.functions}
     runner = RolloutRunner(policy_engine, student_engine, templates, rewards, dict(reward.functions))
-    settings = rollout_settings(grpo, generation, teacher_tok, student_tok)
+    settings = rollout_settings(grpo, generation)
     stop_ids = [teacher_tok.eos_token_id]
 
     state = {
