@@ -195,6 +195,7 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
         if last:
             weights.version += 1
             weights.update_id = None
+            log.info("weights updated: weights_version=%d (%d buckets)", weights.version, weights.buckets)
         return WeightsUpdateResponse(tensors=loaded, weights_version=weights.version, complete=last)
 
     @app.get("/weights_version/")
@@ -232,6 +233,7 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
         if weights.named_param_updates:  # a TRL-style per-tensor update is complete when the client resets the cache
             weights.named_param_updates = 0
             weights.version += 1
+            log.info("weights updated: weights_version=%d (per-tensor NCCL)", weights.version)
         return MessageResponse(message=f"reset prefix cache, status: {ok}")
 
     @app.post("/close_communicator/", response_model=MessageResponse)
