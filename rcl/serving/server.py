@@ -293,14 +293,14 @@ def cli_main(argv: list[str] | None = None) -> None:
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    # uvicorn restores this handler and re-raises SIGTERM after its graceful shutdown: we then exit with status 0.
-    signal.signal(signal.SIGTERM, _exit_cleanly)
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     limits = ServerLimits(**{f.name: getattr(args, f.name) for f in fields(ServerLimits)})
     try:
         backend = build_backend(args)
     except (ImportError, OSError, ValueError) as exc:
         raise SystemExit(f"rcl serve: {exc}") from None
+    # uvicorn restores this handler and re-raises SIGTERM after its graceful shutdown: we then exit with status 0.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     try:
         app = create_app(backend, limits, api_key)
         log.info("serving %s with the %s engine on http://%s:%d (api key %s)", args.model, args.engine, args.host,
