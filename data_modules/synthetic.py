@@ -84,10 +84,35 @@ def to_rl_rows(problems: Iterable[dict]) -> list[dict]:
     return [{"prompt": p["question"], "ground_truth": p["answer"]} for p in problems]
 
 
+def student_approach(problem: dict) -> str:
+    """The student's probe answer: unsure exactly when the ones column carries, the step a weak student gets wrong."""
+    return APPROACH_UNSURE if problem["diagnosis"] == "carry" else APPROACH_GOOD
+
+
 def to_generic_rows(problems: Iterable[dict]) -> list[dict]:
-    """Generic schema: question, solution, answer (the solution in the `<solution>` form students are asked for)."""
+    """Generic schema: question, solution (in the `<solution>` form students are asked for), answer, plus the teaching
+    a good teacher gives and the student's approach, so student SFT can build with-teaching and probe examples."""
     return [
-        {"question": p["question"], "solution": f"<solution>{p['answer']}</solution>", "answer": p["answer"]}
+        {
+            "question": p["question"],
+            "solution": f"<solution>{p['answer']}</solution>",
+            "answer": p["answer"],
+            "teaching": p["teaching"],
+            "approach": student_approach(p),
+        }
+        for p in problems
+    ]
+
+
+def to_messages_rows(problems: Iterable[dict]) -> list[dict]:
+    """Chat schema: a user question and the assistant's tagged answer."""
+    return [
+        {
+            "messages": [
+                {"role": "user", "content": p["question"]},
+                {"role": "assistant", "content": f"<solution>{p['answer']}</solution>"},
+            ]
+        }
         for p in problems
     ]
 

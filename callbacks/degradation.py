@@ -1,0 +1,46 @@
+"""Writes every degraded interaction (the student did worse with the teaching) and warns when NDR drops."""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from callbacks.base import FabricCallback, gather_objects
+
+
+class DegradationTracker(FabricCallback):
+    """Appends degradations to `<out_dir>/<filename>` (JSONL: question, approach, teaching, both answers) and warns
+    when the share of non-degraded interactions over the last `window` falls below `ndr_threshold`."""
+
+    def __init__(self, filename: str = "degradations.jsonl", window: int = 50, ndr_threshold: float = 0.9):
+        self.filename = filename
+        self.window: deque[bool] = deque(maxlen=window)
+        self.ndr_threshold = ndr_threshold
+
+    def on_train_batch_end(self, fabric, state: dict, rollout, metrics: dict, **kwargs: Any) -> None:
+        rows = [i for i in rollout.interactions if i.baseline_correct is not None]
+        rows = gather_objects(fabric, rows)
+        if not rows:
+            return
+        degraded = [i for i in rows if i.p_with < i.p_base]
+        self.window.extend(i.p_with >= i.p_base for i in rows)
+        ndr = sum(self.window) / len(self.window)
+        metrics["teaching/window_ndr"] = ndr
+        if fabric.global_rank != 0:
+            return
+        if degraded:
+            path = Path(state["out_dir"]) / self.filename
+            with path.open("a") as f:
+                for i in degraded:
+                    record = {"step": state["step"], **asdict(i)}
+                    record.pop("policy_completion", None)
+                    record["teacher_completion"] = i.policy_completion
+                    f.write(json.dumps(record) + "\n")
+        if len(self.window) == self.window.maxlen and ndr < self.ndr_threshold:
+            fabric.print(
+                f"warning: NDR over the last {len(self.window)} interactions is {ndr:.3f} "
+                f"(< {self.ndr_threshold}); see {self.filename}"
+            )

@@ -1,0 +1,121 @@
+"""Where rows come from: a hub dataset, a local file or folder, read through `datasets`, with one-line errors.
+
+`datasets` reports a broken JSONL line as a long traceback without the line number, so local JSONL is checked here first.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import datasets
+
+FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+DataFiles = str | list[str] | dict[str, str | list[str]] | None
+
+
+class DataError(ValueError):
+    """A user mistake in the data or its configuration; the message is one line that names the problem."""
+
+
+def _json_type(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}[type(value)]
+
+
+def check_jsonl(path: str | Path) -> None:
+    """Raise DataError naming the file and line of the first line that is not a JSON object, or whose field has another
+    JSON type than in earlier lines (`datasets` fails on both with a traceback). Blank lines are fine."""
+    first_type: dict[str, tuple[str, int]] = {}
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path} line {number}: not valid JSON ({e.msg})") from None
+            if not isinstance(value, dict):
+                raise DataError(f"{path} line {number}: expected a JSON object, got {_json_type(value)}")
+            for key, item in value.items():
+                kind = _json_type(item)
+                if kind is None:
+                    continue
+                expected, seen_at = first_type.setdefault(key, (kind, number))
+                if kind != expected:
+                    raise DataError(
+                        f"{path} line {number}: column {key!r} expected {expected} (as on line {seen_at}), got {kind}"
+                    )
+
+
+def check_json_file(path: str | Path) -> None:
+    """A .json file may hold one JSON document or JSON lines; reject anything else with its line number."""
+    try:
+        json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        check_jsonl(path)
+
+
+def _local_data_files(root: Path, data_files: DataFiles) -> list[Path]:
+    if data_files is None:
+        return [p for p in root.rglob("*") if p.is_file()] if root.is_dir() else [root]
+    if isinstance(data_files, str):
+        names = [data_files]
+    elif isinstance(data_files, dict):
+        names = [n for v in data_files.values() for n in ([v] if isinstance(v, str) else v)]
+    else:
+        names = list(data_files)
+    return [root / n for n in names if (root / n).is_file()]
+
+
+def _check_local(paths: list[Path]) -> None:
+    for path in paths:
+        if path.suffix == ".jsonl":
+            check_jsonl(path)
+        elif path.suffix == ".json":
+            check_json_file(path)
+
+
+def is_local(dataset: str) -> bool:
+    """A path that exists, or a name that can only be meant as a file (a data-file extension or a path prefix)."""
+    path = Path(dataset).expanduser()
+    return path.exists() or path.suffix.lower() in FILE_BUILDERS or dataset.startswith(("./", "../", "/", "~"))
+
+
+def load_rows(
+    dataset: str, config: str | None = None, split: str = "train", data_files: DataFiles = None
+) -> datasets.Dataset:
+    """Load one split of `dataset`: a local .jsonl/.json/.parquet/.csv file, a local folder, or a hub dataset id."""
+    try:
+        if is_local(dataset):
+            table = _load_local(Path(dataset).expanduser(), config, split, data_files)
+        else:
+            table = datasets.load_dataset(dataset, config, split=split, data_files=data_files)
+    except DataError:
+        raise
+    except (FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as e:
+        raise DataError(f"cannot load dataset {dataset!r}: {str(e).splitlines()[0]}") from None
+    if len(table) == 0:
+        raise DataError(f"dataset {dataset!r} (split {split!r}) is empty")
+    return table
+
+
+def _load_local(path: Path, config: str | None, split: str, data_files: DataFiles) -> datasets.Dataset:
+    if not path.exists():
+        raise DataError(f"data file not found: {path}")
+    if path.is_dir():
+        _check_local(_local_data_files(path, data_files))
+        return datasets.load_dataset(str(path), config, split=split, data_files=data_files)
+    builder = FILE_BUILDERS.get(path.suffix.lower())
+    if builder is None:
+        raise DataError(f"unsupported data file extension {path.suffix!r} ({path}); use one of {sorted(FILE_BUILDERS)}")
+    _check_local([path])
+    if path.stat().st_size == 0:
+        raise DataError(f"dataset {str(path)!r} is empty")
+    # A single file is one split whatever `split` says: `datasets` names it "train".
+    return datasets.load_dataset(builder, data_files=str(path), split="train")

@@ -1,0 +1,250 @@
+"""TeacherStudentDataModule: one data module for the SFT phase (tokenized, completion-only batches) and the RL phase
+(`rl_dataset`: question/ground_truth strings), over synthetic rows, hub datasets or local files."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Literal, Sequence
+
+import datasets
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader
+
+from data_modules import synthetic
+from data_modules.schemas import Schema, canonicalize
+from data_modules.sft_examples import (
+    IGNORE_INDEX,
+    StudentExample,
+    atlas_sft_pair,
+    collate_right_padded,
+    fit_length,
+    generic_pairs,
+    messages_pair,
+    tokenize_pair,
+)
+from data_modules.sources import DataError, DataFiles, load_rows
+from rcl.prompts import PromptTemplates
+
+SYNTHETIC = "synthetic"
+_SYNTHETIC_ROWS = {
+    "atlas_sft": lambda problems, seed: synthetic.to_sft_rows(problems, seed),
+    "atlas_rl": lambda problems, seed: synthetic.to_rl_rows(problems),
+    "generic": lambda problems, seed: synthetic.to_generic_rows(problems),
+    "messages": lambda problems, seed: synthetic.to_messages_rows(problems),
+}
+
+
+class TeacherStudentDataModule(LightningDataModule):
+    def __init__(
+        self,
+        dataset: str = SYNTHETIC,
+        dataset_config: str | None = None,
+        split: str = "train",
+        data_files: DataFiles = None,
+        schema: Schema = "atlas_sft",
+        columns: dict[str, str] | None = None,
+        synthetic_size: int = 2000,
+        synthetic_seed: int = 0,
+        synthetic_levels: Sequence[int] = (1, 2, 3),
+        tokenizer_name_or_path: str | None = None,
+        templates: PromptTemplates = PromptTemplates(),
+        max_length: int = 1024,
+        overlong: Literal["truncate", "drop"] = "truncate",
+        val_size: float | int = 0.1,
+        seed: int = 42,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        student_examples: Sequence[StudentExample] = ("baseline",),
+    ):
+        """
+        Args:
+            dataset: "synthetic" (generated arithmetic), a hub dataset id, a local .jsonl/.json/.parquet/.csv file,
+                or a local folder.
+            dataset_config: Hub dataset configuration name (ignored for local files).
+            split: Split to load from a hub dataset or folder (a single local file is always one split).
+            data_files: Files to read inside a hub dataset or folder, e.g. "training/sft.jsonl".
+            schema: Row layout: atlas_sft (problem_text, student_approach, teacher_diagnosis, teacher_teaching),
+                atlas_rl (prompt, ground_truth), generic (question, solution; optional answer, reasoning_trace,
+                teaching, approach) or messages (a list of {role, content} turns).
+            columns: Canonical field -> dataset column, for datasets whose columns have other names.
+            synthetic_size: Number of synthetic problems.
+            synthetic_seed: Seed of the synthetic generator.
+            synthetic_levels: Synthetic difficulty levels to draw from (1: one-digit, 2: two-digit, 3: three-digit).
+            tokenizer_name_or_path: Tokenizer for SFT (hub id, folder or tiny preset); the SFT CLI links it to the
+                model's path. Not needed by `rl_dataset`.
+            templates: Chat prompts of every role (the same ones RL and evaluation use).
+            max_length: Most tokens per SFT example (prompt + completion).
+            overlong: What to do with longer examples: cut the completion's tail, or drop the example.
+            val_size: Held-out share (0 < x < 1) or number of rows (>= 1); 0 for no validation set.
+            seed: Seed of the train/validation split (shared by SFT and RL).
+            batch_size: Examples per batch (per device).
+            num_workers: DataLoader worker processes.
+            student_examples: For generic rows, which student examples each row gives: baseline (question ->
+                solution), with_teaching (question + teaching -> solution; needs `teaching`) and probe (question ->
+                approach; needs `approach`).
+        """
+        super().__init__()
+        if val_size < 0 or (isinstance(val_size, float) and val_size >= 1):
+            raise DataError(f"val_size must be 0, a share in (0, 1) or a row count >= 1, got {val_size}")
+        if max_length < 1 or batch_size < 1:
+            raise DataError(f"max_length and batch_size must be >= 1, got {max_length} and {batch_size}")
+        self.dataset = dataset
+        self.dataset_config = dataset_config
+        self.split = split
+        self.data_files = data_files
+        self.schema = schema
+        self.columns = columns
+        self.synthetic_size = synthetic_size
+        self.synthetic_seed = synthetic_seed
+        self.synthetic_levels = tuple(synthetic_levels)
+        self.tokenizer_name_or_path = tokenizer_name_or_path
+        self.templates = templates
+        self.max_length = max_length
+        self.overlong = overlong
+        self.val_size = val_size
+        self.seed = seed
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.student_examples = tuple(student_examples)
+        self.tokenizer = None
+        self.train_set: datasets.Dataset | None = None
+        self.val_set: datasets.Dataset | None = None
+        self._rows: datasets.Dataset | None = None
+
+    # ----- rows shared by both phases -----
+
+    def canonical_rows(self) -> datasets.Dataset:
+        """All rows, with the schema's canonical column names and checked types."""
+        if self._rows is None:
+            if self.dataset == SYNTHETIC:
+                problems = synthetic.generate_problems(self.synthetic_size, self.synthetic_seed, self.synthetic_levels)
+                table = datasets.Dataset.from_list(_SYNTHETIC_ROWS[self.schema](problems, self.synthetic_seed))
+            else:
+                table = load_rows(self.dataset, self.dataset_config, self.split, self.data_files)
+            self._rows = canonicalize(table, self.schema, None if self.dataset == SYNTHETIC else self.columns)
+        return self._rows
+
+    def split_rows(self) -> tuple[datasets.Dataset, datasets.Dataset]:
+        """Seeded train/validation split of the rows (before any row is expanded into several examples)."""
+        rows = self.canonical_rows()
+        if self.val_size == 0:
+            return rows, rows.select([])
+        if isinstance(self.val_size, int) and self.val_size >= len(rows):
+            raise DataError(f"val_size {self.val_size} leaves no training rows out of {len(rows)}")
+        parts = rows.train_test_split(test_size=self.val_size, seed=self.seed, shuffle=True)
+        return parts["train"], parts["test"]
+
+    def rl_dataset(self, split: Literal["train", "val"]) -> datasets.Dataset:
+        """The RL loop's prompts: exactly the string columns `question` and `ground_truth` (needs no tokenizer)."""
+        if self.schema not in ("atlas_rl", "generic"):
+            raise DataError(f"schema {self.schema} has no ground truth for RL; use atlas_rl or generic")
+        rows = self.split_rows()[0 if split == "train" else 1]
+        if self.schema == "atlas_rl":
+            return rows.rename_column("prompt", "question").select_columns(["question", "ground_truth"])
+        has_answer = "answer" in rows.column_names
+
+        def ground_truth(row: dict) -> dict:
+            answer = row["answer"] if has_answer else None
+            return {"ground_truth": answer if answer is not None else row["solution"]}
+
+        return rows.map(ground_truth).select_columns(["question", "ground_truth"])
+
+    # ----- SFT -----
+
+    def _pairs(self, batch: dict[str, list], indices: list[int]) -> list[tuple[str, str]]:
+        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        tok, templates = self.tokenizer, self.templates
+        if self.schema == "atlas_sft":
+            return [atlas_sft_pair(tok, templates, row) for row in rows]
+        if self.schema == "generic":
+            return [pair for row in rows for pair in generic_pairs(tok, templates, row, self.student_examples)]
+        if self.schema == "messages":
+            return [messages_pair(tok, row, i) for row, i in zip(rows, indices)]
+        raise DataError("schema atlas_rl has no SFT target; use atlas_sft, generic or messages for SFT")
+
+    def _tokenize_batch(self, batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        out: dict[str, list] = {"input_ids": [], "labels": [], "overlong": []}
+        for prompt, completion in self._pairs(batch, indices):
+            input_ids, labels = tokenize_pair(self.tokenizer, prompt, completion)
+            fitted = fit_length(input_ids, labels, self.max_length, self.overlong)
+            out["overlong"].append(fitted is None or len(fitted[0]) < len(input_ids))
+            input_ids, labels = fitted if fitted is not None else ([], [])
+            out["input_ids"].append(input_ids)
+            out["labels"].append(labels)
+        return out
+
+    def _check_student_columns(self, rows: datasets.Dataset) -> None:
+        needs = {"with_teaching": "teaching", "probe": "approach"}
+        for kind in self.student_examples:
+            column = needs.get(kind)
+            if column and column not in rows.column_names:
+                raise DataError(
+                    f"student_examples {kind!r} needs a {column!r} column; columns present: {', '.join(rows.column_names)}"
+                )
+
+    def tokenize(self, rows: datasets.Dataset, name: str) -> datasets.Dataset:
+        """SFT examples of `rows` (input_ids, labels); overlong ones truncated or dropped, target-less ones removed."""
+        if self.schema == "generic":
+            self._check_student_columns(rows)
+        examples = rows.map(
+            self._tokenize_batch, batched=True, with_indices=True, remove_columns=rows.column_names, desc=f"tokenize {name}"
+        )
+        overlong = sum(examples["overlong"])
+        if overlong:
+            action = "dropped" if self.overlong == "drop" else "truncated"
+            rank_zero_info(f"rcl data: {overlong} of {len(examples)} {name} examples over {self.max_length} tokens {action}")
+        examples = examples.filter(lambda e: any(t != IGNORE_INDEX for t in e["labels"]), desc=f"filter {name}")
+        if len(examples) == 0 and len(rows) > 0:
+            raise DataError(
+                f"no {name} example has a target token left (max_length {self.max_length}, overlong {self.overlong});"
+                " raise max_length"
+            )
+        return examples.remove_columns("overlong")
+
+    def load_tokenizer(self):
+        from transformers import AutoTokenizer
+
+        from rcl.tiny_models import resolve_model
+
+        if self.tokenizer_name_or_path is None:
+            raise DataError("SFT needs data.init_args.tokenizer_name_or_path (the SFT CLI sets it from the model)")
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(self.tokenizer_name_or_path))
+        if tokenizer.eos_token is None:
+            raise DataError(f"tokenizer {self.tokenizer_name_or_path!r} has no eos token; completions must end in one")
+        return tokenizer
+
+    def prepare_data(self) -> None:
+        # Runs on one process first, so a hub download or a tokenizer build happens once.
+        self.canonical_rows()
+        if self.tokenizer_name_or_path is not None:
+            self.load_tokenizer()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        self.tokenizer = self.load_tokenizer()
+        train_rows, val_rows = self.split_rows()
+        self.train_set = self.tokenize(train_rows, "train")
+        self.val_set = self.tokenize(val_rows, "validation")
+        rank_zero_info(f"rcl data: {len(self.train_set)} train / {len(self.val_set)} validation examples")
+
+    @property
+    def pad_id(self) -> int:
+        tok = self.tokenizer
+        return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    def _loader(self, data: datasets.Dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            data.with_format(columns=["input_ids", "labels"]),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=partial(collate_right_padded, pad_id=self.pad_id),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader(self.val_set, shuffle=False) if len(self.val_set) else []

@@ -1,0 +1,134 @@
+"""The whole embedded pipeline on CPU: tiny student SFT, tiny teacher SFT, then GRPO; a table and a plot at the end.
+
+    python -m experiments.quickstart            # about 10 minutes on 2 cores
+    python -m experiments.quickstart --skip-sft # reuse the SFT outputs of an earlier run
+
+Every step is an ordinary `python -m rcl fit --config lightning_configs/<recipe>.yaml` run, so each can be re-run
+or changed on its own. The RL run's history (runs/quickstart_rcl/history.jsonl) feeds the table and the plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+STEPS = (
+    ("student SFT", "lightning_configs/quickstart_student_sft.yaml", "runs/quickstart_student_sft/hf_model"),
+    ("teacher SFT", "lightning_configs/quickstart_sft.yaml", "runs/quickstart_sft/hf_model"),
+    ("GRPO (adaptive teaching)", "lightning_configs/quickstart_rcl.yaml", "runs/quickstart_rcl/hf_model"),
+)
+RL_DIR = Path("runs/quickstart_rcl")
+
+
+def run_step(name: str, recipe: str, overrides: list[str]) -> float:
+    print(f"\n=== {name}: python -m rcl fit --config {recipe} {' '.join(overrides)}", flush=True)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "rcl", "fit", "--config", recipe, *overrides], check=True)
+    return time.perf_counter() - start
+
+
+def load_history(path: Path) -> list[dict]:
+    if not path.exists():
+        raise SystemExit(f"quickstart: {path} is missing; did the RL step run?")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def summarize(history: list[dict]) -> dict:
+    """First and last evaluation, and mean training reward over the first and last fifth of the steps."""
+    evals = [h for h in history if "eval/with_teaching_accuracy" in h]
+    train = [h for h in history if "reward" in h]
+    if not evals or not train:
+        raise SystemExit("quickstart: the RL history has no evaluation or no training steps")
+    fifth = max(1, len(train) // 5)
+    mean = lambda rows: sum(r["reward"] for r in rows) / len(rows)  # noqa: E731
+    return {
+        "first_eval": evals[0],
+        "last_eval": evals[-1],
+        "reward_first_fifth": mean(train[:fifth]),
+        "reward_last_fifth": mean(train[-fifth:]),
+        "steps": train[-1]["step"],
+    }
+
+
+def print_table(summary: dict, seconds: dict[str, float]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    first, last = summary["first_eval"], summary["last_eval"]
+    table = Table(title=f"rcl quickstart: held-out problems, before and after {summary['steps']} GRPO steps")
+    table.add_column("metric")
+    table.add_column("before RL", justify="right")
+    table.add_column("after RL", justify="right")
+    for key, label in (
+        ("eval/baseline_accuracy", "student alone: accuracy"),
+        ("eval/with_teaching_accuracy", "teacher + student: accuracy"),
+        ("eval/ndr", "NDR"),
+        ("eval/tes", "TES"),
+        ("eval/learning_gain", "learning gain"),
+        ("eval/completion_rate", "completion rate"),
+        ("eval/teaching_tokens_mean", "teaching tokens"),
+    ):
+        if key in first:
+            table.add_row(label, f"{first[key]:.3f}", f"{last[key]:.3f}")
+    table.add_row("mean reward, first / last fifth of steps", f"{summary['reward_first_fifth']:.3f}",
+                  f"{summary['reward_last_fifth']:.3f}")
+    console = Console()
+    console.print(table)
+    console.print("wall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in seconds.items()))
+    beats = last["eval/with_teaching_accuracy"] > last["eval/baseline_accuracy"]
+    learns = summary["reward_last_fifth"] > summary["reward_first_fifth"]
+    console.print(f"teacher + student beats student alone: {'yes' if beats else 'NO'}; "
+                  f"reward rose over training: {'yes' if learns else 'NO'}")
+
+
+def plot(history: list[dict], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [h for h in history if "reward" in h]
+    evals = [h for h in history if "eval/with_teaching_accuracy" in h]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    axes[0].plot([h["step"] for h in train], [h["reward"] for h in train], label="reward (train)")
+    axes[0].set_title("reward")
+    if any("teaching/ndr" in h for h in train):
+        axes[1].plot([h["step"] for h in train], [h.get("teaching/ndr") for h in train], label="NDR (train)")
+    axes[1].plot([h["step"] for h in evals], [h.get("eval/ndr") for h in evals], "o-", label="NDR (held-out)")
+    axes[1].set_title("non-degradation rate")
+    axes[2].plot([h["step"] for h in evals], [h["eval/baseline_accuracy"] for h in evals], "o-", label="student alone")
+    axes[2].plot([h["step"] for h in evals], [h["eval/with_teaching_accuracy"] for h in evals], "o-",
+                 label="teacher + student")
+    axes[2].set_title("held-out accuracy")
+    for ax in axes:
+        ax.set_xlabel("optimizer step")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip-sft", action="store_true", help="reuse existing SFT outputs")
+    parser.add_argument("--seed", type=int, default=None, help="override every recipe's seed")
+    args = parser.parse_args(argv)
+    seconds: dict[str, float] = {}
+    for name, recipe, output in STEPS:
+        if args.skip_sft and "SFT" in name and Path(output).exists():
+            continue
+        overrides = []
+        if args.seed is not None:
+            overrides = ["--seed_everything" if "SFT" in name else "--trainer.seed", str(args.seed)]
+        seconds[name] = run_step(name, recipe, overrides)
+    history = load_history(RL_DIR / "history.jsonl")
+    print_table(summarize(history), seconds)
+    print(f"plot: {plot(history, RL_DIR / 'quickstart.png')}")
+
+
+if __name__ == "__main__":
+    main()

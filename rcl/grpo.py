@@ -1,0 +1,261 @@
+"""The maths of the GRPO phase as small pure torch functions: advantages, masks, log-probs, KL, clipped surrogate and
+TRL's four loss normalisations.
+
+Tensor layout used throughout: `B` completions (rows), `T` completion positions, `V` vocabulary. Rows come in
+contiguous groups of `G` completions of the same prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+AdvantageScale = Literal["group", "batch", "none"]
+LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
+
+
+def group_advantages(
+    rewards: Tensor, group_size: int, scale: AdvantageScale = "group", eps: float = 1e-4
+) -> tuple[Tensor, Tensor]:
+    """Group-relative advantages A = (r - mean_group) / (std + eps) over contiguous groups of `group_size`.
+
+    `scale`: "group" divides by each group's unbiased std, "batch" by the unbiased std of all N rewards, "none" only
+    centres. Returns `(advantages[N], zero_std[N // group_size])`; `zero_std` marks groups whose rewards are all equal
+    (they carry no learning signal; logged as `frac_reward_zero_std`).
+    """
+    if group_size < 2:
+        raise ValueError(f"group_size must be >= 2 (a group needs a baseline), got {group_size}")
+    if rewards.dim() != 1:
+        raise ValueError(f"rewards must be 1-D, got shape {tuple(rewards.shape)}")
+    if rewards.numel() % group_size != 0:
+        raise ValueError(f"{rewards.numel()} rewards cannot be split into groups of {group_size}")
+    grouped = rewards.view(-1, group_size)
+    centred = grouped - grouped.mean(dim=1, keepdim=True)
+    group_std = grouped.std(dim=1, keepdim=True)
+    zero_std = torch.isclose(group_std.squeeze(1), torch.zeros_like(group_std.squeeze(1)))
+    if scale == "group":
+        advantages = centred / (group_std + eps)
+    elif scale == "batch":
+        advantages = centred / (rewards.std() + eps)
+    elif scale == "none":
+        advantages = centred
+    else:
+        raise ValueError(f"unknown advantage scale {scale!r}; choose group, batch or none")
+    return advantages.reshape(-1), zero_std
+
+
+def _stop_hits(completion_ids: Tensor, stop_ids: Sequence[int], lengths: Tensor | None) -> Tensor:
+    if len(stop_ids) == 0:
+        raise ValueError("stop_ids is empty: give at least one stop token id")
+    hits = torch.isin(completion_ids, torch.as_tensor(list(stop_ids), device=completion_ids.device))
+    if lengths is not None:
+        hits &= _positions(completion_ids) < lengths.to(completion_ids.device)[:, None]
+    return hits
+
+
+def _positions(completion_ids: Tensor) -> Tensor:
+    return torch.arange(completion_ids.size(1), device=completion_ids.device)[None, :]
+
+
+def completion_mask(
+    completion_ids: Tensor,
+    stop_ids: Sequence[int],
+    pad_id: int | None = None,
+    lengths: Tensor | None = None,
+) -> Tensor:
+    """Float mask [B, T]: 1 up to and including the first occurrence of ANY id in `stop_ids`, 0 after.
+
+    Rows without a stop id stay 1 everywhere, except that `lengths` (true completion lengths, e.g. from the engine)
+    zeroes positions >= length and `pad_id` zeroes a trailing run of padding (a pad id that is itself the first stop
+    is kept as the stop token).
+    """
+    hits = _stop_hits(completion_ids, stop_ids, lengths)
+    width = completion_ids.size(1)
+    first_stop = torch.where(hits.any(dim=1), hits.int().argmax(dim=1), width)
+    positions = _positions(completion_ids)
+    mask = positions <= first_stop[:, None]
+    if lengths is not None:
+        mask &= positions < lengths.to(completion_ids.device)[:, None]
+    if pad_id is not None:
+        trailing_pad = (completion_ids == pad_id).flip(1).int().cumprod(dim=1).flip(1).bool()
+        mask &= ~trailing_pad | (positions == first_stop[:, None])
+    return mask.float()
+
+
+def truncated_rows(completion_ids: Tensor, stop_ids: Sequence[int], lengths: Tensor | None = None) -> Tensor:
+    """Bool [B]: rows that contain no stop id (within `lengths` when given), i.e. hit the token budget."""
+    return ~_stop_hits(completion_ids, stop_ids, lengths).any(dim=1)
+
+
+def mask_truncated(mask: Tensor, truncated: Tensor) -> Tensor:
+    """Zero the mask rows of truncated completions (TRL's `mask_truncated_completions`)."""
+    return mask * (~truncated).to(mask.dtype)[:, None]
+
+
+def selective_log_softmax(logits: Tensor, index: Tensor) -> Tensor:
+    """log_softmax(logits)[..., index] for logits [B, T, V] and index [B, T] without materialising [B, T, V] twice.
+
+    fp32/fp64: gathered logit minus a row-by-row logsumexp. bf16/fp16: log_softmax row by row, because logsumexp
+    in half precision is inaccurate enough to matter.
+    """
+    if logits.dtype in (torch.float32, torch.float64):
+        selected = logits.gather(dim=-1, index=index.unsqueeze(-1)).squeeze(-1)
+        logsumexp = torch.stack([torch.logsumexp(row, dim=-1) for row in logits])
+        return selected - logsumexp
+    rows = [
+        F.log_softmax(row_logits, dim=-1).gather(dim=-1, index=row_index.unsqueeze(-1)).squeeze(-1)
+        for row_logits, row_index in zip(logits, index)
+    ]
+    return torch.stack(rows)
+
+
+def token_logprobs(logits: Tensor, target_ids: Tensor, temperature: float = 1.0) -> Tensor:
+    """Log-probs [B, T] of `target_ids` under softmax(logits / temperature), i.e. of the distribution sampled from."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 for log-probs, got {temperature}")
+    if temperature != 1.0:
+        logits = logits / temperature
+    return selective_log_softmax(logits, target_ids)
+
+
+def completion_logprobs(
+    model: Any,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    completion_len: int,
+    temperature: float = 1.0,
+) -> Tensor:
+    """Per-token log-probs [B, T] of the completion tokens, from one forward pass.
+
+    Layout: `input_ids` [B, P + T] is the left-padded prompt followed by the right-padded completion, so every
+    completion starts at column P. Only the last T + 1 logits are computed (`logits_to_keep`); the very last one
+    predicts past the sequence and is dropped. Position ids are derived from `attention_mask` the way HF `generate`
+    derives them, so a left-padded row gets the log-probs it was sampled with.
+    """
+    if not 0 < completion_len < input_ids.size(1):
+        raise ValueError(f"completion_len {completion_len} must be in [1, {input_ids.size(1) - 1}] (needs a prompt)")
+    position_ids = (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+    logits = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        logits_to_keep=completion_len + 1,
+    ).logits[:, :-1, :]
+    return token_logprobs(logits, input_ids[:, -completion_len:], temperature)
+
+
+def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """Schulman's k3 estimator of KL(pi || ref) per token: exp(ref - logp) - (ref - logp) - 1 (always >= 0)."""
+    log_ratio = ref_logp - logp
+    return torch.exp(log_ratio) - log_ratio - 1
+
+
+def clipped_surrogate(
+    logp: Tensor, old_logp: Tensor, advantages: Tensor, epsilon_low: float, epsilon_high: float
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPO's clipped objective per token: -min(rho * A, clip(rho, 1 - eps_low, 1 + eps_high) * A).
+
+    `advantages` is per sequence [B]. Stats are bool per-token indicators: `low` (rho below the range with A < 0),
+    `high` (rho above it with A > 0) and `region` (either); on those tokens the gradient is zero.
+    """
+    ratio = torch.exp(logp - old_logp)
+    adv = advantages.unsqueeze(1)
+    unclipped = ratio * adv
+    clipped = torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high) * adv
+    per_token_loss = -torch.min(unclipped, clipped)
+    low = (ratio < 1 - epsilon_low) & (adv < 0)
+    high = (ratio > 1 + epsilon_high) & (adv > 0)
+    return per_token_loss, {"low": low, "high": high, "region": low | high}
+
+
+def aggregate_loss(
+    per_token_loss: Tensor,
+    mask: Tensor,
+    loss_type: LossType,
+    *,
+    max_completion_length: int,
+    num_micro_batches: int,
+    tokens_per_process: float | None,
+) -> Tensor:
+    """Reduce per-token losses [B, T] to the scalar to backpropagate for one of `num_micro_batches` micro-batches.
+
+    - grpo: mean over sequences of (sum l*M / sum M), / num_micro_batches (length-biased).
+    - bnpo: sum l*M / sum M over this micro-batch, / num_micro_batches.
+    - dr_grpo: sum l*M / (B * max_completion_length), / num_micro_batches.
+    - dapo: sum l*M / tokens_per_process, where tokens_per_process = active completion tokens of the whole accumulated
+      global batch / world size; no division by num_micro_batches (the normaliser already spans them).
+    Empty masks give 0, never NaN.
+    """
+    if num_micro_batches < 1:
+        raise ValueError(f"num_micro_batches must be >= 1, got {num_micro_batches}")
+    mask = mask.to(per_token_loss.dtype)
+    masked = per_token_loss * mask
+    if loss_type == "grpo":
+        per_sequence = masked.sum(dim=-1) / mask.sum(dim=-1).clamp(min=1.0)
+        return per_sequence.mean() / num_micro_batches
+    if loss_type == "bnpo":
+        return masked.sum() / mask.sum().clamp(min=1.0) / num_micro_batches
+    if loss_type == "dr_grpo":
+        if max_completion_length < 1:
+            raise ValueError(f"dr_grpo needs max_completion_length >= 1, got {max_completion_length}")
+        return masked.sum() / (per_token_loss.size(0) * max_completion_length) / num_micro_batches
+    if loss_type == "dapo":
+        if tokens_per_process is None or tokens_per_process < 0:
+            raise ValueError(
+                f"dapo needs tokens_per_process >= 0 (global active tokens / world size), got {tokens_per_process}"
+            )
+        return masked.sum() / (tokens_per_process if tokens_per_process > 0 else 1.0)
+    raise ValueError(f"unknown loss_type {loss_type!r}; choose grpo, bnpo, dr_grpo or dapo")
+
+
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of `values` over positions where mask is 1 (0 for an empty mask)."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def grpo_loss(
+    logp: Tensor,
+    old_logp: Tensor | None,
+    ref_logp: Tensor | None,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    beta: float,
+    epsilon_low: float,
+    epsilon_high: float,
+    loss_type: LossType,
+    max_completion_length: int,
+    num_micro_batches: int,
+    tokens_per_process: float | None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Clipped surrogate + beta * k3 KL per token, aggregated by `loss_type` (see `aggregate_loss`).
+
+    `old_logp=None` means on-policy (old = logp.detach(), ratio 1). The KL term is added only when beta != 0 and
+    `ref_logp` is given. Stats (detached, means over active tokens of this micro-batch): `kl` (when `ref_logp` is
+    given), `clip_ratio/low_mean`, `clip_ratio/high_mean`, `clip_ratio/region_mean`.
+    """
+    if old_logp is None:
+        old_logp = logp.detach()
+    per_token_loss, clipped = clipped_surrogate(logp, old_logp, advantages, epsilon_low, epsilon_high)
+    stats: dict[str, Tensor] = {}
+    if ref_logp is not None:
+        kl = kl_k3(logp, ref_logp)
+        if beta != 0:
+            per_token_loss = per_token_loss + beta * kl
+        stats["kl"] = masked_mean(kl.detach(), mask)
+    for name, indicator in clipped.items():
+        stats[f"clip_ratio/{name}_mean"] = masked_mean(indicator.to(logp.dtype), mask).detach()
+    loss = aggregate_loss(
+        per_token_loss,
+        mask,
+        loss_type,
+        max_completion_length=max_completion_length,
+        num_micro_batches=num_micro_batches,
+        tokens_per_process=tokens_per_process,
+    )
+    return loss, stats

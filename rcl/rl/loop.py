@@ -1,0 +1,571 @@
+"""The RL phase: a Fabric GRPO loop (`setup()` for the CLI, `main(fabric, ...)`, a plain `fit()`).
+
+Each optimizer step draws `prompts_per_step` prompts (split over processes, so GRPO groups never span processes),
+rolls them out (see rcl.rl.rollout), and takes `num_iterations` optimizer steps on the rollout with gradient
+accumulation over micro-batches. Sampling seeds derive from (seed, step, rank), so a resumed run repeats exactly
+what an uninterrupted one would have done.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from callbacks.base import FabricCallback
+from data_modules.teacher_student import TeacherStudentDataModule
+from callbacks.degradation import DegradationTracker
+from callbacks.ref_sync import RefModelSync, unwrap
+from callbacks.sample_logging import SampleLogger
+from callbacks.teaching_metrics import TeachingMetrics
+from rcl.engines import HFEngine, SamplingParams
+from rcl.grpo import completion_logprobs, grpo_loss
+from rcl.optim import OptimizerArgs, build_optimizer, build_scheduler
+from rcl.prompts import PromptTemplates
+from rcl.rewards import get_reward
+from rcl.rl.args import (
+    EngineArgs,
+    EnginesArgs,
+    EvalArgs,
+    GenerationArgs,
+    GRPOArgs,
+    LoggingArgs,
+    ModelArgs,
+    RewardArgs,
+    TrainerArgs,
+)
+from rcl.rl.rollout import Rollout, RolloutRunner, RolloutSettings
+from rcl.tiny_models import resolve_model
+
+RUN_LOGS = ("history.jsonl", "degradations.jsonl", "samples.jsonl")
+DEFAULT_OPTIMIZER = OptimizerArgs(learning_rate=1e-6, schedule="constant", max_grad_norm=1.0)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot work; the message says what to change."""
+
+
+def setup(
+    data: TeacherStudentDataModule,
+    trainer: TrainerArgs = TrainerArgs(),
+    teacher: ModelArgs = ModelArgs(),
+    student: ModelArgs = ModelArgs(),
+    grpo: GRPOArgs = GRPOArgs(),
+    generation: GenerationArgs = GenerationArgs(),
+    reward: RewardArgs = RewardArgs(),
+    optimizer: OptimizerArgs = DEFAULT_OPTIMIZER,
+    templates: PromptTemplates = PromptTemplates(),
+    eval: EvalArgs = EvalArgs(),
+    engines: EnginesArgs = EnginesArgs(),
+    logging: LoggingArgs = LoggingArgs(),
+    callbacks: list[FabricCallback] | None = None,
+    ckpt_path: str | None = None,
+    command: str = "fit",
+) -> None:
+    """Train (or, with command=validate, evaluate) a policy with GRPO.
+
+    Args:
+        data: The TeacherStudentDataModule; the loop reads its `rl_dataset("train"|"val")`.
+        trainer: Fabric runtime and loop length.
+        teacher: The policy (the teacher in adaptive teaching).
+        student: The student (unused by the direct protocol).
+        grpo: Protocol and objective.
+        generation: Sampling.
+        reward: Reward functions and weights.
+        optimizer: AdamW and schedule of the policy.
+        templates: Prompts of every role (shared with SFT).
+        eval: Held-out evaluation.
+        engines: Where each role generates.
+        logging: Samples and degradation tracking.
+        callbacks: Extra Fabric callbacks (subclasses of callbacks.base.FabricCallback).
+        ckpt_path: Resume from this Fabric checkpoint.
+    """
+    import lightning as L
+
+    validate_config(trainer, grpo, engines)
+    out_dir = Path(trainer.out_dir)
+    fabric = L.Fabric(
+        accelerator=trainer.accelerator,
+        strategy=trainer.strategy,
+        devices=trainer.devices,
+        num_nodes=trainer.num_nodes,
+        precision=trainer.precision,
+        loggers=build_loggers(trainer.loggers, out_dir),
+        callbacks=default_callbacks(grpo, logging) + list(callbacks or []),
+    )
+    fabric.launch(
+        main, data, trainer, teacher, student, grpo, generation, reward, optimizer, templates, eval, engines, ckpt_path,
+        command,
+    )
+
+
+def validate_config(trainer: TrainerArgs, grpo: GRPOArgs, engines: EnginesArgs) -> None:
+    if grpo.num_generations < 2:
+        raise ConfigError(f"grpo.num_generations must be >= 2 for group advantages, got {grpo.num_generations}")
+    if grpo.beta == 0 and grpo.sync_ref_model:
+        raise ConfigError("grpo.sync_ref_model needs grpo.beta > 0 (with beta 0 no reference model is loaded)")
+    world = (int(trainer.devices) if str(trainer.devices).isdigit() else 1) * trainer.num_nodes
+    if grpo.prompts_per_step % world:
+        raise ConfigError(
+            f"grpo.prompts_per_step={grpo.prompts_per_step} must be divisible by the {world} training processes "
+            f"(trainer.devices x trainer.num_nodes); use a multiple of {world}"
+        )
+    for role in ("teacher", "student"):
+        e: EngineArgs = getattr(engines, role)
+        if e.backend == "server" and not e.urls:
+            raise ConfigError(f"engines.{role}.backend is 'server' but engines.{role}.urls is empty")
+
+
+def default_callbacks(grpo: GRPOArgs, logging: LoggingArgs) -> list[FabricCallback]:
+    callbacks: list[FabricCallback] = [
+        TeachingMetrics(),
+        DegradationTracker(window=logging.degradation_window, ndr_threshold=logging.ndr_warn_threshold),
+        SampleLogger(every_n_steps=logging.sample_every_n_steps, num_samples=logging.samples_per_log),
+    ]
+    if grpo.sync_ref_model:
+        callbacks.append(RefModelSync(grpo.ref_model_mixup_alpha, grpo.ref_model_sync_steps))
+    from callbacks.weight_sync import WeightSync
+
+    callbacks.append(WeightSync())
+    return callbacks
+
+
+def build_loggers(names: list[str], out_dir: Path) -> list:
+    from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
+
+    loggers = []
+    for name in names:
+        if name == "csv":
+            loggers.append(CSVLogger(str(out_dir), name="csv", version=""))
+        elif name == "tensorboard":
+            loggers.append(TensorBoardLogger(str(out_dir), name="tensorboard", version=""))
+        elif name == "wandb":
+            from lightning.pytorch.loggers import WandbLogger
+
+            loggers.append(WandbLogger(save_dir=str(out_dir), project="rcl"))
+    return loggers
+
+
+def load_causal_lm(args: ModelArgs, trainable: bool, seed: int = 0) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
+    model = AutoModelForCausalLM.from_pretrained(
+        resolve_model(args.model_name_or_path, seed=seed), dtype=dtype, attn_implementation=args.attn_implementation
+    )
+    if trainable and args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if not trainable:
+        model.eval().requires_grad_(False)
+    return model
+
+
+def load_tokenizer(args: ModelArgs):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_model(args.model_name_or_path), padding_side="left")
+
+
+def build_engine(role: str, args: EngineArgs, model: torch.nn.Module | None, tokenizer: Any):
+    if args.backend == "in_process":
+        return HFEngine(model, tokenizer, max_batch_size=args.max_batch_size)
+    from rcl.serving.client import ServerEngine
+
+    return ServerEngine(args.urls, tokenizer, api_key=args.api_key, timeout_s=args.timeout_s)
+
+
+def rollout_settings(grpo: GRPOArgs, gen: GenerationArgs, teacher_tok: Any, student_tok: Any) -> RolloutSettings:
+    policy = SamplingParams(
+        max_tokens=gen.max_completion_length,
+        temperature=gen.temperature,
+        top_p=gen.top_p,
+        top_k=gen.top_k,
+        min_p=gen.min_p,
+        repetition_penalty=gen.repetition_penalty,
+    )
+    student = SamplingParams(max_tokens=gen.student_max_tokens, temperature=gen.student_temperature)
+    return RolloutSettings(
+        protocol=grpo.protocol,
+        num_generations=grpo.num_generations,
+        baseline_samples=grpo.baseline_samples,
+        student_samples=grpo.student_samples,
+        max_probe_tokens=grpo.max_probe_tokens,
+        missing_teaching=grpo.missing_teaching,
+        policy=policy,
+        student=student,
+        scale_rewards=grpo.scale_rewards,
+    )
+
+
+def eval_settings(train: RolloutSettings, eval_args: EvalArgs) -> RolloutSettings:
+    return replace(
+        train,
+        num_generations=1,
+        baseline_samples=1,
+        student_samples=1,
+        policy=replace(train.policy, temperature=eval_args.temperature),
+        student=replace(train.student, temperature=eval_args.temperature),
+    )
+
+
+def step_seed(seed: int, step: int, rank: int, salt: int = 0) -> int:
+    return (seed * 1_000_003 + step * 10_007 + rank * 101 + salt * 7) % (2**31 - 1)
+
+
+def main(
+    fabric: Any,
+    data: Any,
+    trainer: TrainerArgs,
+    teacher: ModelArgs,
+    student: ModelArgs,
+    grpo: GRPOArgs,
+    generation: GenerationArgs,
+    reward: RewardArgs,
+    optimizer_args: OptimizerArgs,
+    templates: PromptTemplates,
+    eval_args: EvalArgs,
+    engines_args: EnginesArgs,
+    ckpt_path: str | None,
+    command: str = "fit",
+) -> dict:
+    out_dir = Path(trainer.out_dir)
+    if fabric.global_rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not ckpt_path and command == "fit":  # a fresh run starts fresh logs; a resumed one appends
+            for name in RUN_LOGS:
+                (out_dir / name).unlink(missing_ok=True)
+    fabric.barrier()
+    fabric.seed_everything(trainer.seed)
+
+    teacher_tok = load_tokenizer(teacher)
+    adaptive = grpo.protocol == "adaptive_teaching"
+    student_tok = load_tokenizer(student) if adaptive else None
+
+    with fabric.init_module(empty_init=False):
+        policy = load_causal_lm(teacher, trainable=True)
+    reference = None
+    if grpo.beta != 0:
+        reference = load_causal_lm(teacher, trainable=False).to(fabric.device)
+    optimizer = build_optimizer(policy.parameters(), optimizer_args)
+    policy, optimizer = fabric.setup(policy, optimizer)
+    scheduler = build_scheduler(optimizer, trainer.max_steps, optimizer_args)
+
+    policy_engine = build_engine("teacher", engines_args.teacher, unwrap(policy), teacher_tok)
+    student_engine = None
+    if adaptive:
+        student_model = (
+            load_causal_lm(student, trainable=False).to(fabric.device)
+            if engines_args.student.backend == "in_process"
+            else None
+        )
+        student_engine = build_engine("student", engines_args.student, student_model, student_tok)
+    engines = {"teacher": policy_engine, "student": student_engine}
+
+    rewards = {name: get_reward(name, **reward.kwargs.get(name, {})) for name in reward.functions}
+    runner = RolloutRunner(policy_engine, student_engine, templates, rewards, dict(reward.functions))
+    settings = rollout_settings(grpo, generation, teacher_tok, student_tok)
+    stop_ids = [teacher_tok.eos_token_id]
+
+    state = {
+        "model": policy,
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+        "step": 0,
+        "prompts_seen": 0,
+        "ref_model": reference,
+        "out_dir": str(out_dir),
+    }
+    if ckpt_path:
+        view = _checkpoint_view(state)
+        remainder = fabric.load(ckpt_path, view)
+        state.update(step=view["step"], prompts_seen=view["prompts_seen"])
+        if "rng" in remainder:
+            torch.set_rng_state(remainder["rng"])
+        fabric.print(f"resumed from {ckpt_path} at step {state['step']}")
+
+    train_rows = data.rl_dataset("train")
+    val_rows = data.rl_dataset("val")
+    if len(train_rows) < grpo.prompts_per_step:
+        raise ConfigError(
+            f"the training split has {len(train_rows)} prompts, fewer than grpo.prompts_per_step={grpo.prompts_per_step}"
+        )
+
+    history_path = out_dir / "history.jsonl"
+    if command == "validate":
+        metrics = evaluate(fabric, state, runner, val_rows, settings, eval_args, trainer.seed)
+        _record(fabric, history_path, metrics, state["step"])
+        return metrics
+
+    fit(fabric, state, runner, engines, train_rows, val_rows, settings, trainer, grpo, generation, eval_args,
+        optimizer_args, stop_ids, history_path)
+
+    if trainer.export_hf:
+        export_hf(fabric, policy, teacher_tok, out_dir / "hf_model")
+    return state
+
+
+def fit(
+    fabric, state, runner, engines, train_rows, val_rows, settings, trainer, grpo, generation, eval_args,
+    optimizer_args, stop_ids, history_path,
+) -> None:
+    fabric.call("on_train_start", fabric=fabric, state=state)
+    if eval_args.at_start and state["step"] == 0:
+        _record(fabric, history_path, evaluate(fabric, state, runner, val_rows, settings, eval_args, trainer.seed), 0)
+    local_prompts = grpo.prompts_per_step // fabric.world_size
+    while state["step"] < trainer.max_steps:
+        rows = next_prompts(train_rows, state, grpo.prompts_per_step, trainer.seed, fabric.global_rank, local_prompts)
+        fabric.call("on_train_batch_start", fabric=fabric, state=state, rows=rows)
+        rollout = runner.run(rows, step_seed(trainer.seed, state["step"], fabric.global_rank), settings)
+        old_logps = None
+        for iteration in range(grpo.num_iterations):
+            if state["step"] >= trainer.max_steps:
+                break
+            if grpo.num_iterations > 1 and old_logps is None:
+                old_logps = behaviour_logprobs(state["model"], rollout, grpo, generation, stop_ids, fabric)
+            start = time.perf_counter()
+            stats = train_step(fabric, state, rollout, grpo, generation, optimizer_args, stop_ids, old_logps)
+            state["step"] += 1
+            metrics = step_metrics(fabric, rollout, stats, state, time.perf_counter() - start, grpo)
+            fabric.call("on_train_batch_end", fabric=fabric, state=state, rollout=rollout, metrics=metrics,
+                        engines=engines)
+            if state["step"] % trainer.log_every_n_steps == 0 or state["step"] == trainer.max_steps:
+                _record(fabric, history_path, metrics, state["step"])
+                fabric.print(progress_line(state["step"], trainer.max_steps, metrics))
+            if eval_args.every_n_steps and state["step"] % eval_args.every_n_steps == 0:
+                _record(fabric, history_path,
+                        evaluate(fabric, state, runner, val_rows, settings, eval_args, trainer.seed), state["step"])
+            if trainer.checkpoint_every_n_steps and state["step"] % trainer.checkpoint_every_n_steps == 0:
+                save_checkpoint(fabric, state, trainer.keep_last_checkpoints)
+    if not eval_args.every_n_steps or state["step"] % eval_args.every_n_steps:
+        _record(fabric, history_path,
+                evaluate(fabric, state, runner, val_rows, settings, eval_args, trainer.seed), state["step"])
+    save_checkpoint(fabric, state, trainer.keep_last_checkpoints)
+    fabric.call("on_train_end", fabric=fabric, state=state)
+
+
+def next_prompts(rows, state: dict, per_step: int, seed: int, rank: int, local: int) -> list[dict]:
+    """This process's prompts of the next step; the order is a seeded permutation per pass over the data."""
+    n = len(rows)
+    passes_done, offset = divmod(state["prompts_seen"], n)
+    if offset + per_step > n:  # start the next pass rather than straddle two permutations
+        passes_done, offset = passes_done + 1, 0
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + passes_done)).tolist()
+    picked = order[offset + rank * local : offset + (rank + 1) * local]
+    state["prompts_seen"] = passes_done * n + offset + per_step
+    return [rows[i] for i in picked]
+
+
+def _pack(rollout: Rollout, index: list[int], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[left-padded prompt | right-padded completion] ids, attention mask, and completion ids."""
+    prompts = [rollout.prompt_ids[i] for i in index]
+    comps = [rollout.completions[i].token_ids for i in index]
+    p_len, c_len = max(len(p) for p in prompts), max(max(len(c) for c in comps), 1)
+    ids = torch.full((len(index), p_len + c_len), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    for row, (p, c) in enumerate(zip(prompts, comps)):
+        ids[row, p_len - len(p) : p_len] = torch.tensor(p)
+        ids[row, p_len : p_len + len(c)] = torch.tensor(c, dtype=torch.long)
+        attn[row, p_len - len(p) : p_len + len(c)] = 1
+    return ids.to(device), attn.to(device), ids[:, p_len:].to(device)
+
+
+def _micro_batches(n: int, size: int) -> list[list[int]]:
+    return [list(range(i, min(n, i + size))) for i in range(0, n, size)]
+
+
+def _mask(rollout: Rollout, index: list[int], width: int, grpo: GRPOArgs, device) -> torch.Tensor:
+    lengths = torch.tensor([len(rollout.completions[i].token_ids) for i in index])
+    mask = (torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)).float()
+    if grpo.mask_truncated_completions:
+        truncated = torch.tensor([rollout.completions[i].finish_reason == "length" for i in index])
+        mask[truncated] = 0.0
+    return mask.to(device)
+
+
+@torch.no_grad()
+def behaviour_logprobs(model, rollout, grpo, generation, stop_ids, fabric) -> list[torch.Tensor]:
+    """Log-probs of the rollout under the weights that sampled it, for the PPO ratio of later iterations."""
+    out = []
+    pad = unwrap(model).config.pad_token_id or 0
+    for index in _micro_batches(len(rollout), grpo.micro_batch_size):
+        ids, attn, comp = _pack(rollout, index, pad, fabric.device)
+        out.append(completion_logprobs(model, ids, attn, comp.shape[1], generation.temperature).detach())
+    return out
+
+
+def train_step(fabric, state, rollout, grpo, generation, optimizer_args, stop_ids, old_logps) -> dict:
+    """One optimizer step over the whole rollout, accumulating gradients over micro-batches."""
+    model, optimizer = state["model"], state["optimizer"]
+    reference = state["ref_model"]
+    pad = unwrap(model).config.pad_token_id or 0
+    batches = _micro_batches(len(rollout), grpo.micro_batch_size)
+    local_tokens = sum(
+        0 if grpo.mask_truncated_completions and c.finish_reason == "length" else len(c.token_ids)
+        for c in rollout.completions
+    )
+    global_tokens = fabric.all_reduce(torch.tensor(float(local_tokens), device=fabric.device), reduce_op="sum")
+    tokens_per_process = max(float(global_tokens) / fabric.world_size, 1.0)
+    advantages = rollout.advantages.to(fabric.device)
+    totals: dict[str, float] = {}
+    for k, index in enumerate(batches):
+        ids, attn, comp = _pack(rollout, index, pad, fabric.device)
+        mask = _mask(rollout, index, comp.shape[1], grpo, fabric.device)
+        with fabric.no_backward_sync(model, enabled=k < len(batches) - 1):
+            logp = completion_logprobs(model, ids, attn, comp.shape[1], generation.temperature)
+            ref_logp = None
+            if reference is not None:
+                with torch.no_grad():
+                    ref_logp = completion_logprobs(reference, ids, attn, comp.shape[1], generation.temperature)
+            old = old_logps[k] if old_logps is not None else logp.detach()
+            loss, stats = grpo_loss(
+                logp, old, ref_logp, advantages[index], mask,
+                beta=grpo.beta,
+                epsilon_low=grpo.epsilon,
+                epsilon_high=grpo.epsilon_high if grpo.epsilon_high is not None else grpo.epsilon,
+                loss_type=grpo.loss_type,
+                max_completion_length=generation.max_completion_length,
+                num_micro_batches=len(batches),
+                tokens_per_process=tokens_per_process,
+            )
+            fabric.backward(loss)
+        totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
+        for name, value in stats.items():
+            totals[name] = totals.get(name, 0.0) + float(value) / len(batches)
+    fabric.call("on_before_optimizer_step", fabric=fabric, state=state, optimizer=optimizer)
+    if optimizer_args.max_grad_norm:
+        totals["grad_norm"] = float(fabric.clip_gradients(model, optimizer, max_norm=optimizer_args.max_grad_norm))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    state["scheduler"].step()
+    return totals
+
+
+def _mean_over_processes(fabric, values: dict[str, float]) -> dict[str, float]:
+    if not values:
+        return {}
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=fabric.device)
+    t = fabric.all_reduce(t, reduce_op="mean")
+    return dict(zip(keys, t.tolist()))
+
+
+def step_metrics(fabric, rollout: Rollout, stats: dict, state: dict, train_seconds: float, grpo: GRPOArgs) -> dict:
+    rewards = rollout.rewards
+    groups = rewards.view(-1, rollout.num_generations)
+    lengths = torch.tensor([float(len(c.token_ids)) for c in rollout.completions])
+    truncated = torch.tensor([float(c.finish_reason == "length") for c in rollout.completions])
+    local = {
+        "reward": rewards.mean().item(),
+        "reward_std": groups.std(dim=1).mean().item(),
+        "frac_reward_zero_std": rollout.zero_std_groups.float().mean().item(),
+        "completions/mean_length": lengths.mean().item(),
+        "completions/min_length": lengths.min().item(),
+        "completions/max_length": lengths.max().item(),
+        "completions/clipped_ratio": truncated.mean().item(),
+        "accuracy": sum(i.p_with for i in rollout.interactions) / len(rollout.interactions),
+        **{f"rewards/{k}/mean": v.mean().item() for k, v in rollout.reward_components.items()},
+        **{f"time/{k}": v for k, v in rollout.timings.items()},
+        **{k: v for k, v in stats.items()},
+    }
+    local["time/training"] = train_seconds
+    metrics = _mean_over_processes(fabric, local)
+    metrics["lr"] = state["scheduler"].get_last_lr()[0]
+    tokens = {f"tokens/{k}": float(v) for k, v in rollout.generated_tokens.items()}
+    metrics.update({k: v * fabric.world_size for k, v in _mean_over_processes(fabric, tokens).items()})
+    return metrics
+
+
+@torch.no_grad()
+def evaluate(fabric, state, runner: RolloutRunner, val_rows, settings, eval_args: EvalArgs, seed: int) -> dict:
+    """Fixed-seed held-out rollout: student alone vs teacher + student (or the policy alone for `direct`)."""
+    n = min(eval_args.num_prompts, len(val_rows))
+    index = list(range(n))[fabric.global_rank :: fabric.world_size]
+    rows = [val_rows[i] for i in index]
+    metrics: dict[str, float] = {}
+    if rows:
+        rollout = runner.run(rows, step_seed(seed, 0, fabric.global_rank, salt=1), eval_settings(settings, eval_args))
+        fabric.call("on_validation_end", fabric=fabric, state=state, rollout=rollout, metrics=metrics)
+        local = {"eval/accuracy": sum(i.p_with for i in rollout.interactions) / len(rollout.interactions)}
+        metrics.update(_mean_over_processes(fabric, local))
+    fabric.print(f"eval @ step {state['step']}: " + ", ".join(f"{k[5:]} {v:.3f}" for k, v in sorted(metrics.items())))
+    return metrics
+
+
+def progress_line(step: int, max_steps: int, m: dict) -> str:
+    parts = [f"step {step}/{max_steps}", f"reward {m['reward']:.3f}", f"acc {m['accuracy']:.3f}"]
+    if "teaching/ndr" in m:
+        parts += [f"base {m['teaching/baseline_accuracy']:.3f}", f"ndr {m['teaching/ndr']:.3f}"]
+    parts.append(f"loss {m.get('loss', float('nan')):.4f}")
+    gen = sum(v for k, v in m.items() if k.startswith("time/generation"))
+    parts.append(f"gen {gen:.1f}s train {m['time/training']:.1f}s")
+    return " | ".join(parts)
+
+
+def _record(fabric, path: Path, metrics: dict, step: int) -> None:
+    if not metrics:
+        return
+    fabric.log_dict(metrics, step=step)
+    if fabric.global_rank == 0:
+        with path.open("a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+
+
+def _checkpoint_view(state: dict) -> dict:
+    view = {k: state[k] for k in ("model", "optimizer", "scheduler", "step", "prompts_seen")}
+    if state.get("ref_model") is not None:
+        view["ref_model"] = state["ref_model"]
+    return view
+
+
+def save_checkpoint(fabric, state: dict, keep_last: int) -> Path:
+    folder = Path(state["out_dir"]) / "checkpoints"
+    path = folder / f"step-{state['step']:06d}.ckpt"
+    fabric.save(path, {**_checkpoint_view(state), "rng": torch.get_rng_state()})
+    if fabric.global_rank == 0 and keep_last > 0:
+        old = sorted(folder.glob("step-*.ckpt"))[:-keep_last]
+        for stale in old:
+            if stale.is_dir():
+                import shutil
+
+                shutil.rmtree(stale)
+            else:
+                stale.unlink()
+    fabric.barrier()
+    return path
+
+
+def export_hf(fabric, model, tokenizer, out: Path) -> None:
+    """Save the policy as an HF folder (full weights gathered on rank 0 under sharded strategies)."""
+    from rcl.serving.weights import iter_full_state
+
+    state_dict = dict(iter_full_state(model, fabric))
+    if fabric.global_rank == 0:
+        unwrap(model).save_pretrained(str(out), state_dict=state_dict)
+        tokenizer.save_pretrained(str(out))
+        fabric.print(f"exported the policy to {out}")
+    fabric.barrier()
+
+
+def cli_main(command: str, argv: list[str]) -> None:
+    """Parse an RL recipe (several --config merged, dotted overrides, --print_config) and run it."""
+    from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
+
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    if command not in ("fit", "validate"):
+        raise SystemExit(f"rcl: RL recipes support `fit` and `validate`, not `{command}`")
+    parser = ArgumentParser(prog=f"python -m rcl {command}", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", action=ActionConfigFile, help="Recipe YAML (repeat to merge in order).")
+    parser.add_function_arguments(setup, skip={"command"})
+    cfg = parser.parse_args(argv)
+    init = parser.instantiate_classes(cfg)
+    kwargs = {k: v for k, v in vars(init).items() if k not in ("config", "__path__")}
+    try:
+        setup(command=command, **kwargs)
+    except ConfigError as err:
+        raise SystemExit(f"rcl: {err}") from None

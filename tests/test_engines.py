@@ -1,0 +1,71 @@
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rcl.engines import GenerationEngine, HFEngine, SamplingParams, trim_completion
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    return HFEngine(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tok)
+
+
+def _ids(engine, text):
+    return engine.tokenizer(text, add_special_tokens=False).input_ids
+
+
+def test_generate_returns_n_unpadded_completions_per_prompt(engine):
+    prompts = [_ids(engine, "What is 47+38?"), _ids(engine, "Hi")]
+    out = engine.generate(prompts, SamplingParams(max_tokens=6, n=3, seed=0))
+    assert isinstance(engine, GenerationEngine)
+    assert [len(group) for group in out] == [3, 3]
+    for group in out:
+        for c in group:
+            assert 1 <= len(c.token_ids) <= 6
+            assert len(c.logprobs) == len(c.token_ids)
+            assert all(lp <= 0 for lp in c.logprobs)
+            assert engine.pad_id not in c.token_ids[:-1]
+            assert c.finish_reason == ("stop" if c.token_ids[-1] == engine.tokenizer.eos_token_id else "length")
+            assert c.text == engine.tokenizer.decode(c.token_ids, skip_special_tokens=True)
+
+
+def test_seeded_generation_is_reproducible_and_left_padding_is_neutral(engine):
+    p = SamplingParams(max_tokens=5, n=2, seed=123)
+    short, long_ = _ids(engine, "Hi"), _ids(engine, "What is 147+38? Think.")
+    alone = engine.generate([short], SamplingParams(max_tokens=5, n=1, temperature=0.0))
+    batched = engine.generate([long_, short], SamplingParams(max_tokens=5, n=1, temperature=0.0))
+    assert alone[0][0].token_ids == batched[1][0].token_ids, "left padding must not change greedy output"
+    a, b = engine.generate([short], p), engine.generate([short], p)
+    assert [c.token_ids for c in a[0]] == [c.token_ids for c in b[0]]
+
+
+def test_logprobs_match_a_forward_pass_at_temperature(engine):
+    prompt = _ids(engine, "What is 4+5?")
+    params = SamplingParams(max_tokens=4, n=1, temperature=0.7, seed=5)
+    c = engine.generate([prompt], params)[0][0]
+    ids = torch.tensor([prompt + c.token_ids])
+    with torch.no_grad():
+        logits = engine.model(ids).logits[0, len(prompt) - 1 : -1] / 0.7
+    expected = logits.log_softmax(-1).gather(-1, torch.tensor(c.token_ids).unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(torch.tensor(c.logprobs), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_trim_completion_stops_at_any_stop_id_and_stop_string(engine):
+    tok = engine.tokenizer
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    body = _ids(engine, "<solution>5</solution>")
+    c = trim_completion(body + [eos, pad, pad], [-0.1] * (len(body) + 3), tok, SamplingParams())
+    assert c.token_ids == body + [eos] and c.finish_reason == "stop" and len(c.logprobs) == len(body) + 1
+    extra = body[0]
+    c = trim_completion([5, extra, 7], None, tok, SamplingParams(stop_token_ids=[extra]))
+    assert c.token_ids == [5, extra] and c.finish_reason == "stop"
+    c = trim_completion(body + [7, 8], None, tok, SamplingParams(stop=["</solution>"]))
+    assert c.token_ids == body and c.finish_reason == "stop"
+    c = trim_completion([7, 8], None, tok, SamplingParams())
+    assert c.finish_reason == "length"
+
+
+def test_bad_params_are_refused(engine):
+    with pytest.raises(ValueError, match="n and max_tokens"):
+        engine.generate([[1, 2]], SamplingParams(n=0))

@@ -1,0 +1,54 @@
+import pytest
+
+from rcl.prompts import (
+    PromptTemplates,
+    extract_teaching,
+    render_prompt,
+    student_messages,
+    teacher_messages,
+    teacher_target,
+)
+
+
+def test_teacher_messages_and_target_shapes():
+    t = PromptTemplates(teacher_system="SYS")
+    msgs = teacher_messages(t, "What is 1+2?", "add")
+    assert msgs == [
+        {"role": "system", "content": "SYS"},
+        {"role": "user", "content": "Question: What is 1+2?\nStudent's approach: add"},
+    ]
+    assert teacher_target(" carry ", "ones 1+2=3 ") == "<thinking>carry</thinking>\n<teaching>ones 1+2=3</teaching>"
+
+
+def test_student_messages_cover_every_kind_and_need_teaching():
+    t = PromptTemplates(student_system=None)
+    assert student_messages(t, "baseline", "Q?") == [
+        {"role": "user", "content": "Q?\nPut the final answer in <solution></solution>."}
+    ]
+    assert student_messages(t, "probe", "Q?")[0]["content"] == "Q?\nState your approach briefly."
+    assert "Guidance: hint" in student_messages(t, "with_teaching", "Q?", "hint")[0]["content"]
+    with pytest.raises(ValueError, match="needs a teaching"):
+        student_messages(t, "with_teaching", "Q?")
+
+
+def test_render_prompt_uses_the_roles_tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    text = render_prompt(tok, [{"role": "user", "content": "x"}])
+    assert text.endswith("<|im_start|>assistant\n")
+
+
+@pytest.mark.parametrize(
+    "completion, missing, text, tags",
+    [
+        ("<thinking>a</thinking>\n<teaching> b </teaching>", "strip_thinking", "b", True),
+        ("<teaching>first</teaching><teaching>second</teaching>", "strip_thinking", "first", True),
+        ("<thinking>secret</thinking> shown", "strip_thinking", "shown", False),
+        ("<thinking>secret</thinking> shown", "empty", "", False),
+        ("<teaching>unclosed", "strip_thinking", "<teaching>unclosed", False),
+    ],
+)
+def test_extract_teaching_rules(completion, missing, text, tags):
+    got = extract_teaching(completion, missing)
+    assert (got.text, got.has_tags) == (text, tags)
