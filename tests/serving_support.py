@@ -33,6 +33,12 @@ def free_port(count: int = 1) -> int:
     raise RuntimeError("no free port range")
 
 
+def listening(port: int) -> bool:
+    """Something accepts connections on 127.0.0.1:port (unlike a failed bind, TIME_WAIT sockets do not count)."""
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def port_free(port: int) -> bool:
     with socket.socket() as s:
         try:

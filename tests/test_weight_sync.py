@@ -101,9 +101,18 @@ def test_callback_syncs_teacher_only_every_n_steps(served, policy):
     assert step == 2 and set(metrics) == {"sync/seconds", "sync/bytes", "sync/buckets"}
     assert metrics["sync/buckets"] > 1 and metrics["sync/bytes"] == sum(p.numel() * 4 for p in model.parameters())
 
+    train_one_step(model, seed=12)
+    metrics = {"reward": 0.5}  # the RL loop passes its metrics dict: stats go there instead of a separate log call
+    fabric.call("on_train_batch_end", fabric=fabric, state={"model": wrapped, "step": 4}, engines=engines,
+                metrics=metrics)
+    assert set(metrics) == {"reward", "sync/seconds", "sync/bytes", "sync/buckets"} and len(logger.logged) == 1
+    assert teacher.weights_checksums() == [checksum_of(model)]
+
     in_process = {"teacher": HFEngine(model, tok), "student": MustNotSync()}
-    fabric.call("on_train_batch_end", fabric=fabric, state={"model": wrapped, "step": 4}, engines=in_process)
-    assert len(logger.logged) == 1
+    metrics = {}
+    fabric.call("on_train_batch_end", fabric=fabric, state={"model": wrapped, "step": 6}, engines=in_process,
+                metrics=metrics)
+    assert metrics == {} and len(logger.logged) == 1
 
 
 def test_dead_server_error_names_it(tiny_model_dir, policy):
