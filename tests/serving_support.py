@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -23,12 +24,11 @@ def server_env() -> dict:
 
 
 def free_port(count: int = 1) -> int:
-    """A port p such that p .. p+count-1 are free right now."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + count < 65535 and all(port_free(base + i) for i in range(count)):
+    """A port p such that p .. p+count-1 are free now, below the ephemeral range that outgoing connections use."""
+    rng = random.Random()
+    for _ in range(500):
+        base = rng.randrange(20000, 32000 - count)
+        if all(port_free(base + i) for i in range(count)):
             return base
     raise RuntimeError("no free port range")
 
