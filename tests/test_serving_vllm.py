@@ -51,6 +51,7 @@ def test_vllm_server_generates_and_loads_weights(tiny_model_dir):
                 p.add_(torch.randn_like(p) * 0.05)
         stats = engine.update_weights(iter_full_state(model), bucket_bytes=1 << 16)
         assert stats["buckets"] > 1
-        assert engine.generate(prompts, greedy)[0][0].token_ids == HFEngine(model, tok).generate(prompts, greedy)[0][0].token_ids
+        local = HFEngine(model, tok).generate(prompts, greedy)
+        assert engine.generate(prompts, greedy)[0][0].token_ids == local[0][0].token_ids
     finally:
         stop_server(proc)

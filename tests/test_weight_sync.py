@@ -1,4 +1,4 @@
-"""Weight sync end to end on CPU: train a copy one step, push it, the server's weights equal the trainer's bit for bit."""
+"""Weight sync end to end on CPU: train a copy one step, push it; the server's weights equal the trainer's exactly."""
 
 import signal
 
@@ -56,7 +56,8 @@ def test_push_makes_server_weights_identical(served, policy, bucket_bytes, expec
     assert stats["bytes"] == sum(p.numel() * p.element_size() for p in model.parameters())
     # the served model now generates what the trained copy generates
     prompt, params = [[5, 6, 7, 8]], SamplingParams(max_tokens=6, temperature=0)
-    assert engine.generate(prompt, params)[0][0].token_ids == HFEngine(model, tok).generate(prompt, params)[0][0].token_ids
+    local = HFEngine(model, tok).generate(prompt, params)
+    assert engine.generate(prompt, params)[0][0].token_ids == local[0][0].token_ids
 
 
 class RecordingLogger(Logger):
