@@ -9,11 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from callbacks.base import FabricCallback
 from rcl.serving.weights import iter_full_state
 
 
-class WeightSync:
-    """Fabric callback: `fabric.call("on_train_batch_end", fabric=..., state=..., engines=...)` after each step."""
+class WeightSync(FabricCallback):
+    """Fabric callback: `fabric.call("on_train_batch_end", fabric=..., state=..., engines=...)` after each step.
+
+    Logs `sync/seconds`, `sync/bytes`, `sync/buckets`: into the loop's `metrics` dict when the hook gets one (the loop
+    logs it right after), else with `fabric.log_dict`.
+    """
 
     def __init__(self, every_n_steps: int = 1, bucket_mb: float = 64.0):
         if every_n_steps < 1:
@@ -24,12 +29,19 @@ class WeightSync:
         self.bucket_bytes = max(1, int(bucket_mb * 1024 * 1024))
 
     def on_train_batch_end(self, fabric: Any = None, state: dict | None = None, engines: dict | None = None,
-                           **kwargs: Any) -> None:
+                           metrics: dict | None = None, **kwargs: Any) -> None:
         if state is None or fabric is None or state["step"] % self.every_n_steps != 0:
             return
-        self.sync(fabric, state["model"], (engines or {}).get("teacher"), step=state["step"])
+        stats = self.sync(fabric, state["model"], (engines or {}).get("teacher"))
+        if stats is None:
+            return
+        scalars = {f"sync/{k}": float(v) for k, v in stats.items()}
+        if isinstance(metrics, dict):
+            metrics.update(scalars)
+        else:
+            fabric.log_dict(scalars, step=state["step"])
 
-    def sync(self, fabric: Any, model: Any, engine: Any, step: int) -> dict | None:
+    def sync(self, fabric: Any, model: Any, engine: Any) -> dict | None:
         """Push `model`'s full weights to `engine` now; returns the stats (on every rank) or None if not a server."""
         if not callable(getattr(engine, "update_weights", None)):
             return None
@@ -40,6 +52,4 @@ class WeightSync:
             for _ in named:  # join the gathers rank 0 is doing
                 pass
             stats = None
-        stats = fabric.broadcast(stats, src=0)
-        fabric.log_dict({f"sync/{k}": float(v) for k, v in stats.items()}, step=step)
-        return stats
+        return fabric.broadcast(stats, src=0)

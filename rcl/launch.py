@@ -208,7 +208,8 @@ def build_plan(args: argparse.Namespace, overrides: list[str], available_gpus: l
         )
 
     seed = int(_get(recipe, "trainer.seed", 0) or 0)
-    run_dir = Path(args.run_dir or Path(_get(recipe, "trainer.out_dir") or "runs") / time.strftime("launch-%Y%m%d-%H%M%S"))
+    default_run_dir = Path(_get(recipe, "trainer.out_dir") or "runs") / time.strftime("launch-%Y%m%d-%H%M%S")
+    run_dir = Path(args.run_dir or default_run_dir)
     servers: list[ServerPlan] = []
     for role in ROLES:
         if not role_gpus[role]:

@@ -18,7 +18,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from rcl.engines import Completion, SamplingParams, trim_completion
-from rcl.serving.protocol import SAFETENSORS_MEDIA_TYPE
+from rcl.serving.protocol import SAFETENSORS_MEDIA_TYPE, sampling_fields
 from rcl.serving.weights import NamedTensor, bucketize, encode_bucket
 
 API_KEY_ENV = "RCL_API_KEY"
@@ -123,22 +123,6 @@ class ServerEngine:
         self._healthy = True
 
     # -- generation -----------------------------------------------------------------------------------------------
-    def _payload(self, prompts: list[list[int]], params: SamplingParams) -> dict:
-        return dict(
-            prompts=prompts,
-            n=params.n,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            top_k=params.top_k if params.top_k > 0 else -1,
-            min_p=params.min_p,
-            repetition_penalty=params.repetition_penalty,
-            max_tokens=params.max_tokens,
-            stop=params.stop or None,
-            stop_token_ids=params.stop_token_ids or None,
-            seed=params.seed,
-            logprobs=0,
-        )
-
     def _completions(self, body: dict, n_prompts: int, params: SamplingParams) -> list[list[Completion]]:
         ids = body["completion_ids"]
         if len(ids) != n_prompts * params.n:
@@ -166,7 +150,8 @@ class ServerEngine:
 
         def run(item: tuple[str, list[list[int]]]) -> list[list[Completion]]:
             url, chunk = item
-            body = self._request(url, "POST", "/generate/", json=self._payload(chunk, params))
+            payload = dict(prompts=chunk, logprobs=0, **sampling_fields(params))
+            body = self._request(url, "POST", "/generate/", json=payload)
             return self._completions(body, len(chunk), params)
 
         futures = [self._pool.submit(run, item) for item in busy]

@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from rcl.engines import SamplingParams
+
 SAFETENSORS_MEDIA_TYPE = "application/octet-stream"
 BUCKET_UPDATE_ID = "rcl_update_id"
 BUCKET_INDEX = "rcl_bucket"
@@ -94,3 +96,19 @@ class WeightsUpdateResponse(BaseModel):
 
 class MessageResponse(BaseModel):
     message: str
+
+
+def sampling_fields(params: SamplingParams) -> dict[str, Any]:
+    """rcl `SamplingParams` as the sampling fields of a /generate/ request (also vLLM's `SamplingParams` keywords)."""
+    return dict(
+        n=params.n,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        top_k=params.top_k if params.top_k > 0 else -1,
+        min_p=params.min_p,
+        repetition_penalty=params.repetition_penalty,
+        max_tokens=params.max_tokens,
+        stop=params.stop or None,
+        stop_token_ids=params.stop_token_ids or None,
+        seed=params.seed,
+    )

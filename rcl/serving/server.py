@@ -195,6 +195,7 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
         if last:
             weights.version += 1
             weights.update_id = None
+            log.info("weights updated: weights_version=%d (%d buckets)", weights.version, weights.buckets)
         return WeightsUpdateResponse(tensors=loaded, weights_version=weights.version, complete=last)
 
     @app.get("/weights_version/")
@@ -232,6 +233,7 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
         if weights.named_param_updates:  # a TRL-style per-tensor update is complete when the client resets the cache
             weights.named_param_updates = 0
             weights.version += 1
+            log.info("weights updated: weights_version=%d (per-tensor NCCL)", weights.version)
         return MessageResponse(message=f"reset prefix cache, status: {ok}")
 
     @app.post("/close_communicator/", response_model=MessageResponse)
@@ -291,14 +293,14 @@ def cli_main(argv: list[str] | None = None) -> None:
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    # uvicorn restores this handler and re-raises SIGTERM after its graceful shutdown: we then exit with status 0.
-    signal.signal(signal.SIGTERM, _exit_cleanly)
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     limits = ServerLimits(**{f.name: getattr(args, f.name) for f in fields(ServerLimits)})
     try:
         backend = build_backend(args)
     except (ImportError, OSError, ValueError) as exc:
         raise SystemExit(f"rcl serve: {exc}") from None
+    # uvicorn restores this handler and re-raises SIGTERM after its graceful shutdown: we then exit with status 0.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     try:
         app = create_app(backend, limits, api_key)
         log.info("serving %s with the %s engine on http://%s:%d (api key %s)", args.model, args.engine, args.host,

@@ -14,6 +14,7 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from rcl.engines import Completion, SamplingParams
+from rcl.serving.protocol import sampling_fields
 from rcl.serving.weights import NamedTensor, encode_bucket, weights_checksum
 
 MISSING_VLLM = "the vllm engine needs vLLM, which is not installed: pip install 'rcl[vllm]' (or use --engine hf)"
@@ -43,7 +44,8 @@ class WeightSyncExtension:
 
         if getattr(self, "_rcl_comm", None) is not None:
             raise RuntimeError("communicator already initialised: call /close_communicator/ first")
-        if client_device_uuid is not None and client_device_uuid == str(torch.cuda.get_device_properties(self.device).uuid):
+        own_uuid = str(torch.cuda.get_device_properties(self.device).uuid)
+        if client_device_uuid is not None and client_device_uuid == own_uuid:
             raise RuntimeError("the trainer and the server share a GPU; NCCL needs them on different GPUs")
         group = StatelessProcessGroup.create(host=host, port=port, rank=get_world_group().rank, world_size=world_size)
         self._rcl_comm = PyNcclCommunicator(group, device=self.device)
@@ -65,19 +67,9 @@ class WeightSyncExtension:
 def vllm_sampling_params(params: SamplingParams, logprobs: bool = True) -> Any:
     from vllm import SamplingParams as VLLMSamplingParams
 
+    # stop strings stay in the completion, as in HFEngine
     return VLLMSamplingParams(
-        n=params.n,
-        temperature=params.temperature,
-        top_p=params.top_p,
-        top_k=params.top_k if params.top_k > 0 else -1,
-        min_p=params.min_p,
-        repetition_penalty=params.repetition_penalty,
-        max_tokens=params.max_tokens,
-        stop=params.stop or None,
-        stop_token_ids=params.stop_token_ids or None,
-        include_stop_str_in_output=True,  # HFEngine keeps stop strings in the completion too
-        seed=params.seed,
-        logprobs=0 if logprobs else None,
+        **sampling_fields(params), include_stop_str_in_output=True, logprobs=0 if logprobs else None
     )
 
 

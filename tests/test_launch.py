@@ -1,0 +1,168 @@
+"""`python -m rcl launch`: plan validation, and a real CPU run with hf servers and a fake trainer."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from serving_support import ROOT, free_port, listening
+
+from rcl.launch import LaunchError, build_parser, build_plan, cli_main, parse_gpus, parse_overrides
+
+
+def recipe(tmp_path, **over):
+    content = {
+        "trainer": {"seed": 5, "devices": 1, "out_dir": str(tmp_path / "out")},
+        "teacher": {"model_name_or_path": "tiny-1m"},
+        "student": {"model_name_or_path": "tiny-1m"},
+        "grpo": {"num_generations": 4, "prompts_per_step": 2},
+    }
+    for group, values in over.items():
+        content.setdefault(group, {}).update(values)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(content))
+    return str(path)
+
+
+def plan_for(argv, gpus=tuple(str(i) for i in range(8))):
+    args, overrides = build_parser().parse_known_args(argv)
+    return build_plan(args, overrides, available_gpus=list(gpus))
+
+
+def test_parse_gpus():
+    assert parse_gpus("0,1") == ["0", "1"]
+    assert parse_gpus("4-7") == ["4", "5", "6", "7"]
+    assert parse_gpus("0,2-3") == ["0", "2", "3"]
+    assert parse_gpus("none") == [None] and parse_gpus("cpu:2") == [None, None]
+    assert parse_gpus(None) == []
+    for bad in ("a", "3-1", "0,0", "cpu:0"):
+        with pytest.raises(LaunchError):
+            parse_gpus(bad)
+
+
+def test_parse_overrides():
+    assert parse_overrides(["--a.b", "3", "--c=[1, 2]", "--d", "x"]) == {"a.b": 3, "c": [1, 2], "d": "x"}
+    with pytest.raises(LaunchError, match="has no value"):
+        parse_overrides(["--a.b"])
+
+
+def test_gpu_plan_commands(tmp_path):
+    cfg = recipe(tmp_path)
+    plan = plan_for(["--config", cfg, "--teacher-gpus", "0,1", "--student-gpus", "2", "--train-gpus", "4-7",
+                     "--base-port", "9000", "--grpo.prompts_per_step", "8", "--run-dir", str(tmp_path / "run")])
+    assert [(s.role, s.gpu, s.port) for s in plan.servers] == [("teacher", "0", 9000), ("teacher", "1", 9001),
+                                                                ("student", "2", 9002)]
+    assert [s.cmd[s.cmd.index("--seed") + 1] for s in plan.servers] == ["5", "6", "7"]
+    assert all(s.cmd[s.cmd.index("--engine") + 1] == "vllm" for s in plan.servers)
+    train = plan.train_cmd
+    assert train[:4] == [sys.executable, "-m", "rcl", "fit"]
+    assert train[train.index("--engines.teacher.urls") + 1] == '["http://127.0.0.1:9000", "http://127.0.0.1:9001"]'
+    assert train[train.index("--engines.student.urls") + 1] == '["http://127.0.0.1:9002"]'
+    assert train[train.index("--trainer.devices") + 1] == "4"
+    assert "--grpo.prompts_per_step" in train and plan.train_gpus == ["4", "5", "6", "7"]
+    assert Path(plan.servers[2].log) == tmp_path / "run" / "servers" / "student-0.log"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--teacher-gpus", "0,1", "--train-gpus", "1-2"], "GPU 1 is in both the teacher and the train GPU sets"),
+        (["--teacher-gpus", "0", "--train-gpus", "1-8"], "GPU(s) 8 requested but only 8 visible"),
+        (["--teacher-gpus", "0", "--train-gpus", "1-3"], "= 8 is not divisible by 3 training processes"),
+        (["--teacher-gpus", "0", "--train-gpus", "1", "--teacher.model_name_or_path", "null"], "no teacher model"),
+        (["--teacher-gpus", "0", "--train-gpus", "1", "--teacher.model_name_or_path", "/no/such"], "does not exist"),
+        (["--teacher-gpus", "cpu", "--train-gpus", "none"], "CPU servers need --engine hf"),
+        (["--teacher-gpus", "0", "--train-gpus", "1", "--trainer.num_nodes", "2"], "launch starts one node"),
+    ],
+)
+def test_validation_messages(tmp_path, argv, message):
+    with pytest.raises(LaunchError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        plan_for(["--config", recipe(tmp_path)] + argv)
+
+
+def test_missing_config_and_no_gpus_exit_with_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="config file not found: nope.yaml"):
+        cli_main(["--config", "nope.yaml", "--teacher-gpus", "0", "--train-gpus", "1"])
+    with pytest.raises(LaunchError, match="no GPU is visible; use none/cpu"):
+        plan_for(["--config", recipe(tmp_path), "--teacher-gpus", "0", "--train-gpus", "1"], gpus=())
+
+
+def test_dry_run_prints_plan(tmp_path, capsys):
+    cli_main(["--config", recipe(tmp_path), "--teacher-gpus", "cpu", "--train-gpus", "none", "--engine", "hf",
+              "--dry-run", "--base-port", "9100"])
+    out = capsys.readouterr().out
+    assert "teacher-0: CUDA_VISIBLE_DEVICES= " in out and "--port 9100" in out
+    assert "train: CUDA_VISIBLE_DEVICES= " in out and "--trainer.accelerator cpu" in out
+
+
+def launch_cpu(tmp_path, tiny_model_dir, repo_env, extra=(), mode=""):
+    base = free_port(2)
+    out = tmp_path / "trainer.json"
+    train_cmd = f"{sys.executable} {ROOT / 'tests' / 'fake_trainer.py'} {out} {tiny_model_dir}"
+    argv = [sys.executable, "-m", "rcl", "launch", "--config", recipe(tmp_path, teacher={"model_name_or_path":
+            tiny_model_dir}, student={"model_name_or_path": tiny_model_dir}), "--teacher-gpus", "cpu",
+            "--train-gpus", "none", "--engine", "hf", "--base-port", str(base), "--run-dir", str(tmp_path / "run"),
+            "--train-cmd", train_cmd, "--health-timeout", "120", *extra]
+    env = dict(repo_env, FAKE_TRAINER_MODE=mode, PYTHONPATH=f"{ROOT}")
+    env.pop("RCL_API_KEY", None)
+    proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return proc, base, out
+
+
+def test_cpu_launch_end_to_end(tmp_path, tiny_model_dir, repo_env):
+    proc, base, out = launch_cpu(tmp_path, tiny_model_dir, repo_env, extra=["--student-gpus", "cpu"])
+    log, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, log
+    record = json.loads(out.read_text())
+    assert record["teacher"]["urls"] == [f"http://127.0.0.1:{base}"]
+    assert record["student"]["urls"] == [f"http://127.0.0.1:{base + 1}"]
+    assert [len(g) for g in record["teacher"]["completions"]] == [2]
+    assert record["cuda_visible_devices"] == "" and "--trainer.accelerator" in record["argv"]
+    assert (tmp_path / "run" / "servers" / "teacher-0.log").stat().st_size > 0
+    assert (tmp_path / "run" / "servers" / "student-0.log").exists()
+    plan = json.loads((tmp_path / "run" / "launch_plan.json").read_text())
+    assert plan["recipe_api_key"] is None and len(plan["servers"]) == 2
+    assert not listening(base) and not listening(base + 1), "servers must be stopped when training ends"
+
+
+def test_sigterm_stops_training_and_servers(tmp_path, tiny_model_dir, repo_env):
+    proc, base, out = launch_cpu(tmp_path, tiny_model_dir, repo_env, mode="--sleep")
+    deadline = time.monotonic() + 180
+    while not out.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.3)
+    assert out.exists(), proc.stdout.read() if proc.poll() is not None else "fake trainer never ran"
+    proc.send_signal(signal.SIGTERM)
+    log, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 130, log
+    assert "interrupted; stopping training and servers" in log
+    assert not listening(base)
+
+
+@pytest.mark.slow
+def test_real_rl_run_through_launcher(tmp_path, tiny_model_dir, repo_env):
+    """The real RL loop against CPU hf servers: the teacher server gets one weight update per step, the student none."""
+    base = free_port(2)
+    run, out = tmp_path / "run", tmp_path / "train"
+    argv = [sys.executable, "-m", "rcl", "launch", "--config", str(ROOT / "lightning_configs" / "quickstart_rcl.yaml"),
+            "--teacher-gpus", "cpu", "--student-gpus", "cpu", "--train-gpus", "none", "--engine", "hf",
+            "--base-port", str(base), "--run-dir", str(run), "--teacher.model_name_or_path", tiny_model_dir,
+            "--student.model_name_or_path", tiny_model_dir, "--trainer.max_steps", "2", "--eval.at_start", "false",
+            "--eval.every_n_steps", "0", "--grpo.prompts_per_step", "2", "--grpo.num_generations", "2",
+            "--grpo.baseline_samples", "1", "--grpo.student_samples", "1", "--generation.max_completion_length", "16",
+            "--data.init_args.synthetic_size", "100", "--data.init_args.val_size", "0.1", "--eval.num_prompts", "2",
+            "--trainer.out_dir", str(out), "--trainer.loggers", "[csv]", "--trainer.export_hf", "false"]
+    env = dict(repo_env)
+    env.pop("RCL_API_KEY", None)
+    done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    teacher_log = (run / "servers" / "teacher-0.log").read_text()
+    assert "weights_version=1" in teacher_log and "weights_version=2" in teacher_log
+    assert "weights updated" not in (run / "servers" / "student-0.log").read_text()
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    synced = [h for h in history if "sync/bytes" in h]
+    assert [h["step"] for h in synced] == [1, 2] and all(h["sync/bytes"] > 0 for h in synced)
+    assert not listening(base) and not listening(base + 1)

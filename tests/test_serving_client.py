@@ -1,0 +1,85 @@
+"""`ServerEngine` against a real server: same output format as `HFEngine`, splitting, errors."""
+
+import dataclasses
+
+import pytest
+from serving_support import free_port, server_env, start_server, stop_server
+
+from rcl.engines import Completion, HFEngine, SamplingParams
+from rcl.serving.client import ServerEngine, ServerError, split_evenly
+
+
+@pytest.fixture(scope="module")
+def served(tiny_model_dir):
+    proc, url = start_server(tiny_model_dir, server_env())
+    yield url
+    stop_server(proc)
+
+
+@pytest.fixture(scope="module")
+def local(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    return HFEngine(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tok)
+
+
+def test_split_evenly():
+    assert split_evenly([1, 2, 3, 4, 5], 2) == [[1, 2, 3], [4, 5]]
+    assert split_evenly([1], 3) == [[1], [], []]
+    assert split_evenly([], 2) == [[], []]
+
+
+@pytest.mark.parametrize("copies", [1, 2])
+def test_greedy_output_equals_hf_engine(served, local, copies):
+    """Same prompts (equal length, so no padding differences), greedy: identical ids, reasons, log-prob lengths."""
+    prompts = [[5, 6, 7, 8], [9, 10, 11, 12], [13, 14, 15, 16]]
+    params = SamplingParams(max_tokens=8, n=1, temperature=0, stop_token_ids=[20])
+    remote = ServerEngine([served] * copies, local.tokenizer, health_timeout_s=30)
+    got, want = remote.generate(prompts, params), local.generate(prompts, params)
+    assert len(got) == 3 and all(len(g) == 1 for g in got)
+    for g_row, w_row in zip(got, want):
+        for g, w in zip(g_row, w_row):
+            assert type(g) is Completion
+            assert (g.token_ids, g.finish_reason, g.text) == (w.token_ids, w.finish_reason, w.text)
+            assert len(g.logprobs) == len(w.logprobs) == len(g.token_ids)
+            assert g.logprobs == pytest.approx(w.logprobs, abs=1e-4)
+    remote.close()
+
+
+def test_sampling_returns_n_per_prompt_in_order(served, local):
+    remote = ServerEngine([served, served], local.tokenizer)
+    prompts = [[5, 6], [7], [8, 9, 10]]
+    out = remote.generate(prompts, SamplingParams(max_tokens=5, n=3, temperature=1.0, seed=3))
+    assert [len(group) for group in out] == [3, 3, 3]
+    assert all(c.finish_reason in ("stop", "length") and len(c.logprobs) == len(c.token_ids) for g in out for c in g)
+    assert remote.generate([], SamplingParams()) == []
+
+
+def test_trl_style_response_without_finish_reasons(local):
+    """A TRL server sends no finish reasons: they are inferred from the stop ids like HFEngine does."""
+    engine = ServerEngine(["http://127.0.0.1:1"], local.tokenizer)
+    eos = local.tokenizer.eos_token_id
+    body = {"completion_ids": [[4, 5, eos], [4, 5, 6]], "logprobs": [[-0.1, -0.2, -0.3], [-0.1, -0.2, -0.3]]}
+    (a, b), = engine._completions(body, 1, SamplingParams(max_tokens=3, n=2))
+    assert (a.finish_reason, b.finish_reason) == ("stop", "length")
+    assert a.logprobs == [-0.1, -0.2, -0.3]
+    with pytest.raises(ServerError, match="returned 2 completions for 1 prompts x n=3"):
+        engine._completions(body, 1, SamplingParams(n=3))
+
+
+def test_server_that_never_comes_up_is_named(local):
+    url = f"http://127.0.0.1:{free_port()}"
+    engine = ServerEngine([url], local.tokenizer, health_timeout_s=1.0)
+    with pytest.raises(ServerError, match=f"{url} not healthy after 1 s"):
+        engine.generate([[1, 2]], SamplingParams())
+
+
+def test_4xx_is_reported_with_the_server_message(served, local):
+    engine = ServerEngine([served], local.tokenizer)
+    with pytest.raises(ServerError, match=r"answered 422 to /generate/: prompt 0 is empty"):
+        engine.generate([[]], SamplingParams())
+
+
+def test_completion_fields_match_dataclass():
+    assert [f.name for f in dataclasses.fields(Completion)] == ["token_ids", "logprobs", "finish_reason", "text"]

@@ -1,0 +1,113 @@
+"""A real `python -m rcl serve --engine hf` subprocess: generation, limits, errors, auth, shutdown."""
+
+import pytest
+import requests
+import torch
+from safetensors.torch import save
+from serving_support import server_env, start_server, stop_server
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir):
+    proc, url = start_server(tiny_model_dir, server_env(), "--max-n", "8", "--max-tokens", "64")
+    yield url
+    stop_server(proc)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def post(url, path, **body):
+    return requests.post(f"{url}{path}", json=body, timeout=60)
+
+
+def test_health_and_world_size(server):
+    assert requests.get(f"{server}/health/").json() == {"status": "ok"}
+    assert requests.get(f"{server}/get_world_size/").json() == {"world_size": 1}
+    assert requests.get(f"{server}/weights_version/").json() == {"weights_version": 0}
+
+
+def test_generate_text_prompts_with_n(server, tokenizer):
+    r = post(server, "/generate/", prompts=["Question: 2+2?", "Hi"], n=3, max_tokens=6, temperature=1.0, seed=1)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["prompt_ids"] == [tokenizer("Question: 2+2?")["input_ids"], tokenizer("Hi")["input_ids"]]
+    assert len(body["completion_ids"]) == 6 and len(body["finish_reasons"]) == 6
+    for ids, lps, lp_ids, reason in zip(body["completion_ids"], body["logprobs"], body["logprob_token_ids"],
+                                        body["finish_reasons"]):
+        assert 1 <= len(ids) <= 6
+        assert len(lps) == len(ids) and all(len(step) == 1 and step[0] <= 0 for step in lps)
+        assert [step[0] for step in lp_ids] == ids
+        assert reason == ("stop" if ids[-1] == tokenizer.eos_token_id else "length")
+        if reason == "length":
+            assert len(ids) == 6
+
+
+def test_generate_token_ids_and_stop_reason(server):
+    prompt = [5, 17, 42, 9]
+    first = post(server, "/generate/", prompts=[prompt], temperature=0, max_tokens=1).json()
+    token = first["completion_ids"][0][0]
+    r = post(server, "/generate/", prompts=[prompt], temperature=0, max_tokens=10, stop_token_ids=[token]).json()
+    assert r["prompt_ids"] == [prompt]
+    assert r["completion_ids"] == [[token]] and r["finish_reasons"] == ["stop"]
+    none = post(server, "/generate/", prompts=[prompt], temperature=0, max_tokens=2, logprobs=None).json()
+    assert none["logprobs"] is None and len(none["completion_ids"][0]) >= 1
+
+
+def test_same_seed_same_samples(server):
+    a = post(server, "/generate/", prompts=[[3, 4, 5]], n=2, max_tokens=8, seed=7).json()
+    b = post(server, "/generate/", prompts=[[3, 4, 5]], n=2, max_tokens=8, seed=7).json()
+    assert a["completion_ids"] == b["completion_ids"]
+
+
+@pytest.mark.parametrize(
+    "body, status, words",
+    [
+        (dict(prompts=["x"], n=9), 422, "n=9 is more than the server limit 8"),
+        (dict(prompts=["x"], max_tokens=65), 422, "max_tokens=65"),
+        (dict(prompts=[]), 422, "prompts"),
+        (dict(prompts=[""]), 422, "prompt 0 is empty"),
+        (dict(prompts=[[1, 10**7]]), 422, "outside the vocabulary"),
+        (dict(prompts="hello", n="many"), 422, "n: Input should be a valid integer"),
+        (dict(prompts=["x"], temperature=-1), 422, "temperature"),
+        (dict(prompts=["x"], images=["abc"]), 422, "images are not supported"),
+        (dict(prompts=["x"], generation_kwargs={"beam_width": 2}), 422, "unsupported generation_kwargs"),
+        (dict(n=1), 422, "prompts: Field required"),
+    ],
+)
+def test_bad_generate_requests_are_4xx_with_a_message(server, body, status, words):
+    r = post(server, "/generate/", **body)
+    assert r.status_code == status, r.text
+    assert words in r.json()["detail"]
+    assert requests.get(f"{server}/health/").status_code == 200
+
+
+def test_bad_weight_requests(server):
+    r = requests.post(f"{server}/update_weights/?update_id=a&last=true", data=b"not safetensors")
+    assert r.status_code == 400 and "not a safetensors file" in r.json()["detail"]
+    r = requests.post(f"{server}/update_weights/?update_id=a", data=save({"no.such.weight": torch.zeros(2)}))
+    assert r.status_code == 400 and "unknown weight 'no.such.weight'" in r.json()["detail"]
+    r = requests.post(f"{server}/update_weights/?update_id=a", data=save({"lm_head.weight": torch.zeros(2)}))
+    assert r.status_code == 400 and "shape mismatch" in r.json()["detail"]
+    r = post(server, "/init_communicator/", host="127.0.0.1", port=29999, world_size=2)
+    assert r.status_code == 501 and "/update_weights/" in r.json()["detail"]
+    assert requests.get(f"{server}/weights_version/").json() == {"weights_version": 0}
+
+
+def test_api_key_and_sigterm(tiny_model_dir, repo_env):
+    repo_env["RCL_API_KEY"] = "s3cret"
+    proc, url = start_server(tiny_model_dir, repo_env)
+    try:
+        assert requests.get(f"{url}/health/").status_code == 401
+        r = requests.post(f"{url}/generate/", json={"prompts": ["x"]}, headers={"Authorization": "Bearer nope"})
+        assert r.status_code == 401 and "API key" in r.json()["detail"]
+        ok = {"Authorization": "Bearer s3cret"}
+        assert requests.get(f"{url}/health/", headers=ok).status_code == 200
+        r = requests.post(f"{url}/generate/", json={"prompts": ["x"], "max_tokens": 2}, headers={"X-API-Key": "s3cret"})
+        assert r.status_code == 200 and len(r.json()["completion_ids"]) == 1
+    finally:
+        assert stop_server(proc) == 0

@@ -1,0 +1,128 @@
+"""Weight sync end to end on CPU: train a copy one step, push it; the server's weights equal the trainer's exactly."""
+
+import signal
+
+import pytest
+import torch
+from lightning.fabric import Fabric
+from lightning.fabric.loggers import Logger
+from serving_support import server_env, start_server, stop_server
+
+from callbacks.weight_sync import WeightSync
+from rcl.engines import HFEngine, SamplingParams
+from rcl.serving.client import ServerEngine, ServerError
+from rcl.serving.weights import iter_full_state, weights_checksum
+
+
+@pytest.fixture(scope="module")
+def served(tiny_model_dir):
+    proc, url = start_server(tiny_model_dir, server_env())
+    yield url
+    stop_server(proc)
+
+
+@pytest.fixture()
+def policy(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def train_one_step(model, seed):
+    torch.manual_seed(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    ids = torch.randint(0, 300, (2, 12))
+    model(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+    opt.zero_grad()
+
+
+def checksum_of(model):
+    return weights_checksum(model.state_dict().items())
+
+
+@pytest.mark.parametrize("bucket_bytes, expect_buckets, seed", [(1 << 30, 1, 1), (1, 50, 2)])
+def test_push_makes_server_weights_identical(served, policy, bucket_bytes, expect_buckets, seed):
+    model, tok = policy
+    engine = ServerEngine([served], tok)
+    train_one_step(model, seed=seed)
+    assert engine.weights_checksums() != [checksum_of(model)]
+    version = engine.weights_versions()[0]
+    stats = engine.update_weights(iter_full_state(model), bucket_bytes=bucket_bytes)
+    assert engine.weights_checksums() == [checksum_of(model)]
+    assert engine.weights_versions() == [version + 1]
+    # 51 state-dict entries, lm_head tied to the embeddings: 50 distinct tensors travel
+    assert stats["buckets"] == expect_buckets
+    assert stats["bytes"] == sum(p.numel() * p.element_size() for p in model.parameters())
+    # the served model now generates what the trained copy generates
+    prompt, params = [[5, 6, 7, 8]], SamplingParams(max_tokens=6, temperature=0)
+    local = HFEngine(model, tok).generate(prompt, params)
+    assert engine.generate(prompt, params)[0][0].token_ids == local[0][0].token_ids
+
+
+class RecordingLogger(Logger):
+    def __init__(self):
+        self.logged = []
+
+    name = "recording"
+    version = 0
+
+    def log_metrics(self, metrics, step=None):
+        self.logged.append((step, dict(metrics)))
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+
+class MustNotSync:
+    tokenizer = None
+
+    def update_weights(self, *args, **kwargs):
+        raise AssertionError("the student must never be synced")
+
+
+def test_callback_syncs_teacher_only_every_n_steps(served, policy):
+    model, tok = policy
+    logger = RecordingLogger()
+    fabric = Fabric(accelerator="cpu", devices=1, callbacks=[WeightSync(every_n_steps=2, bucket_mb=0.05)],
+                    loggers=[logger])
+    wrapped = fabric.setup_module(model)
+    teacher = ServerEngine([served], tok)
+    engines = {"teacher": teacher, "student": MustNotSync()}
+    train_one_step(model, seed=11)
+    before = teacher.weights_versions()[0]
+
+    fabric.call("on_train_batch_end", fabric=fabric, state={"model": wrapped, "step": 1}, engines=engines, batch=None)
+    assert teacher.weights_versions() == [before] and logger.logged == []
+
+    fabric.call("on_train_batch_end", fabric=fabric, state={"model": wrapped, "step": 2}, engines=engines, batch=None)
+    assert teacher.weights_versions() == [before + 1]
+    assert teacher.weights_checksums() == [checksum_of(model)]
+    (step, metrics), = logger.logged
+    assert step == 2 and set(metrics) == {"sync/seconds", "sync/bytes", "sync/buckets"}
+    assert metrics["sync/buckets"] > 1 and metrics["sync/bytes"] == sum(p.numel() * 4 for p in model.parameters())
+
+    train_one_step(model, seed=12)
+    metrics = {"reward": 0.5}  # the RL loop passes its metrics dict: stats go there instead of a separate log call
+    fabric.call("on_train_batch_end", fabric=fabric, state={"model": wrapped, "step": 4}, engines=engines,
+                metrics=metrics)
+    assert set(metrics) == {"reward", "sync/seconds", "sync/bytes", "sync/buckets"} and len(logger.logged) == 1
+    assert teacher.weights_checksums() == [checksum_of(model)]
+
+    in_process = {"teacher": HFEngine(model, tok), "student": MustNotSync()}
+    metrics = {}
+    fabric.call("on_train_batch_end", fabric=fabric, state={"model": wrapped, "step": 6}, engines=in_process,
+                metrics=metrics)
+    assert metrics == {} and len(logger.logged) == 1
+
+
+def test_dead_server_error_names_it(tiny_model_dir, policy):
+    model, tok = policy
+    proc, url = start_server(tiny_model_dir, server_env())
+    engine = ServerEngine([url], tok, timeout_s=10)
+    engine.wait_until_healthy()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with pytest.raises(ServerError, match=f"generation server {url} is unreachable"):
+        engine.update_weights(iter_full_state(model), bucket_bytes=1 << 20)
+    stop_server(proc)
