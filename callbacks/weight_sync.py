@@ -28,6 +28,12 @@ class WeightSync(FabricCallback):
         self.every_n_steps = every_n_steps
         self.bucket_bytes = max(1, int(bucket_mb * 1024 * 1024))
 
+    def on_train_start(self, fabric: Any = None, state: dict | None = None, engines: dict | None = None,
+                       **kwargs: Any) -> None:
+        # A resumed run's servers still hold the weights they were launched with.
+        if fabric is not None and state is not None and state["step"] > 0:
+            self.sync(fabric, state["model"], (engines or {}).get("teacher"))
+
     def on_train_batch_end(self, fabric: Any = None, state: dict | None = None, engines: dict | None = None,
                            metrics: dict | None = None, **kwargs: Any) -> None:
         if state is None or fabric is None or state["step"] % self.every_n_steps != 0:

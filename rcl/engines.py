@@ -8,7 +8,7 @@ TRL-compatible servers. Prompts travel as token ids so the ids that were sampled
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol, Sequence, runtime_checkable
 
 import torch
@@ -126,6 +126,12 @@ class HFEngine:
         return out
 
     def _generate_chunk(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]:
+        greedy = params.temperature == 0
+        if greedy and params.n > 1:
+            # transformers refuses num_return_sequences > 1 without sampling; greedy copies are identical anyway.
+            prompts = [p for p in prompts for _ in range(params.n)]
+            rows = self._generate_chunk(prompts, replace(params, n=1))
+            return [[r[0] for r in rows[i : i + params.n]] for i in range(0, len(rows), params.n)]
         device = next(self.model.parameters()).device
         width = max(len(p) for p in prompts)
         input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
@@ -135,7 +141,6 @@ class HFEngine:
                 raise ValueError("empty prompt")
             input_ids[i, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
             attention[i, width - len(p) :] = 1
-        greedy = params.temperature == 0
         kwargs: dict[str, Any] = dict(
             max_new_tokens=params.max_tokens,
             do_sample=not greedy,

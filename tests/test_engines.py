@@ -69,3 +69,12 @@ def test_trim_completion_stops_at_any_stop_id_and_stop_string(engine):
 def test_bad_params_are_refused(engine):
     with pytest.raises(ValueError, match="n and max_tokens"):
         engine.generate([[1, 2]], SamplingParams(n=0))
+
+
+def test_greedy_with_several_samples_returns_identical_copies(engine):
+    prompts = [_ids(engine, "What is 4+5?"), _ids(engine, "Hi")]
+    out = engine.generate(prompts, SamplingParams(max_tokens=5, n=3, temperature=0.0))
+    assert [len(g) for g in out] == [3, 3]
+    for group, prompt in zip(out, prompts):
+        alone = engine.generate([prompt], SamplingParams(max_tokens=5, n=1, temperature=0.0))[0][0]
+        assert all(c.token_ids == alone.token_ids for c in group)

@@ -126,3 +126,18 @@ def test_dead_server_error_names_it(tiny_model_dir, policy):
     with pytest.raises(ServerError, match=f"generation server {url} is unreachable"):
         engine.update_weights(iter_full_state(model), bucket_bytes=1 << 20)
     stop_server(proc)
+
+
+def test_resumed_run_resyncs_the_servers_at_train_start(served, policy):
+    model, tok = policy
+    fabric = Fabric(accelerator="cpu", devices=1, callbacks=[WeightSync()])
+    wrapped = fabric.setup_module(model)
+    teacher = ServerEngine([served], tok)
+    engines = {"teacher": teacher, "student": MustNotSync()}
+    before = teacher.weights_versions()[0]
+    fabric.call("on_train_start", fabric=fabric, state={"model": wrapped, "step": 0}, engines=engines)
+    assert teacher.weights_versions() == [before], "a fresh run's servers already hold the starting weights"
+    train_one_step(model, seed=21)
+    fabric.call("on_train_start", fabric=fabric, state={"model": wrapped, "step": 7}, engines=engines)
+    assert teacher.weights_versions() == [before + 1]
+    assert teacher.weights_checksums() == [checksum_of(model)]

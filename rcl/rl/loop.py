@@ -324,7 +324,7 @@ def fit(
     fabric, state, runner, engines, train_rows, val_rows, settings, trainer, grpo, generation, eval_args,
     optimizer_args, stop_ids, history_path,
 ) -> None:
-    fabric.call("on_train_start", fabric=fabric, state=state)
+    fabric.call("on_train_start", fabric=fabric, state=state, engines=engines)
     if eval_args.at_start and state["step"] == 0:
         _record(fabric, history_path, evaluate(fabric, state, runner, val_rows, settings, eval_args, trainer.seed), 0)
     local_prompts = grpo.prompts_per_step // fabric.world_size
