@@ -41,6 +41,7 @@ def tiny_overrides(out_dir: Path, *extra: str) -> list[str]:
         "--generation.student_max_tokens", "6",
         "--eval.num_prompts", "3",
         "--data.init_args.synthetic_size", "200",
+        "--data.init_args.val_size", "20",
         *extra,
     ]
 

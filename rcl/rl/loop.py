@@ -25,7 +25,7 @@ from callbacks.sample_logging import SampleLogger
 from callbacks.teaching_metrics import TeachingMetrics
 from callbacks.weight_sync import WeightSync
 from rcl.engines import HFEngine, SamplingParams
-from rcl.grpo import completion_logprobs, grpo_loss
+from rcl.grpo import completion_logprobs, completion_mask, grpo_loss, mask_truncated, truncated_rows
 from rcl.optim import OptimizerArgs, build_optimizer, build_scheduler
 from rcl.prompts import PromptTemplates
 from rcl.rewards import get_reward
@@ -391,13 +391,12 @@ def _micro_batches(n: int, size: int) -> list[list[int]]:
     return [list(range(i, min(n, i + size))) for i in range(0, n, size)]
 
 
-def _mask(rollout: Rollout, index: list[int], width: int, grpo: GRPOArgs, device) -> torch.Tensor:
-    lengths = torch.tensor([len(rollout.completions[i].token_ids) for i in index])
-    mask = (torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)).float()
+def _mask(rollout: Rollout, index: list[int], completion_ids: torch.Tensor, stop_ids: list[int], grpo: GRPOArgs):
+    lengths = torch.tensor([len(rollout.completions[i].token_ids) for i in index], device=completion_ids.device)
+    mask = completion_mask(completion_ids, stop_ids, lengths=lengths)
     if grpo.mask_truncated_completions:
-        truncated = torch.tensor([rollout.completions[i].finish_reason == "length" for i in index])
-        mask[truncated] = 0.0
-    return mask.to(device)
+        mask = mask_truncated(mask, truncated_rows(completion_ids, stop_ids, lengths=lengths))
+    return mask
 
 
 @torch.no_grad()
@@ -427,7 +426,7 @@ def train_step(fabric, state, rollout, grpo, generation, optimizer_args, stop_id
     totals: dict[str, float] = {}
     for k, index in enumerate(batches):
         ids, attn, comp = _pack(rollout, index, pad, fabric.device)
-        mask = _mask(rollout, index, comp.shape[1], grpo, fabric.device)
+        mask = _mask(rollout, index, comp, stop_ids, grpo)
         with fabric.no_backward_sync(model, enabled=k < len(batches) - 1):
             logp = completion_logprobs(model, ids, attn, comp.shape[1], generation.temperature)
             ref_logp = None
