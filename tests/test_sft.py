@@ -1,6 +1,7 @@
 """SFTModule: metric maths, a tiny CPU run through the real CLI (learns, logs, exports a reloadable HF folder), resume."""
 
 import csv
+import shutil
 from pathlib import Path
 
 import pytest
@@ -97,12 +98,13 @@ def test_resume_continues_at_the_checkpoint_step(tmp_path, tiny_model_dir):
     build_cli("fit", tiny_args(root, tiny_model_dir, 6))
     ckpt = root / "checkpoints" / "last.ckpt"
     assert torch.load(ckpt, weights_only=False)["global_step"] == 6
+    shutil.rmtree(root / "csv")  # so the metrics below come from the resumed session only
     cli = build_cli("fit", tiny_args(root, tiny_model_dir, 10, "--ckpt_path", str(ckpt)))
     assert cli.trainer.global_step == 10
     scheduler = cli.trainer.lr_scheduler_configs[0].scheduler
-    assert scheduler.last_epoch == 10  # 6 restored + 4 new optimizer steps, not 4
+    assert scheduler.last_epoch == 10  # the schedule continues from the restored step
     steps = [int(r["step"]) for r in read_metrics(root) if r.get("train/loss")]
-    assert max(steps) == 9  # the CSV's step column is 0-based: the 10th optimizer step
+    assert steps and min(steps) >= 5  # 4 resumed steps log only late steps; a restart from 0 would log 1 and 3
 
 
 @pytest.mark.gpu
