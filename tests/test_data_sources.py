@@ -106,7 +106,7 @@ def test_wrong_type_names_column_row_and_expected_type():
     table = datasets.Dataset.from_list([{"prompt": "a", "ground_truth": "1"}, {"prompt": None, "ground_truth": "2"}])
     with pytest.raises(DataError, match=r"^column 'prompt' row 1: expected a string, got None$"):
         canonicalize(table, "atlas_rl")
-    table = datasets.Dataset.from_list([{"messages": [{"role": "user", "content": "hi"}]}, {"messages": [{"role": 1}]}])
+    table = datasets.Dataset.from_list([{"messages": [{"role": "user", "content": "hi"}]}, {"messages": [{"role": "user", "content": None}]}])
     with pytest.raises(DataError, match=r"^column 'messages' row 1: expected a list of \{role, content\} strings"):
         canonicalize(table, "messages")
 
