@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -28,10 +29,12 @@ def _json_type(value) -> str | None:
     return {str: "string", list: "array", dict: "object"}[type(value)]
 
 
-def check_jsonl(path: str | Path) -> None:
+def check_jsonl(path: str | Path) -> int:
     """Raise DataError naming the file and line of the first line that is not a JSON object, or whose field has another
-    JSON type than in earlier lines (`datasets` fails on both with a traceback). Blank lines are fine."""
+    JSON type than in earlier lines (`datasets` fails on both with a traceback). Blank lines are fine. Returns the
+    number of rows."""
     first_type: dict[str, tuple[str, int]] = {}
+    rows = 0
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
@@ -42,6 +45,7 @@ def check_jsonl(path: str | Path) -> None:
                 raise DataError(f"{path} line {number}: not valid JSON ({e.msg})") from None
             if not isinstance(value, dict):
                 raise DataError(f"{path} line {number}: expected a JSON object, got {_json_type(value)}")
+            rows += 1
             for key, item in value.items():
                 kind = _json_type(item)
                 if kind is None:
@@ -51,6 +55,7 @@ def check_jsonl(path: str | Path) -> None:
                     raise DataError(
                         f"{path} line {number}: column {key!r} expected {expected} (as on line {seen_at}), got {kind}"
                     )
+    return rows
 
 
 def check_json_file(path: str | Path) -> None:
@@ -75,9 +80,9 @@ def _local_data_files(root: Path, data_files: DataFiles) -> list[Path]:
 
 def _check_local(paths: list[Path]) -> None:
     for path in paths:
-        if path.suffix == ".jsonl":
-            check_jsonl(path)
-        elif path.suffix == ".json":
+        if path.stat().st_size == 0 or (path.suffix == ".jsonl" and check_jsonl(path) == 0):
+            raise DataError(f"dataset {str(path)!r} is empty")
+        if path.suffix == ".json":
             check_json_file(path)
 
 
@@ -115,7 +120,13 @@ def _load_local(path: Path, config: str | None, split: str, data_files: DataFile
     if builder is None:
         raise DataError(f"unsupported data file extension {path.suffix!r} ({path}); use one of {sorted(FILE_BUILDERS)}")
     _check_local([path])
-    if path.stat().st_size == 0:
-        raise DataError(f"dataset {str(path)!r} is empty")
+    kwargs = {"features": _csv_text_features(path)} if builder == "csv" else {}
     # A single file is one split whatever `split` says: `datasets` names it "train".
-    return datasets.load_dataset(builder, data_files=str(path), split="train")
+    return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
+
+
+def _csv_text_features(path: Path) -> datasets.Features:
+    """CSV has no types: read every column as text, so an answer column of digits stays a string."""
+    with open(path, newline="", encoding="utf-8") as f:
+        header = next(csv.reader(f), [])
+    return datasets.Features({name: datasets.Value("string") for name in header})

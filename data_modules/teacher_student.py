@@ -191,6 +191,8 @@ class TeacherStudentDataModule(LightningDataModule):
         """SFT examples of `rows` (input_ids, labels); overlong ones truncated or dropped, target-less ones removed."""
         if self.schema == "generic":
             self._check_student_columns(rows)
+        if len(rows) == 0:
+            return datasets.Dataset.from_dict({"input_ids": [], "labels": []})
         examples = rows.map(
             self._tokenize_batch, batched=True, with_indices=True, remove_columns=rows.column_names, desc=f"tokenize {name}"
         )

@@ -1,0 +1,104 @@
+"""TeacherStudentDataModule: schemas end to end, the seeded split shared by SFT and RL, and the RL dataset API."""
+
+import json
+
+import pytest
+
+from data_modules import DataError, TeacherStudentDataModule
+from data_modules.sft_examples import IGNORE_INDEX
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_split_is_seeded_disjoint_and_shared_by_rl(tmp_path):
+    rows = [{"question": f"What is {i}+1?", "solution": f"<solution>{i + 1}</solution>"} for i in range(50)]
+    path = write_jsonl(tmp_path / "g.jsonl", rows)
+    a = TeacherStudentDataModule(dataset=path, schema="generic", val_size=0.2, seed=3)
+    b = TeacherStudentDataModule(dataset=path, schema="generic", val_size=0.2, seed=3)
+    c = TeacherStudentDataModule(dataset=path, schema="generic", val_size=0.2, seed=4)
+    train, val = a.split_rows()
+    assert len(train) == 40 and len(val) == 10
+    assert set(train["question"]).isdisjoint(val["question"])
+    assert list(b.split_rows()[1]["question"]) == list(val["question"])
+    assert list(c.split_rows()[1]["question"]) != list(val["question"])
+    rl_val = a.rl_dataset("val")
+    assert rl_val.column_names == ["question", "ground_truth"]
+    assert list(rl_val["question"]) == list(val["question"])
+    # No answer column: the ground truth is the solution text.
+    assert list(rl_val["ground_truth"]) == list(val["solution"])
+
+
+def test_rl_dataset_from_atlas_rl_needs_no_tokenizer(tmp_path):
+    path = write_jsonl(tmp_path / "rl.jsonl", [{"prompt": f"Q{i}", "ground_truth": str(i), "extra": 1} for i in range(10)])
+    dm = TeacherStudentDataModule(dataset=path, schema="atlas_rl", val_size=2, seed=0)
+    train, val = dm.rl_dataset("train"), dm.rl_dataset("val")
+    assert train.column_names == val.column_names == ["question", "ground_truth"]
+    assert len(train) == 8 and len(val) == 2
+    pairs = list(zip(train["question"], train["ground_truth"])) + list(zip(val["question"], val["ground_truth"]))
+    assert sorted(pairs) == sorted((f"Q{i}", str(i)) for i in range(10))
+    assert dm.tokenizer is None
+
+
+def test_rl_dataset_generic_prefers_the_answer_column():
+    dm = TeacherStudentDataModule(dataset="synthetic", schema="generic", synthetic_size=30, val_size=0.1)
+    rl = dm.rl_dataset("train")
+    assert rl.column_names == ["question", "ground_truth"]
+    for question, truth in zip(rl["question"], rl["ground_truth"]):
+        a, b = question.removeprefix("What is ").removesuffix("?").split("+")
+        assert truth == str(int(a) + int(b))
+
+
+def test_rl_dataset_refuses_schemas_without_ground_truth():
+    with pytest.raises(DataError, match="schema atlas_sft has no ground truth"):
+        TeacherStudentDataModule(schema="atlas_sft").rl_dataset("train")
+
+
+def test_synthetic_generic_rows_carry_teaching_and_approach():
+    rows = TeacherStudentDataModule(schema="generic", synthetic_size=20).canonical_rows()
+    assert set(rows.column_names) == {"question", "solution", "answer", "teaching", "approach"}
+    for question, approach, teaching in zip(rows["question"], rows["approach"], rows["teaching"]):
+        a, b = question.removeprefix("What is ").removesuffix("?").split("+")
+        carries = int(a) % 10 + int(b) % 10 >= 10
+        assert approach == ("not sure" if carries else "add the ones, then the tens")
+        assert teaching.endswith(f"carry {int(carries)}")
+
+
+@pytest.mark.parametrize(
+    "schema,kinds,per_row", [("atlas_sft", ["baseline"], 1), ("generic", ["baseline", "with_teaching", "probe"], 3),
+                             ("generic", ["probe"], 1), ("messages", ["baseline"], 1)]
+)
+def test_each_schema_tokenizes_with_masked_prompts(tiny_model_dir, schema, kinds, per_row):
+    dm = TeacherStudentDataModule(schema=schema, synthetic_size=30, val_size=10, tokenizer_name_or_path=tiny_model_dir,
+                                  student_examples=kinds, batch_size=4)
+    dm.setup("fit")
+    assert (len(dm.train_set), len(dm.val_set)) == (20 * per_row, 10 * per_row)
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch) == {"input_ids", "attention_mask", "labels"}
+    for ids, mask, labels in zip(batch["input_ids"], batch["attention_mask"], batch["labels"]):
+        target = labels[labels != IGNORE_INDEX]
+        assert len(target) > 0 and target[-1] == dm.tokenizer.eos_token_id
+        first = int((labels != IGNORE_INDEX).nonzero()[0])
+        assert dm.tokenizer.decode(ids[:first]).endswith("<|im_start|>assistant\n")
+        assert (labels[mask == 0] == IGNORE_INDEX).all() and (ids[mask == 0] == dm.pad_id).all()
+
+
+def test_student_examples_need_their_columns(tmp_path, tiny_model_dir):
+    path = write_jsonl(tmp_path / "g.jsonl", [{"question": "q", "solution": "s"}] * 4)
+    dm = TeacherStudentDataModule(dataset=path, schema="generic", val_size=0, tokenizer_name_or_path=tiny_model_dir,
+                                  student_examples=["baseline", "with_teaching"])
+    with pytest.raises(DataError, match="student_examples 'with_teaching' needs a 'teaching' column; columns present: question, solution"):
+        dm.setup("fit")
+
+
+def test_atlas_rl_has_no_sft_target(tiny_model_dir):
+    dm = TeacherStudentDataModule(schema="atlas_rl", synthetic_size=10, val_size=0, tokenizer_name_or_path=tiny_model_dir)
+    with pytest.raises(DataError, match="schema atlas_rl has no SFT target"):
+        dm.setup("fit")
+
+
+def test_sft_needs_a_tokenizer():
+    with pytest.raises(DataError, match="tokenizer_name_or_path"):
+        TeacherStudentDataModule(synthetic_size=10).setup("fit")
