@@ -59,3 +59,14 @@ def test_unknown_rl_key_is_refused(capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(CONFIGS / "quickstart_rcl.yaml"), "--grpo.no_such_key", "1"])
     assert "no_such_key" in capsys.readouterr().err
+
+
+def test_rl_quickstarts_sample_in_the_format_the_sft_quickstarts_trained():
+    def sft_templates(name):
+        return yaml.safe_load((CONFIGS / name).read_text())["data"]["init_args"]["templates"]
+
+    assert sft_templates("quickstart_sft.yaml") == sft_templates("quickstart_student_sft.yaml")
+    for rl in ("quickstart_rcl.yaml", "quickstart_direct.yaml"):
+        recipe = yaml.safe_load((CONFIGS / rl).read_text())
+        assert recipe["templates"] == sft_templates("quickstart_sft.yaml"), rl
+        assert recipe["data"]["init_args"]["synthetic_size"] == 2000
