@@ -69,4 +69,4 @@ def test_rl_quickstarts_sample_in_the_format_the_sft_quickstarts_trained():
     for rl in ("quickstart_rcl.yaml", "quickstart_direct.yaml"):
         recipe = yaml.safe_load((CONFIGS / rl).read_text())
         assert recipe["templates"] == sft_templates("quickstart_sft.yaml"), rl
-        assert recipe["data"]["init_args"]["synthetic_size"] == 2000
+        assert recipe["data"]["init_args"]["synthetic_size"] == 6000
