@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-RESULTS_DIR = ROOT / "runs" / "benchmarks"
+RESULTS_DIR = Path(os.environ.get("RCL_BENCHMARKS_DIR", ROOT / "runs" / "benchmarks"))
 
 
 def peak_rss_mb() -> float:
@@ -90,11 +90,13 @@ def spread(values: Sequence[float]) -> dict[str, float]:
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain, aligned, Markdown-compatible table (pasteable into the README)."""
+    """A Markdown table (pasteable into the README): first column left-aligned, the others right-aligned."""
     cells = [[_cell(v) for v in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    line = lambda values: "| " + " | ".join(v.rjust(w) for v, w in zip(values, widths)) + " |"  # noqa: E731
-    sep = "|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|"
+    def line(values: Sequence[str]) -> str:
+        return "| " + " | ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths))) + " |"
+
+    sep = "|" + "|".join(":" + "-" * (w + 1) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|"
     return "\n".join([line(list(headers)), sep, *(line(r) for r in cells)])
 
 

@@ -55,8 +55,10 @@ def _left_pad(prompts: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.T
     return ids, mask
 
 
-def generation_benchmark(preset: str, reps: int = 3) -> dict:
-    """Seconds per batch of 32 x 64 tokens: rcl HFEngine vs plain `model.generate`, alternating, after a warm-up."""
+def generation_benchmark(preset: str, reps: int = 3, prompts: int = PROMPTS, n: int = N,
+                         new_tokens: int = NEW_TOKENS) -> dict:
+    """Seconds per batch of `prompts` x `n` rows of `new_tokens` tokens: rcl HFEngine vs plain `model.generate`,
+    alternating, after a warm-up of each."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rcl.engines import HFEngine, SamplingParams
@@ -65,19 +67,19 @@ def generation_benchmark(preset: str, reps: int = 3) -> dict:
     folder = resolve_model(preset)
     tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
-    prompts = _prompts(tokenizer, PROMPTS)
+    questions = _prompts(tokenizer, prompts)
     engine = HFEngine(model, _NoEosTokenizer(tokenizer, model.config.vocab_size))
-    params = SamplingParams(max_tokens=NEW_TOKENS, n=N, temperature=1.0, seed=0)
-    ids, mask = _left_pad([p for p in prompts for _ in range(N)], tokenizer.pad_token_id)
+    params = SamplingParams(max_tokens=new_tokens, n=n, temperature=1.0, seed=0)
+    ids, mask = _left_pad([p for p in questions for _ in range(n)], tokenizer.pad_token_id)
 
     def run_engine() -> int:
-        out = engine.generate(prompts, params)
+        out = engine.generate(questions, params)
         return sum(len(c.token_ids) for group in out for c in group)
 
     @torch.inference_mode()
     def run_plain() -> int:
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=NEW_TOKENS,
-                             min_new_tokens=NEW_TOKENS, do_sample=True, temperature=1.0, top_k=None,
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens,
+                             min_new_tokens=new_tokens, do_sample=True, temperature=1.0, top_k=None,
                              pad_token_id=tokenizer.pad_token_id)
         return out[:, ids.shape[1]:].numel()
 
@@ -113,7 +115,8 @@ class LocalServer:
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "rcl", "serve", "--model", model, "--engine", "hf", "--device", "cpu",
                "--port", str(self.port), "--log-level", "warning"]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=worker_env(), stdout=subprocess.DEVNULL,
+        env = {**worker_env(), "OMP_NUM_THREADS": str(torch.get_num_threads())}  # as many threads as the caller
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)
 
     def __enter__(self) -> "LocalServer":
