@@ -50,6 +50,9 @@ class GRPOBenchConfig:
     seed: int = 42
     threads: int = 0
     """torch intra-op threads in both workers (0: torch's default)."""
+    reward: str = "correctness"
+    """correctness (rcl's verifier; an untrained model is almost never right, so most groups have zero advantage)
+    or digits (share of digit characters: differs between random completions, so nearly every row is trained)."""
 
     @property
     def prompts_per_step(self) -> int:
@@ -71,6 +74,29 @@ def prompt_rows(cfg: GRPOBenchConfig, n: int) -> tuple[list[dict], Any]:
     return list(data.rl_dataset("train")), data
 
 
+def _register_digits_reward() -> None:
+    from rcl.rewards import available_rewards, register_reward
+
+    if "bench_digits" in available_rewards():
+        return
+
+    @register_reward("bench_digits")
+    class DigitShare:
+        """Share of digit characters in the completion: a dense reward, so GRPO groups rarely tie."""
+
+        def __call__(self, samples):
+            return [sum(ch.isdigit() for ch in s.completion) / max(len(s.completion), 1) for s in samples]
+
+
+def reward_name(cfg: GRPOBenchConfig) -> str:
+    if cfg.reward == "digits":
+        _register_digits_reward()
+        return "bench_digits"
+    if cfg.reward != "correctness":
+        raise SystemExit(f"--reward must be correctness or digits, got {cfg.reward!r}")
+    return "correctness"
+
+
 def per_step_summary(ends: list[float], steps: list[dict], batch_size: int) -> dict:
     """Drop the warm-up step; intervals between step ends are the step times."""
     intervals = [b - a for a, b in zip(ends, ends[1:])]
@@ -79,7 +105,9 @@ def per_step_summary(ends: list[float], steps: list[dict], batch_size: int) -> d
     reward = statistics.fmean(s["reward_s"] for s in timed)
     step_s = statistics.fmean(intervals)
     tokens = statistics.fmean(s["tokens"] for s in timed)
+    zero_std = [s["zero_std"] for s in timed if s.get("zero_std") is not None]
     return {
+        "zero_std_groups": statistics.fmean(zero_std) if zero_std else None,
         "step_s": step_s,
         "generation_s": gen,
         "reward_s": reward,
@@ -112,6 +140,7 @@ def run_rcl(cfg: GRPOBenchConfig, out_dir: Path) -> dict:
                 "generation_s": metrics["time/generation/policy"],
                 "reward_s": metrics["time/reward"],
                 "tokens": sum(len(c.token_ids) for c in rollout.completions),
+                "zero_std": metrics["frac_reward_zero_std"],
             })
 
     clock = StepClock()
@@ -126,7 +155,7 @@ def run_rcl(cfg: GRPOBenchConfig, out_dir: Path) -> dict:
         grpo=GRPOArgs(protocol="direct", prompts_per_step=cfg.prompts_per_step, num_generations=cfg.num_generations,
                       micro_batch_size=cfg.batch_size, num_iterations=1, beta=0.0, loss_type="dapo"),
         generation=GenerationArgs(temperature=cfg.temperature, max_completion_length=cfg.max_completion_length),
-        reward=RewardArgs(functions={"correctness": 1.0}, kwargs={}),
+        reward=RewardArgs(functions={reward_name(cfg): 1.0}, kwargs={}),
         optimizer=OptimizerArgs(learning_rate=cfg.learning_rate, schedule="constant", max_grad_norm=1.0),
         eval=EvalArgs(every_n_steps=0, num_prompts=1, at_start=False),
         logging=LoggingArgs(sample_every_n_steps=0),
@@ -136,18 +165,19 @@ def run_rcl(cfg: GRPOBenchConfig, out_dir: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------- TRL worker
-def correctness_for_trl():
-    """rcl's `correctness` reward with TRL's reward-function signature."""
+def reward_for_trl(name: str):
+    """An rcl reward with TRL's reward-function signature."""
     from rcl.rewards import RolloutSample, get_reward
 
-    reward = get_reward("correctness")
+    reward = get_reward(name)
 
-    def correctness(prompts, completions, ground_truth, **kwargs) -> list[float]:
+    def rcl_reward(prompts, completions, ground_truth, **kwargs) -> list[float]:
         samples = [RolloutSample(question="", ground_truth=gt, completion=c, completion_tokens=0)
                    for c, gt in zip(completions, ground_truth)]
         return reward(samples)
 
-    return correctness
+    rcl_reward.__name__ = name
+    return rcl_reward
 
 
 def trl_config(cfg: GRPOBenchConfig, out_dir: Path):
@@ -217,9 +247,13 @@ def run_trl(cfg: GRPOBenchConfig, out_dir: Path) -> dict:
         def on_step_end(self, args, state, control, **kwargs):
             ends.append(time.perf_counter())
 
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "frac_reward_zero_std" in logs and len(steps) >= state.global_step > 0:
+                steps[state.global_step - 1]["zero_std"] = float(logs["frac_reward_zero_std"])
+
     trainer = TimedGRPOTrainer(
         model=folder,
-        reward_funcs=[correctness_for_trl()],
+        reward_funcs=[reward_for_trl(reward_name(cfg))],
         args=trl_config(cfg, out_dir),
         train_dataset=dataset,
         processing_class=tokenizer,
@@ -256,6 +290,8 @@ def summarize(runs: dict[str, list[dict]]) -> dict[str, dict]:
         med = lambda key: statistics.median(r[key] for r in results)  # noqa: E731
         out[fw] = {
             "step_s": step,
+            "zero_std_groups": statistics.median(r["zero_std_groups"] for r in results)
+            if all(r.get("zero_std_groups") is not None for r in results) else None,
             **{k: med(k) for k in ("generation_s", "reward_s", "train_other_s", "mean_length", "completions_per_s",
                                    "generated_tokens_per_s", "trained_tokens_per_s", "peak_rss_mb")},
         }
@@ -265,7 +301,7 @@ def summarize(runs: dict[str, list[dict]]) -> dict[str, dict]:
 
 
 TABLE_HEADERS = ("framework", "s/step median", "min", "max", "gen s", "reward s", "train+other s", "mean len",
-                 "completions/s", "gen tok/s", "trained tok/s", "peak RSS MB")
+                 "zero-std groups", "completions/s", "gen tok/s", "trained tok/s", "peak RSS MB")
 
 
 def table(cfg_or_preset: str, summary: dict[str, dict]) -> str:
@@ -275,7 +311,7 @@ def table(cfg_or_preset: str, summary: dict[str, dict]) -> str:
         rows.append([
             f"{'rcl' if fw == 'rcl' else 'TRL'} ({cfg_or_preset})", s["step_s"]["median"], s["step_s"]["min"],
             s["step_s"]["max"], s["generation_s"], s["reward_s"], s["train_other_s"], s["mean_length"],
-            s["completions_per_s"], s["generated_tokens_per_s"], s["trained_tokens_per_s"], s["peak_rss_mb"],
+            "n/a" if s["zero_std_groups"] is None else f"{s['zero_std_groups']:.0%}", s["completions_per_s"], s["generated_tokens_per_s"], s["trained_tokens_per_s"], s["peak_rss_mb"],
         ])
     text = format_table(TABLE_HEADERS, rows)
     return text + f"\nrcl/TRL step-time ratio ({cfg_or_preset}): {summary['ratio']['step_s']:.2f}"
@@ -286,7 +322,8 @@ def describe(cfg: GRPOBenchConfig, reps: int) -> str:
         f"GRPO step, {cfg.preset}: {cfg.batch_size} completions/step ({cfg.prompts_per_step} prompts x G="
         f"{cfg.num_generations}), max {cfg.max_completion_length} new tokens (both stop at eos), lr "
         f"{cfg.learning_rate}, beta 0, dapo, T={cfg.temperature}, num_iterations 1, fp32 on CPU; "
-        f"{reps} alternating repetitions x {cfg.steps - 1} timed steps (+1 warm-up)"
+        f"{reps} alternating repetitions x {cfg.steps - 1} timed steps (+1 warm-up); reward {cfg.reward}; torch "
+        f"threads {cfg.threads or 'default'}"
     )
 
 
