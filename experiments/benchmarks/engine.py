@@ -173,25 +173,23 @@ def run_engine_benchmarks(presets: list[str], reps: int, sync_preset: str = "tin
     return {"generation": generation, "weight_sync": {sync_preset: sync}, "reps": reps}
 
 
-def tables(result: dict) -> str:
-    gen_rows = []
-    for preset, rows in result["generation"].items():
-        base = rows["plain model.generate"]["seconds"]["median"]
-        for name, r in rows.items():
+def _rows_against(section: dict, baseline: str, extra) -> list[list]:
+    """One row per (preset, variant): `extra(entry)` columns, then seconds and the ratio to `baseline`."""
+    rows = []
+    for preset, entries in section.items():
+        base = entries[baseline]["seconds"]["median"]
+        for name, r in entries.items():
             s = r["seconds"]
-            gen_rows.append([preset, name, s["median"], s["min"], s["max"], r["tokens"], r["tokens_per_s"],
-                             s["median"] / base])
+            rows.append([preset, name, *extra(r), s["median"], s["min"], s["max"], s["median"] / base])
+    return rows
+
+
+def tables(result: dict) -> str:
     text = (f"Generation: batch {PROMPTS * N} ({PROMPTS} prompts x n={N}), {NEW_TOKENS} new tokens per row, "
             f"T=1, fp32, {result['reps']} alternating repetitions after a warm-up\n")
-    text += format_table(("preset", "engine", "s median", "min", "max", "tokens", "tok/s", "vs plain"), gen_rows)
-    sync_rows = []
-    for preset, modes in result["weight_sync"].items():
-        base = modes["per tensor"]["seconds"]["median"]
-        for mode, r in modes.items():
-            s = r["seconds"]
-            sync_rows.append([preset, mode, r["buckets"], r["megabytes"], s["median"], s["min"], s["max"],
-                              s["median"] / base])
+    gen_rows = _rows_against(result["generation"], "plain model.generate", lambda r: (r["tokens"], r["tokens_per_s"]))
+    text += format_table(("preset", "engine", "tokens", "tok/s", "s median", "min", "max", "vs plain"), gen_rows)
+    sync_rows = _rows_against(result["weight_sync"], "per tensor", lambda r: (r["buckets"], r["megabytes"]))
     text += "\n\nWeight sync to a local `rcl serve --engine hf` server (HTTP, safetensors buckets)\n"
     text += format_table(("preset", "mode", "requests", "MiB", "s median", "min", "max", "vs per tensor"), sync_rows)
     return text
-
