@@ -109,7 +109,7 @@ class HFEngine:
         self.max_batch_size = max_batch_size
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]:
         if params.n < 1 or params.max_tokens < 1:
             raise ValueError(f"n and max_tokens must be >= 1, got n={params.n}, max_tokens={params.max_tokens}")
@@ -141,6 +141,18 @@ class HFEngine:
                 raise ValueError("empty prompt")
             input_ids[i, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
             attention[i, width - len(p) :] = 1
+        if params.stop:  # stop strings need the tokenizer at every step: HF generate handles them
+            new, logps = self._hf_generate(input_ids.to(device), attention.to(device), params)
+        else:
+            new, logps = self._sample(input_ids.to(device), attention.to(device), params)
+        new_rows, logp_rows = new.tolist(), logps.tolist()
+        rows = [trim_completion(new_rows[i], logp_rows[i], self.tokenizer, params) for i in range(len(new_rows))]
+        return [rows[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]
+
+    def _hf_generate(
+        self, input_ids: torch.Tensor, attention: torch.Tensor, params: SamplingParams
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        greedy = params.temperature == 0
         kwargs: dict[str, Any] = dict(
             max_new_tokens=params.max_tokens,
             do_sample=not greedy,
@@ -150,17 +162,103 @@ class HFEngine:
             return_dict_in_generate=True,
             output_scores=True,
             repetition_penalty=params.repetition_penalty,
+            stop_strings=params.stop,
+            tokenizer=self.tokenizer,
         )
         if not greedy:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None)
             if params.min_p > 0:
                 kwargs["min_p"] = params.min_p
-        if params.stop:
-            kwargs.update(stop_strings=params.stop, tokenizer=self.tokenizer)
-        res = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
-        new = res.sequences[:, width:].cpu()
+        res = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
+        new = res.sequences[:, input_ids.shape[1] :].cpu()
         # scores are the processed logits the sampler drew from: their log-softmax is the behaviour log-prob.
         scores = torch.stack(res.scores, dim=1).float().log_softmax(-1)
         logps = scores.gather(-1, new.to(scores.device).unsqueeze(-1)).squeeze(-1).cpu()
-        rows = [trim_completion(new[i].tolist(), logps[i].tolist(), self.tokenizer, params) for i in range(len(new))]
-        return [rows[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]
+        return new, logps
+
+    def _sample(
+        self, input_ids: torch.Tensor, attention: torch.Tensor, params: SamplingParams
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A KV-cache sampling loop: each distinct prompt is prefilled once and its cache copied to its `n` rows;
+        rows that reached a stop id leave the batch, so finished completions cost nothing.
+
+        Same sampling as HF generate (the same logits processors, `multinomial` on the processed distribution) and
+        the same behaviour log-probs (log-softmax of the processed logits). Returns `[B*n, steps]` ids, padded with
+        the pad id after a stop, and their log-probs.
+        """
+        from transformers import DynamicCache
+
+        n, rows = params.n, input_ids.shape[0] * params.n
+        device = input_ids.device
+        processors = _logits_processors(params)
+        stops = torch.tensor(stop_ids(self.tokenizer, params), device=device)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
+                         past_key_values=cache, use_cache=True, logits_to_keep=1)
+        logits = out.logits[:, -1, :].float().repeat_interleave(n, dim=0)
+        cache = out.past_key_values
+        if n > 1:
+            cache.batch_repeat_interleave(n)
+        attention = attention.repeat_interleave(n, dim=0)
+        seen = input_ids.repeat_interleave(n, dim=0)  # prompt + generated ids, for the repetition penalty
+        next_pos = positions[:, -1:].repeat_interleave(n, dim=0) + 1
+
+        tokens = torch.full((rows, params.max_tokens), self.pad_id, dtype=torch.long, device=device)
+        logps = torch.zeros((rows, params.max_tokens), dtype=torch.float32, device=device)
+        active = torch.arange(rows, device=device)
+        for step in range(params.max_tokens):
+            scores = processors(seen, logits) if processors else logits
+            logprobs = scores.log_softmax(-1)
+            if params.temperature == 0:
+                chosen = scores.argmax(-1)
+            else:
+                chosen = torch.multinomial(logprobs.exp(), num_samples=1).squeeze(1)
+            tokens[active, step] = chosen
+            logps[active, step] = logprobs.gather(-1, chosen.unsqueeze(-1)).squeeze(-1)
+            if step == params.max_tokens - 1:
+                break
+            running = ~torch.isin(chosen, stops)
+            if not bool(running.any()):
+                break
+            if not bool(running.all()):
+                keep = running.nonzero().squeeze(1)
+                active, chosen, attention, seen, next_pos = (
+                    active[keep], chosen[keep], attention[keep], seen[keep], next_pos[keep]
+                )
+                cache.batch_select_indices(keep)
+            attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=1)
+            seen = torch.cat([seen, chosen.unsqueeze(1)], dim=1)
+            out = self.model(input_ids=chosen.unsqueeze(1), attention_mask=attention, position_ids=next_pos,
+                             past_key_values=cache, use_cache=True)
+            logits = out.logits[:, -1, :].float()
+            cache = out.past_key_values
+            next_pos = next_pos + 1
+        return tokens.cpu(), logps.cpu()
+
+
+def _logits_processors(params: SamplingParams):
+    """HF's own processors, in HF generate's order, so the distribution sampled from is the one HF would use."""
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        MinPLogitsWarper,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    out = LogitsProcessorList()
+    if params.repetition_penalty != 1.0:
+        out.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
+    if params.temperature == 0:
+        return out
+    if params.temperature != 1.0:
+        out.append(TemperatureLogitsWarper(params.temperature))
+    if params.top_k:
+        out.append(TopKLogitsWarper(params.top_k))
+    if params.top_p < 1.0:
+        out.append(TopPLogitsWarper(params.top_p))
+    if params.min_p > 0:
+        out.append(MinPLogitsWarper(params.min_p))
+    return out

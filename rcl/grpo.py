@@ -129,22 +129,92 @@ def completion_logprobs(
     completion_len: int,
     temperature: float = 1.0,
 ) -> Tensor:
-    """Per-token log-probs [B, T] of the completion tokens, from one forward pass.
+    """Per-token log-probs [B, T] of the completion tokens.
 
     Layout: `input_ids` [B, P + T] is the left-padded prompt followed by the right-padded completion, so every
-    completion starts at column P. Only the last T + 1 logits are computed (`logits_to_keep`); the very last one
-    predicts past the sequence and is dropped. Position ids are derived from `attention_mask` the way HF `generate`
-    derives them, so a left-padded row gets the log-probs it was sampled with.
+    completion starts at column P. Only the logits that predict completion tokens are computed. Position ids are
+    derived from `attention_mask` the way HF `generate` derives them, so a left-padded row gets the log-probs it was
+    sampled with.
+
+    Rows that share a prompt (a GRPO group) run that prompt once: the prompt is encoded per distinct prompt, its
+    KV cache is gathered to every row, and the completions run on top of it (`shared_prompt_logprobs`). The result
+    and its gradient are those of one forward over every full row; models that cannot take a cache with gradients
+    (gradient checkpointing, sharded or DDP wrappers) always take the one-forward path.
     """
     if not 0 < completion_len < input_ids.size(1):
         raise ValueError(f"completion_len {completion_len} must be in [1, {input_ids.size(1) - 1}] (needs a prompt)")
     position_ids = (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+    prompt_len = input_ids.size(1) - completion_len
+    if _can_share_prompts(model):
+        prompts = torch.cat([input_ids[:, :prompt_len], attention_mask[:, :prompt_len].long()], dim=1)
+        unique, inverse = torch.unique(prompts, dim=0, return_inverse=True)
+        if unique.size(0) < input_ids.size(0):
+            first = torch.full((unique.size(0),), input_ids.size(0), dtype=torch.long, device=input_ids.device)
+            first = first.scatter_reduce(0, inverse, torch.arange(input_ids.size(0), device=input_ids.device), "amin")
+            return shared_prompt_logprobs(model, input_ids, attention_mask, position_ids, completion_len,
+                                          first, inverse, temperature)
     logits = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids,
         logits_to_keep=completion_len + 1,
     ).logits[:, :-1, :]
+    return token_logprobs(logits, input_ids[:, -completion_len:], temperature)
+
+
+def _can_share_prompts(model: Any) -> bool:
+    """Only a plain transformers model in a single process takes a differentiable prompt cache safely (DDP, FSDP
+    and DeepSpeed hook a single forward per backward; gradient checkpointing drops the cache)."""
+    from transformers import PreTrainedModel
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return False
+    inner = getattr(model, "_forward_module", model)  # Lightning Fabric's wrapper
+    if not isinstance(inner, PreTrainedModel):
+        return False
+    # transformers 5 renamed the flag; the old name warns
+    name = "is_activation_checkpointing" if hasattr(type(inner), "is_activation_checkpointing") else \
+        "is_gradient_checkpointing"
+    return not getattr(inner, name)
+
+
+def shared_prompt_logprobs(
+    model: Any,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    position_ids: Tensor,
+    completion_len: int,
+    first: Tensor,
+    inverse: Tensor,
+    temperature: float,
+) -> Tensor:
+    """`completion_logprobs` computing each distinct prompt once: row `first[u]` carries prompt u, `inverse[b]` is
+    row b's prompt. The prompt's cache is gathered to every row (a differentiable index), so gradients flow back
+    through the shared prompt exactly as they would through G separate copies."""
+    from transformers import DynamicCache
+
+    prompt_len = input_ids.size(1) - completion_len
+    cache = DynamicCache()
+    prefix = model(
+        input_ids=input_ids[first, :prompt_len],
+        attention_mask=attention_mask[first, :prompt_len],
+        position_ids=position_ids[first, :prompt_len],
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    logits = prefix.logits[inverse, -1:, :]  # predicts the first completion token
+    if completion_len > 1:
+        cache = prefix.past_key_values
+        cache.batch_select_indices(inverse)
+        rest = model(
+            input_ids=input_ids[:, prompt_len:-1],
+            attention_mask=attention_mask[:, :-1],
+            position_ids=position_ids[:, prompt_len:-1],
+            past_key_values=cache,
+            use_cache=True,
+        )
+        logits = torch.cat([logits, rest.logits], dim=1)
     return token_logprobs(logits, input_ids[:, -completion_len:], temperature)
 
 

@@ -1,0 +1,99 @@
+"""`python -m experiments.benchmarks {grpo,rollout,engine,all}`: rcl's performance figures on this machine.
+
+    python -m experiments.benchmarks grpo --preset tiny-1m --reps 3      # rcl GRPO vs TRL GRPOTrainer
+    python -m experiments.benchmarks grpo --preset tiny-10m --reps 3
+    python -m experiments.benchmarks rollout                             # adaptive-teaching rollout cost
+    python -m experiments.benchmarks engine                              # HFEngine vs generate; weight sync
+    python -m experiments.benchmarks all                                 # everything, one combined summary
+
+Each command prints its table last and writes `runs/benchmarks/<name>.json` with the machine's facts (CPU, cores,
+torch threads, versions, date, load average). Timings on a shared machine move with its load: repetitions alternate
+so both sides see the same conditions, and the load average is printed with the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from experiments.benchmarks import engine as engine_bench
+from experiments.benchmarks import grpo_vs_trl, rollout_cost
+from experiments.benchmarks.common import RESULTS_DIR, load_note, machine_info, write_results
+
+
+def _set_threads(threads: int) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def machine_line() -> str:
+    m = machine_info()
+    return (f"{m['date']} | {m['cpu']} | {m['cores']} cores, torch threads {m['torch_threads']} | torch {m['torch']}, "
+            f"transformers {m['transformers']}, TRL {m['trl']} | {load_note()}")
+
+
+def grpo_command(args: argparse.Namespace, presets: list[str]) -> str:
+    texts = []
+    for preset in presets:
+        cfg = grpo_vs_trl.config_from(args)
+        cfg.preset = preset
+        result = grpo_vs_trl.run_benchmark(cfg, args.reps)
+        path = write_results(f"grpo_{preset}" + (f"_{args.name}" if args.name else ""), result)
+        texts.append(f"{grpo_vs_trl.describe(cfg, args.reps)}\n"
+                     f"{grpo_vs_trl.table(preset, result['summary'])}\n(written to {path})")
+    return "\n\n".join(texts)
+
+
+def rollout_command(args: argparse.Namespace) -> str:
+    cfg = rollout_cost.RolloutBenchConfig(preset=args.preset)
+    result = rollout_cost.run_rollout_benchmark(cfg, with_server=not args.no_server)
+    path = write_results("rollout" + (f"_{args.name}" if args.name else ""), result)
+    return f"{rollout_cost.tables(result)}\n(written to {path})"
+
+
+def engine_command(args: argparse.Namespace) -> str:
+    result = engine_bench.run_engine_benchmarks(["tiny-1m", "tiny-10m"], args.reps)
+    path = write_results("engine" + (f"_{args.name}" if args.name else ""), result)
+    return f"{engine_bench.tables(result)}\n(written to {path})"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m experiments.benchmarks", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (("grpo", "rcl GRPO step vs TRL GRPOTrainer"), ("rollout", "adaptive-teaching cost"),
+                            ("engine", "HFEngine vs model.generate; weight sync"), ("all", "every benchmark")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--reps", type=int, default=3, help="alternating repetitions per side")
+        p.add_argument("--name", default="", help="suffix of the JSON file names under runs/benchmarks/")
+        if name in ("grpo", "all"):
+            grpo_vs_trl.add_config_arguments(p)
+        else:
+            p.add_argument("--preset", default="tiny-1m")
+            p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+        if name in ("rollout", "all"):
+            p.add_argument("--no-server", action="store_true", help="skip the run with the policy on an hf server")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _set_threads(args.threads)
+    if args.command == "grpo":
+        text = grpo_command(args, [args.preset])
+    elif args.command == "rollout":
+        text = rollout_command(args)
+    elif args.command == "engine":
+        text = engine_command(args)
+    else:
+        parts = [grpo_command(args, ["tiny-1m", "tiny-10m"]), rollout_command(args), engine_command(args)]
+        text = "\n\n".join(parts)
+    print(f"\n===== rcl benchmarks: {args.command} =====\n{machine_line()}\n\n{text}", flush=True)
+    print(f"\nJSON results in {RESULTS_DIR}")
+
+
+if __name__ == "__main__":
+    main()
