@@ -410,12 +410,23 @@ def behaviour_logprobs(model, rollout, grpo, generation, stop_ids, fabric) -> li
     return out
 
 
+def trained_rows(rollout: Rollout, grpo: GRPOArgs, world_size: int, off_policy: bool) -> list[int]:
+    """Rows that need a forward/backward pass. With beta = 0 a row whose advantage is exactly 0 has zero loss and
+    zero gradient at any ratio, and dapo's normaliser counts every row's tokens anyway, so such rows (e.g. whole
+    zero-std groups) are skipped. Only on one process (DDP needs the same number of backward passes on every rank)."""
+    every = list(range(len(rollout)))
+    if grpo.beta != 0 or grpo.loss_type != "dapo" or world_size > 1 or off_policy:
+        return every
+    return [i for i in every if rollout.advantages[i] != 0]
+
+
 def train_step(fabric, state, rollout, grpo, generation, optimizer_args, stop_ids, old_logps) -> dict:
     """One optimizer step over the whole rollout, accumulating gradients over micro-batches."""
     model, optimizer = state["model"], state["optimizer"]
     reference = state["ref_model"]
     pad = unwrap(model).config.pad_token_id or 0
-    batches = _micro_batches(len(rollout), grpo.micro_batch_size)
+    rows = trained_rows(rollout, grpo, fabric.world_size, old_logps is not None)
+    batches = [rows[i : i + grpo.micro_batch_size] for i in range(0, len(rows), grpo.micro_batch_size)]
     local_tokens = sum(
         0 if grpo.mask_truncated_completions and c.finish_reason == "length" else len(c.token_ids)
         for c in rollout.completions
@@ -448,6 +459,11 @@ def train_step(fabric, state, rollout, grpo, generation, optimizer_args, stop_id
         totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
         for name, value in stats.items():
             totals[name] = totals.get(name, 0.0) + float(value) / len(batches)
+    if not batches:  # every advantage is zero: a full pass would have produced exactly zero gradients
+        totals["loss"] = 0.0
+        for p in model.parameters():
+            if p.requires_grad:
+                p.grad = torch.zeros_like(p)
     fabric.call("on_before_optimizer_step", fabric=fabric, state=state, optimizer=optimizer)
     if optimizer_args.max_grad_norm and not is_deepspeed(fabric):
         totals["grad_norm"] = float(fabric.clip_gradients(model, optimizer, max_norm=optimizer_args.max_grad_norm))

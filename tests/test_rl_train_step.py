@@ -1,0 +1,65 @@
+"""Skipping zero-advantage rows (beta 0, dapo, one process) gives the gradients of the full pass."""
+
+import copy
+from unittest import mock
+
+import pytest
+import torch
+from lightning.fabric import Fabric
+from transformers import AutoModelForCausalLM
+
+from rcl.engines import Completion
+from rcl.optim import OptimizerArgs, build_optimizer, build_scheduler
+from rcl.rl import loop
+from rcl.rl.args import GenerationArgs, GRPOArgs
+from rcl.rl.rollout import Rollout
+
+
+def make_rollout(advantages):
+    g = torch.Generator().manual_seed(0)
+    completions = [Completion(torch.randint(5, 300, (3 + i,), generator=g).tolist(), None, "length", "")
+                   for i in range(len(advantages))]
+    prompts = [torch.randint(5, 300, (6,), generator=g).tolist() for _ in advantages]
+    n = len(advantages)
+    return Rollout(prompts, completions, [], torch.zeros(n), {}, torch.tensor(advantages), torch.zeros(n // 2),
+                   {}, {}, 2)
+
+
+def step(model_dir, rollout, skip: bool):
+    torch.manual_seed(0)
+    fabric = Fabric(accelerator="cpu", devices=1)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    args = OptimizerArgs(learning_rate=1e-2)
+    optimizer = build_optimizer(model.parameters(), args)
+    model, optimizer = fabric.setup(model, optimizer)
+    state = {"model": model, "optimizer": optimizer, "scheduler": build_scheduler(optimizer, 10, args),
+             "ref_model": None}
+    grpo = GRPOArgs(micro_batch_size=2, loss_type="dapo", beta=0.0)
+    everything = lambda rollout, grpo, world, off: list(range(len(rollout)))  # noqa: E731
+    grads = {}
+
+    def record_gradients(*a, **k):
+        grads.update({n: p.grad.detach().clone() for n, p in model.named_parameters()})
+
+    optimizer.step = record_gradients
+    with mock.patch.object(loop, "trained_rows", loop.trained_rows if skip else everything):
+        loop.train_step(fabric, state, rollout, grpo, GenerationArgs(), args, [0], None)
+    return grads
+
+
+@pytest.mark.parametrize("advantages", [[1.0, 0.0, -1.0, 0.0, 0.0, 0.5], [0.0, 0.0, 0.0, 0.0]])
+def test_skipping_zero_advantage_rows_changes_nothing(tiny_model_dir, advantages):
+    rollout = make_rollout(advantages)
+    skipped, full = step(tiny_model_dir, rollout, True), step(tiny_model_dir, rollout, False)
+    for name in full:
+        torch.testing.assert_close(skipped[name], full[name], atol=1e-7, rtol=1e-4)
+    assert any(g.abs().sum() > 0 for g in full.values()) == any(a != 0 for a in advantages)
+
+
+def test_rows_are_kept_whenever_skipping_could_change_the_update():
+    rollout = make_rollout([1.0, 0.0, 0.0, -1.0])
+    assert loop.trained_rows(rollout, GRPOArgs(loss_type="dapo"), 1, False) == [0, 3]
+    assert loop.trained_rows(rollout, GRPOArgs(loss_type="dapo", beta=0.1), 1, False) == [0, 1, 2, 3]
+    assert loop.trained_rows(rollout, GRPOArgs(loss_type="grpo"), 1, False) == [0, 1, 2, 3]
+    assert loop.trained_rows(rollout, GRPOArgs(loss_type="dapo"), 2, False) == [0, 1, 2, 3]
+    assert loop.trained_rows(rollout, GRPOArgs(loss_type="dapo"), 1, True) == [0, 1, 2, 3]
