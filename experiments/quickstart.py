@@ -1,6 +1,6 @@
 """The whole embedded pipeline on CPU: tiny student SFT, tiny teacher SFT, then GRPO; a table and a plot at the end.
 
-    python -m experiments.quickstart            # about 10 minutes on 2 cores
+    python -m experiments.quickstart            # three training runs; README lists measured times
     python -m experiments.quickstart --skip-sft # reuse the SFT outputs of an earlier run
 
 Every step is an ordinary `python -m rcl fit --config lightning_configs/<recipe>.yaml` run, so each can be re-run
