@@ -135,3 +135,15 @@ def test_ddp_two_processes_on_cpu(models_dir, tmp_path, repo_env):
     train = [r for r in history(out) if "reward" in r]
     assert [r["step"] for r in train] == [1, 2]
     assert (out / "hf_model" / "model.safetensors").exists()
+
+
+def test_several_iterations_per_rollout_use_the_clipped_ratio(models_dir, tmp_path):
+    out = tmp_path / "iters"
+    cli_main("fit", ["--config", DIRECT, *tiny_overrides(
+        out, "--grpo.num_iterations", "2", "--reward.functions", "{test_char_sum: 1.0}", "--reward.kwargs", "{}",
+        "--optimizer.learning_rate", "0.05", "--eval.at_start", "false")])
+    train = [r for r in history(out) if "reward" in r]
+    assert [r["step"] for r in train] == [1, 2]
+    assert train[0]["reward"] == train[1]["reward"], "both optimizer steps train on the same rollout"
+    assert train[0]["clip_ratio/region_mean"] == 0.0, "the first step is on-policy: ratio 1, nothing clipped"
+    assert train[1]["clip_ratio/region_mean"] > 0.0, "after a large step the ratio leaves [1-eps, 1+eps]"

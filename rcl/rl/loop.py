@@ -337,7 +337,7 @@ def fit(
             if state["step"] >= trainer.max_steps:
                 break
             if grpo.num_iterations > 1 and old_logps is None:
-                old_logps = behaviour_logprobs(state["model"], rollout, grpo, generation, stop_ids, fabric)
+                old_logps = behaviour_logprobs(state["model"], rollout, grpo, generation, fabric)
             start = time.perf_counter()
             stats = train_step(fabric, state, rollout, grpo, generation, optimizer_args, stop_ids, old_logps)
             state["step"] += 1
@@ -400,7 +400,7 @@ def _mask(rollout: Rollout, index: list[int], completion_ids: torch.Tensor, stop
 
 
 @torch.no_grad()
-def behaviour_logprobs(model, rollout, grpo, generation, stop_ids, fabric) -> list[torch.Tensor]:
+def behaviour_logprobs(model, rollout, grpo, generation, fabric) -> list[torch.Tensor]:
     """Log-probs of the rollout under the weights that sampled it, for the PPO ratio of later iterations."""
     out = []
     pad = unwrap(model).config.pad_token_id or 0
