@@ -1,6 +1,7 @@
 """Skipping zero-advantage rows (beta 0, dapo, one process) gives the gradients of the full pass."""
 
 import copy
+from dataclasses import replace
 from unittest import mock
 
 import pytest
@@ -25,7 +26,7 @@ def make_rollout(advantages):
                    {}, {}, 2)
 
 
-def step(model_dir, rollout, skip: bool):
+def step(model_dir, rollout, skip: bool, **grpo_kwargs):
     torch.manual_seed(0)
     fabric = Fabric(accelerator="cpu", devices=1)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
@@ -34,7 +35,7 @@ def step(model_dir, rollout, skip: bool):
     model, optimizer = fabric.setup(model, optimizer)
     state = {"model": model, "optimizer": optimizer, "scheduler": build_scheduler(optimizer, 10, args),
              "ref_model": None}
-    grpo = GRPOArgs(micro_batch_size=2, loss_type="dapo", beta=0.0)
+    grpo = GRPOArgs(micro_batch_size=2, loss_type="dapo", beta=0.0, **grpo_kwargs)
     everything = lambda rollout, grpo, world, off: list(range(len(rollout)))  # noqa: E731
     grads = {}
 
@@ -63,3 +64,12 @@ def test_rows_are_kept_whenever_skipping_could_change_the_update():
     assert loop.trained_rows(rollout, GRPOArgs(loss_type="grpo"), 1, False) == [0, 1, 2, 3]
     assert loop.trained_rows(rollout, GRPOArgs(loss_type="dapo"), 2, False) == [0, 1, 2, 3]
     assert loop.trained_rows(rollout, GRPOArgs(loss_type="dapo"), 1, True) == [0, 1, 2, 3]
+
+
+def test_truncated_completions_are_masked_by_their_finish_reason(tiny_model_dir):
+    rollout = make_rollout([1.0, -1.0, 0.5, -0.5])  # every completion finished by "length"
+    masked = step(tiny_model_dir, rollout, True, mask_truncated_completions=True)
+    assert all(g.abs().sum() == 0 for g in masked.values())
+    rollout.completions = [replace(c, finish_reason="stop") for c in rollout.completions]
+    kept = step(tiny_model_dir, rollout, True, mask_truncated_completions=True)
+    assert any(g.abs().sum() > 0 for g in kept.values())

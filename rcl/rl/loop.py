@@ -25,7 +25,7 @@ from callbacks.sample_logging import SampleLogger
 from callbacks.teaching_metrics import TeachingMetrics
 from callbacks.weight_sync import WeightSync
 from rcl.engines import HFEngine, SamplingParams
-from rcl.grpo import completion_logprobs, completion_mask, grpo_loss, mask_truncated, truncated_rows
+from rcl.grpo import completion_logprobs, completion_mask, grpo_loss, mask_truncated
 from rcl.optim import OptimizerArgs, build_optimizer, build_scheduler
 from rcl.prompts import PromptTemplates
 from rcl.rewards import get_reward
@@ -395,8 +395,14 @@ def _mask(rollout: Rollout, index: list[int], completion_ids: torch.Tensor, stop
     lengths = torch.tensor([len(rollout.completions[i].token_ids) for i in index], device=completion_ids.device)
     mask = completion_mask(completion_ids, stop_ids, lengths=lengths)
     if grpo.mask_truncated_completions:
-        mask = mask_truncated(mask, truncated_rows(completion_ids, stop_ids, lengths=lengths))
+        truncated = torch.tensor([_truncated(rollout.completions[i]) for i in index], device=mask.device)
+        mask = mask_truncated(mask, truncated)
     return mask
+
+
+def _truncated(completion) -> bool:
+    """Hit the token budget: the engine's own finish reason, so stop strings and extra stop ids count as stops."""
+    return completion.finish_reason == "length"
 
 
 @torch.no_grad()
@@ -428,7 +434,7 @@ def train_step(fabric, state, rollout, grpo, generation, optimizer_args, stop_id
     rows = trained_rows(rollout, grpo, fabric.world_size, old_logps is not None)
     batches = [rows[i : i + grpo.micro_batch_size] for i in range(0, len(rows), grpo.micro_batch_size)]
     local_tokens = sum(
-        0 if grpo.mask_truncated_completions and c.finish_reason == "length" else len(c.token_ids)
+        0 if grpo.mask_truncated_completions and _truncated(c) else len(c.token_ids)
         for c in rollout.completions
     )
     global_tokens = fabric.all_reduce(torch.tensor(float(local_tokens), device=fabric.device), reduce_op="sum")
