@@ -13,6 +13,8 @@ from typing import Any, Literal, Protocol, Sequence, runtime_checkable
 
 import torch
 
+from rcl.hf_compat import cache_kwargs
+
 FinishReason = Literal["stop", "length"]
 
 
@@ -195,9 +197,8 @@ class HFEngine:
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model.config)
         out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                         past_key_values=cache, use_cache=True, logits_to_keep=1)
+                         use_cache=True, logits_to_keep=1, **cache_kwargs(self.model, cache))
         logits = out.logits[:, -1, :].float().repeat_interleave(n, dim=0)
-        cache = out.past_key_values
         if n > 1:
             cache.batch_repeat_interleave(n)
         attention = attention.repeat_interleave(n, dim=0)
@@ -230,9 +231,8 @@ class HFEngine:
             attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=1)
             seen = torch.cat([seen, chosen.unsqueeze(1)], dim=1)
             out = self.model(input_ids=chosen.unsqueeze(1), attention_mask=attention, position_ids=next_pos,
-                             past_key_values=cache, use_cache=True)
+                             use_cache=True, **cache_kwargs(self.model, cache))
             logits = out.logits[:, -1, :].float()
-            cache = out.past_key_values
             next_pos = next_pos + 1
         return tokens.cpu(), logps.cpu()
 

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rcl.hf_compat import cache_kwargs
+
 AdvantageScale = Literal["group", "batch", "none"]
 LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
 
@@ -199,20 +201,19 @@ def shared_prompt_logprobs(
         input_ids=input_ids[first, :prompt_len],
         attention_mask=attention_mask[first, :prompt_len],
         position_ids=position_ids[first, :prompt_len],
-        past_key_values=cache,
         use_cache=True,
+        **cache_kwargs(model, cache),
         logits_to_keep=1,
     )
     logits = prefix.logits[inverse, -1:, :]  # predicts the first completion token
     if completion_len > 1:
-        cache = prefix.past_key_values
         cache.batch_select_indices(inverse)
         rest = model(
             input_ids=input_ids[:, prompt_len:-1],
             attention_mask=attention_mask[:, :-1],
             position_ids=position_ids[:, prompt_len:-1],
-            past_key_values=cache,
             use_cache=True,
+            **cache_kwargs(model, cache),
         )
         logits = torch.cat([logits, rest.logits], dim=1)
     return token_logprobs(logits, input_ids[:, -completion_len:], temperature)

@@ -1,0 +1,55 @@
+"""experiments/quickstart.py's report: the before/after summary, the verdict lines and the plot, from a history file
+shaped like the RL loop's (the full pipeline itself takes minutes and is measured in the README, not run here)."""
+
+import json
+
+import pytest
+
+from experiments.quickstart import load_history, plot, print_table, summarize
+
+
+def _history(rewards: list[float], evals: dict[int, tuple[float, float]]) -> list[dict]:
+    rows = [{"step": s, "eval/baseline_accuracy": b, "eval/with_teaching_accuracy": w, "eval/ndr": 0.9}
+            for s, (b, w) in evals.items() if s == 0]
+    for step, reward in enumerate(rewards, start=1):
+        rows.append({"step": step, "reward": reward, "teaching/ndr": 0.8})
+        if step in evals:
+            b, w = evals[step]
+            rows.append({"step": step, "eval/baseline_accuracy": b, "eval/with_teaching_accuracy": w, "eval/ndr": 0.95})
+    return rows
+
+
+def test_summary_compares_first_and_last_fifth_and_first_and_last_eval():
+    history = _history([0.1] * 2 + [0.5] * 6 + [0.3] * 2, {0: (0.1, 0.3), 5: (0.1, 0.35), 10: (0.1, 0.45)})
+    s = summarize(history)
+    assert s["reward_first_fifth"] == pytest.approx(0.1)
+    assert s["reward_last_fifth"] == pytest.approx(0.3)
+    assert s["first_eval"]["step"] == 0 and s["last_eval"]["step"] == 10
+    assert s["steps"] == 10
+
+
+def test_table_states_both_verdicts(capsys):
+    learned = summarize(_history([0.1] * 5 + [0.4] * 5, {0: (0.1, 0.3), 10: (0.1, 0.45)}))
+    print_table(learned, {"GRPO": 12.0})
+    out = capsys.readouterr().out
+    assert "teacher + student beats student alone: yes" in out and "reward rose over training: yes" in out
+    assert "0.450" in out and "GRPO 12s" in out
+
+    flat = summarize(_history([0.4] * 5 + [0.1] * 5, {0: (0.3, 0.3), 10: (0.4, 0.2)}))
+    print_table(flat, {})
+    out = capsys.readouterr().out
+    assert "beats student alone: NO" in out and "reward rose over training: NO" in out
+
+
+def test_history_without_training_steps_is_a_clear_error(tmp_path):
+    path = tmp_path / "history.jsonl"
+    path.write_text(json.dumps({"step": 0, "eval/baseline_accuracy": 0.1, "eval/with_teaching_accuracy": 0.2}) + "\n")
+    with pytest.raises(SystemExit, match="no evaluation or no training steps"):
+        summarize(load_history(path))
+    with pytest.raises(SystemExit, match="is missing"):
+        load_history(tmp_path / "absent.jsonl")
+
+
+def test_plot_writes_a_png(tmp_path):
+    out = plot(_history([0.1, 0.2, 0.3, 0.4], {0: (0.1, 0.3), 4: (0.1, 0.4)}), tmp_path / "quickstart.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
