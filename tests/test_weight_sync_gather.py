@@ -100,6 +100,9 @@ def _gather_worker(rank: int, world: int, port: int, out_dir: str) -> None:
                 wrapped = fully_shard(model, mesh=mesh)
             got = dict(iter_full_state(wrapped))
             torch.save({"got": got, "reference": reference}, os.path.join(out_dir, f"{mode}-{rank}.pt"))
+        # CI once saw rank 0 abort ("terminate called without an active exception") when it tore gloo down while
+        # rank 1 still had work in flight: meet before destroying the group.
+        torch.distributed.barrier()
     finally:
         torch.distributed.destroy_process_group()
 
