@@ -1,5 +1,6 @@
 """`iter_full_state`, `bucketize` and name cleaning: wrappers, tied weights, ranks, DDP and FSDP on CPU (gloo)."""
 
+import importlib.util
 import os
 
 import pytest
@@ -80,26 +81,55 @@ def test_checksum_detects_any_change():
     assert weights_checksum(model.state_dict().items()) != before
 
 
-def _gather_worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        for mode in ("ddp", "fsdp2"):
-            torch.manual_seed(0)
-            model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
-            reference = {k: v.clone() for k, v in model.state_dict().items()}
-            if mode == "ddp":
-                wrapped = nn.parallel.DistributedDataParallel(model)
-            else:
-                from torch.distributed.device_mesh import init_device_mesh
-                from torch.distributed.fsdp import fully_shard
+def _wrap(model: nn.Module, mode: str, world: int) -> nn.Module:
+    """`model` under `mode`, sharded per decoder layer as the recipes do."""
+    layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
+    layer_cls = type(layers[0])
+    if mode == "ddp":
+        return nn.parallel.DistributedDataParallel(model)
+    if mode.startswith("fsdp1"):
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
-                mesh = init_device_mesh("cpu", (world,))
-                for layer in (model[0], model[2]):
-                    fully_shard(layer, mesh=mesh)
-                wrapped = fully_shard(model, mesh=mesh)
-            got = dict(iter_full_state(wrapped))
-            torch.save({"got": got, "reference": reference}, os.path.join(out_dir, f"{mode}-{rank}.pt"))
+        return FSDP(model, auto_wrap_policy=ModuleWrapPolicy({layer_cls}), device_id=torch.device("cpu"),
+                    use_orig_params=mode == "fsdp1_orig_params")
+    if mode.startswith("fsdp2"):
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh("cpu", (world,))
+        for layer in layers:
+            fully_shard(layer, mesh=mesh)
+        return fully_shard(model, mesh=mesh)
+    raise ValueError(mode)
+
+
+def _save_gather(wrapped: nn.Module, reference: dict, out_dir: str, tag: str, rank: int) -> None:
+    got = dict(iter_full_state(wrapped))
+    torch.save({"got": got, "reference": reference}, os.path.join(out_dir, f"{tag}-{rank}.pt"))
+
+
+def _init_gloo(rank: int, world: int, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+
+
+def _torch_worker(rank: int, world: int, port: int, model_dir: str, out_dir: str, modes: list[str]) -> None:
+    from transformers import AutoModelForCausalLM
+
+    _init_gloo(rank, world, port)
+    try:
+        for mode in modes:
+            torch.manual_seed(0)
+            model = AutoModelForCausalLM.from_pretrained(model_dir)
+            if mode.endswith("_lora"):
+                from peft import LoraConfig, get_peft_model
+
+                model = get_peft_model(model, _lora_config(LoraConfig))
+            reference = {n: t.clone() for n, t in iter_full_state(model)}
+            # gathered before any forward pass: FSDP is not initialised yet, as at a sync before the first step
+            _save_gather(_wrap(model, mode.removesuffix("_lora"), world), reference, out_dir, mode, rank)
         # CI once saw rank 0 abort ("terminate called without an active exception") when it tore gloo down while
         # rank 1 still had work in flight: meet before destroying the group.
         torch.distributed.barrier()
@@ -107,13 +137,84 @@ def _gather_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         torch.distributed.destroy_process_group()
 
 
-def test_ddp_and_fsdp2_gather_on_cpu(tmp_path):
+def _zero3_worker(rank: int, world: int, port: int, model_dir: str, out_dir: str, modes: list[str]) -> None:
+    os.environ["DS_ACCELERATOR"] = "cpu"
+    import deepspeed
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    _init_gloo(rank, world, port)
+    try:
+        for mode in modes:
+            torch.manual_seed(0)
+            model = AutoModelForCausalLM.from_pretrained(model_dir)
+            if mode == "zero3_lora":
+                model = get_peft_model(model, _lora_config(LoraConfig))
+            reference = {n: t.clone() for n, t in iter_full_state(model)}
+            config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3},
+                      "zero_allow_untested_optimizer": True}
+            engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                                              config=config)
+            assert all(p.ds_tensor.numel() < p.ds_numel for p in engine.module.parameters() if p.ds_numel > 1)
+            _save_gather(engine, reference, out_dir, mode, rank)
+        torch.distributed.barrier()
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _lora_config(config_cls):
+    # init_lora_weights=False: non-zero B, so merging really changes the base weights
+    return config_cls(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+
+
+def _check_gathered(out_dir, modes: list[str]) -> None:
+    for mode in modes:
+        rank0 = torch.load(os.path.join(out_dir, f"{mode}-0.pt"))
+        rank1 = torch.load(os.path.join(out_dir, f"{mode}-1.pt"))
+        assert rank1["got"] == {}, mode
+        assert sorted(rank0["got"]) == sorted(rank0["reference"]), mode  # wrapper prefixes stripped, tied once
+        assert all(torch.equal(rank0["got"][k], v) for k, v in rank0["reference"].items()), mode
+
+
+def test_ddp_fsdp1_and_fsdp2_gather_the_single_device_weights_on_cpu(tmp_path, tiny_model_dir):
     from serving_support import free_port
 
-    mp.spawn(_gather_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
-    for mode in ("ddp", "fsdp2"):
-        rank0 = torch.load(tmp_path / f"{mode}-0.pt")
-        rank1 = torch.load(tmp_path / f"{mode}-1.pt")
-        assert rank1["got"] == {}, mode
-        assert list(rank0["got"]) == list(rank0["reference"]), mode  # "module." / FSDP prefixes stripped
-        assert all(torch.equal(rank0["got"][k], v) for k, v in rank0["reference"].items()), mode
+    modes = ["ddp", "fsdp1", "fsdp1_orig_params", "fsdp2"]
+    if importlib.util.find_spec("peft") is not None:
+        modes += ["ddp_lora", "fsdp1_orig_params_lora", "fsdp2_lora"]  # FSDP1 + LoRA needs use_orig_params
+    mp.spawn(_torch_worker, args=(2, free_port(), tiny_model_dir, str(tmp_path), modes), nprocs=2, join=True)
+    _check_gathered(tmp_path, modes)
+
+
+def test_zero3_gathers_full_and_lora_merged_weights_on_cpu(tmp_path, tiny_model_dir):
+    pytest.importorskip("deepspeed")
+    pytest.importorskip("peft")
+    from serving_support import free_port
+
+    modes = ["zero3", "zero3_lora"]
+    mp.spawn(_zero3_worker, args=(2, free_port(), tiny_model_dir, str(tmp_path), modes), nprocs=2, join=True)
+    _check_gathered(tmp_path, modes)
+
+
+def test_lora_is_merged_under_base_names_and_unmerged_after(tiny_model_dir):
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    base_names = [n for n, _ in iter_full_state(base)]
+    model = peft.get_peft_model(base, _lora_config(peft.LoraConfig))
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    got = {n: t.clone() for n, t in iter_full_state(model)}
+
+    assert list(got) == base_names
+    q = "model.layers.0.self_attn.q_proj.weight"
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    delta = (layer.lora_B["default"].weight @ layer.lora_A["default"].weight) * layer.scaling["default"]
+    assert delta.abs().max() > 0
+    torch.testing.assert_close(got[q], before[f"base_model.model.{q.removesuffix('.weight')}.base_layer.weight"] + delta)
+    k = "model.layers.0.self_attn.k_proj.weight"  # not a LoRA target: unchanged
+    assert torch.equal(got[k], before[f"base_model.model.{k}"])
+    for n, t in model.state_dict().items():  # unmerged afterwards (W + d - d: equal up to rounding)
+        torch.testing.assert_close(t, before[n])
+    assert not any(layer.merged_adapters for layer in model.modules() if hasattr(layer, "merged_adapters"))

@@ -98,23 +98,39 @@ def _to_cpu(t: Tensor) -> Tensor:
     return t.detach().to("cpu")
 
 
-def _state_items(module: nn.Module, rank0: bool) -> Iterator[NamedTensor]:
-    """Single device, DDP and FSDP2: the state dict, DTensors gathered with `full_tensor()`."""
+def _state_items(module: nn.Module, rank0: bool, copy: bool = False) -> Iterator[NamedTensor]:
+    """Single device, DDP and FSDP2: the state dict, DTensors gathered with `full_tensor()`.
+
+    `copy` clones on rank 0: needed inside a merge or gather context, which restores or frees the live tensors on exit.
+    """
+    seen: set[int] = set()
     for name, t in module.state_dict(keep_vars=True).items():
+        if id(t) in seen:  # tied weights: FSDP2 gathers each name into a new tensor, so dedupe before gathering
+            continue
+        seen.add(id(t))
         t = _to_cpu(t)
         if rank0:
-            yield name, t
+            yield name, t.clone() if copy else t
 
 
-def _zero3_items(module: nn.Module, rank0: bool, gather_all: bool) -> Iterator[NamedTensor]:
+def _merged_items(module: nn.Module, rank0: bool, peft: nn.Module | None) -> Iterator[NamedTensor]:
+    """Full (gathered) parameters and persistent buffers, with any LoRA merged; copies, taken on rank 0."""
+    with _merged(peft):
+        for name, t in [*module.named_parameters(), *_persistent_buffers(module)]:
+            t = _to_cpu(t)
+            if rank0:
+                yield name, t.clone()
+
+
+def _zero3_items(module: nn.Module, rank0: bool, peft: nn.Module | None) -> Iterator[NamedTensor]:
     import deepspeed
 
     params = list(module.named_parameters())
-    buffers = [(n, b) for n, b in module.named_buffers() if b is not None]
-    if gather_all:  # LoRA merging needs every base weight and adapter at once
+    if peft is not None:  # merging LoRA needs every base weight and adapter gathered at once
         with deepspeed.zero.GatheredParameters([p for _, p in params]):
-            yield from _state_items(module, rank0)
+            yield from _merged_items(module, rank0, peft)
         return
+    buffers = list(_persistent_buffers(module))
     for name, p in params:
         with deepspeed.zero.GatheredParameters([p]):
             if rank0:
@@ -123,11 +139,24 @@ def _zero3_items(module: nn.Module, rank0: bool, gather_all: bool) -> Iterator[N
         yield from ((n, b.detach().to("cpu")) for n, b in buffers)
 
 
-def _fsdp1_items(root: nn.Module, rank0: bool) -> Iterator[NamedTensor]:
-    """Post-order over FSDP units, each unsharded alone (`recurse=False`), so one unit is full at a time."""
+def _fsdp1_items(root: nn.Module, rank0: bool, peft: nn.Module | None) -> Iterator[NamedTensor]:
+    """Post-order over FSDP units, each unsharded alone (`recurse=False`), so one unit is full at a time.
+
+    With LoRA, the whole model is unsharded at once (merging needs the base weights and adapters together).
+    """
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
+    if peft is not None:
+        with FSDP.summon_full_params(root, writeback=False):
+            yield from _merged_items(root, rank0, peft)
+        return
     seen: set[str] = set()
+    for outer in _outermost(root, FSDP):
+        # Before the first forward FSDP is not initialised, and summoning an inner unit first would make that unit the
+        # root (and the real root then fails its own lazy init). One summon at the real root initialises all of them.
+        if getattr(outer, "_is_root", None) is None:
+            with FSDP.summon_full_params(outer, recurse=False, writeback=False):
+                pass
 
     def visit(prefix: str, mod: nn.Module) -> Iterator[NamedTensor]:
         for child_name, child in mod.named_children():
@@ -137,7 +166,7 @@ def _fsdp1_items(root: nn.Module, rank0: bool) -> Iterator[NamedTensor]:
         with FSDP.summon_full_params(mod, recurse=False, writeback=False):
             for pname, p in mod.named_parameters():
                 full = clean_name(prefix + pname)
-                if full in seen:
+                if full in seen or full.endswith("_flat_param"):  # a nested unit's flat shard, yielded by that unit
                     continue
                 seen.add(full)
                 if rank0:
@@ -145,9 +174,25 @@ def _fsdp1_items(root: nn.Module, rank0: bool) -> Iterator[NamedTensor]:
 
     yield from visit("", root)
     if rank0:
-        for name, b in root.named_buffers():
-            if clean_name(name) not in seen and b is not None:
+        for name, b in _persistent_buffers(root):
+            if clean_name(name) not in seen:
                 yield clean_name(name), b.detach().to("cpu")
+
+
+def _persistent_buffers(module: nn.Module) -> Iterator[NamedTensor]:
+    """The buffers a state dict holds (not e.g. rotary `inv_freq`, which engines recompute and do not load)."""
+    for prefix, mod in module.named_modules():
+        for name, b in mod._buffers.items():
+            if b is not None and name not in mod._non_persistent_buffers_set:
+                yield (f"{prefix}.{name}" if prefix else name), b
+
+
+def _outermost(module: nn.Module, kind: type) -> Iterator[nn.Module]:
+    if isinstance(module, kind):
+        yield module
+        return
+    for child in module.children():
+        yield from _outermost(child, kind)
 
 
 @contextlib.contextmanager
@@ -166,32 +211,28 @@ def iter_full_state(module: nn.Module, fabric_or_strategy: Any = None) -> Iterat
     """Yield `(name, full cpu tensor)` for every weight; every rank must drain it, only rank 0 gets items.
 
     Works under a single device, DDP, DeepSpeed ZeRO-3, FSDP1 and FSDP2 (Fabric-wrapped or not). A PEFT model is merged
-    while iterating and unmerged afterwards; its base-model names are yielded. Tensors that share storage (tied
-    embeddings) are yielded once, under the first name. On a single CPU device the yielded tensors alias the live
+    while iterating and unmerged afterwards; its base-model names are yielded. A tied parameter (shared embeddings) is
+    yielded once, under its first name. On a single CPU device the yielded tensors alias the live
     parameters: copy them before the model changes.
     """
     rank0 = _global_rank(fabric_or_strategy) == 0
     inner = _unwrap(module)
     peft = _find_peft(inner)
     if _is_zero3(inner):
-        items = _zero3_items(inner, rank0, gather_all=peft is not None)
+        items = _zero3_items(inner, rank0, peft)
     elif _is_fsdp1(inner):
-        items = _fsdp1_items(inner, rank0)
+        items = _fsdp1_items(inner, rank0, peft)
+    elif peft is not None:
+        items = _merged_items(inner, rank0, peft)
     else:
         items = _state_items(inner, rank0)
-    seen_storage: set[tuple[int, int]] = set()
-    with _merged(peft):
-        for name, tensor in items:
-            name = clean_name(name)
-            if peft is not None:
-                name = peft_base_name(name)
-                if name is None:
-                    continue
-            key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
-            if tensor.numel() and key in seen_storage:
+    for name, tensor in items:  # each source yields a tied weight once, by parameter identity
+        name = clean_name(name)
+        if peft is not None:
+            name = peft_base_name(name)
+            if name is None:
                 continue
-            seen_storage.add(key)
-            yield name, tensor
+        yield name, tensor
 
 
 def bucketize(named: Iterable[NamedTensor], bucket_bytes: int) -> Iterator[list[NamedTensor]]:
