@@ -10,6 +10,7 @@ or changed on its own. The RL run's history (runs/quickstart_rcl/history.jsonl) 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import subprocess
 import sys
@@ -85,6 +86,12 @@ def print_table(summary: dict, seconds: dict[str, float]) -> None:
                   f"reward rose over training: {'yes' if learns else 'NO'}")
 
 
+def trailing_mean(values: list[float], window: int) -> list[float]:
+    """Mean of each full window of `window` consecutive values (len(values) - window + 1 of them)."""
+    sums = [0.0, *itertools.accumulate(values)]
+    return [(sums[i + window] - sums[i]) / window for i in range(len(values) - window + 1)]
+
+
 def plot(history: list[dict], out: Path) -> Path:
     import matplotlib
 
@@ -94,7 +101,10 @@ def plot(history: list[dict], out: Path) -> Path:
     train = [h for h in history if "reward" in h]
     evals = [h for h in history if "eval/with_teaching_accuracy" in h]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    axes[0].plot([h["step"] for h in train], [h["reward"] for h in train], label="reward (train)")
+    steps, rewards = [h["step"] for h in train], [h["reward"] for h in train]
+    axes[0].plot(steps, rewards, alpha=0.35, label="reward (train)")
+    window = max(1, len(rewards) // 10)
+    axes[0].plot(steps[window - 1:], trailing_mean(rewards, window), label=f"mean of last {window} steps")
     axes[0].set_title("reward")
     if any("teaching/ndr" in h for h in train):
         axes[1].plot([h["step"] for h in train], [h.get("teaching/ndr") for h in train], label="NDR (train)")

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from experiments.quickstart import load_history, plot, print_table, summarize
+from experiments.quickstart import load_history, plot, print_table, summarize, trailing_mean
 
 
 def _history(rewards: list[float], evals: dict[int, tuple[float, float]]) -> list[dict]:
@@ -53,3 +53,9 @@ def test_history_without_training_steps_is_a_clear_error(tmp_path):
 def test_plot_writes_a_png(tmp_path):
     out = plot(_history([0.1, 0.2, 0.3, 0.4], {0: (0.1, 0.3), 4: (0.1, 0.4)}), tmp_path / "quickstart.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_trailing_mean_is_the_mean_of_each_full_window():
+    assert trailing_mean([1.0, 2.0, 3.0, 6.0], 2) == [1.5, 2.5, 4.5]
+    assert trailing_mean([1.0, 2.0, 3.0], 3) == [2.0]
+    assert trailing_mean([4.0, 5.0], 1) == [4.0, 5.0]
