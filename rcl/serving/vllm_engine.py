@@ -27,12 +27,36 @@ class WeightSyncExtension:
     device: torch.device
     model_runner: Any
 
-    def rcl_load_bucket(self, data: bytes) -> int:
+    def rcl_load_bucket(self, data: bytes, first: bool = True, last: bool = True) -> int:
+        """Load one bucket of an update through vLLM's layerwise reload.
+
+        A plain `model.load_weights` fails once vLLM has processed the weights for its kernels (the CPU backend
+        repacks every linear layer; quantized models too). The layerwise reload buffers each layer's checkpoint
+        tensors until the layer is complete, then processes it, so one update may span several buckets.
+        """
         from safetensors.torch import load
+        from vllm.config import set_current_vllm_config
+        from vllm.model_executor.model_loader.reload import finalize_layerwise_reload, initialize_layerwise_reload
 
         tensors = load(data)
-        self.model_runner.model.load_weights(weights=[(n, t.to(self.device)) for n, t in tensors.items()])
+        model = self.model_runner.model
+        with set_current_vllm_config(self.vllm_config):
+            if first:
+                initialize_layerwise_reload(model)
+            model.load_weights(weights=[(n, t.to(self.device)) for n, t in tensors.items()])
+            if last:
+                finalize_layerwise_reload(model, self.vllm_config.model_config)
+                self._rcl_refresh_tied_lm_head(model)
         return len(tensors)
+
+    def _rcl_refresh_tied_lm_head(self, model: Any) -> None:
+        """A tied lm_head shares the embedding's weight but receives no tensors of its own, so the reload leaves any
+        kernel state derived from it (the CPU backend's packed GEMM) stale: derive it again."""
+        config = self.vllm_config.model_config.hf_text_config
+        lm_head = getattr(model, "lm_head", None)
+        quant_method = getattr(lm_head, "quant_method", None)
+        if getattr(config, "tie_word_embeddings", False) and quant_method is not None:
+            quant_method.process_weights_after_loading(lm_head)
 
     def rcl_checksum(self) -> str:
         return weights_checksum(self.model_runner.model.named_parameters())
@@ -125,8 +149,8 @@ class VLLMBackend:
             result.append(group)
         return result
 
-    def load_weights(self, named: Iterable[NamedTensor]) -> int:
-        return self.llm.collective_rpc("rcl_load_bucket", args=(encode_bucket(named),))[0]
+    def load_weights(self, named: Iterable[NamedTensor], first: bool = True, last: bool = True) -> int:
+        return self.llm.collective_rpc("rcl_load_bucket", args=(encode_bucket(named), first, last))[0]
 
     def checksum(self) -> str:
         return "|".join(self.llm.collective_rpc("rcl_checksum"))
