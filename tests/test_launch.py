@@ -1,5 +1,6 @@
 """`python -m rcl launch`: plan validation, and a real CPU run with hf servers and a fake trainer."""
 
+import importlib.util
 import json
 import signal
 import subprocess
@@ -75,11 +76,12 @@ def test_gpu_plan_commands(tmp_path):
         (["--teacher-gpus", "0", "--train-gpus", "1-3"], "= 8 is not divisible by 3 training processes"),
         (["--teacher-gpus", "0", "--train-gpus", "1", "--teacher.model_name_or_path", "null"], "no teacher model"),
         (["--teacher-gpus", "0", "--train-gpus", "1", "--teacher.model_name_or_path", "/no/such"], "does not exist"),
-        (["--teacher-gpus", "cpu", "--train-gpus", "none"], "CPU servers need --engine hf"),
+        (["--teacher-gpus", "cpu", "--train-gpus", "none"], "CPU servers need --engine hf, or vLLM's CPU build"),
         (["--teacher-gpus", "0", "--train-gpus", "1", "--trainer.num_nodes", "2"], "launch starts one node"),
     ],
 )
-def test_validation_messages(tmp_path, argv, message):
+def test_validation_messages(tmp_path, argv, message, monkeypatch):
+    monkeypatch.setattr("rcl.launch._has_vllm_cpu_build", lambda: False)
     with pytest.raises(LaunchError, match=message.replace("(", r"\(").replace(")", r"\)")):
         plan_for(["--config", recipe(tmp_path)] + argv)
 
@@ -142,13 +144,24 @@ def test_sigterm_stops_training_and_servers(tmp_path, tiny_model_dir, repo_env):
     assert not listening(base)
 
 
+VLLM_ON_CPU = pytest.param(
+    "vllm", marks=[pytest.mark.vllm_cpu,
+                   pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="needs vLLM: run .ci/vllm_cpu")]
+)
+# vLLM's CPU backend reserves --gpu-memory-utilization of the machine's RAM for its KV cache
+VLLM_CPU_SERVER_ARGS = ["--gpu-memory-utilization", "0.1",
+                        "--server-args=--dtype float32 --max-model-len 256 --enforce-eager"]
+
+
 @pytest.mark.slow
-def test_real_rl_run_through_launcher(tmp_path, tiny_model_dir, repo_env):
-    """The real RL loop against CPU hf servers: the teacher server gets one weight update per step, the student none."""
+@pytest.mark.parametrize("engine", ["hf", VLLM_ON_CPU])
+def test_real_rl_run_through_launcher(tmp_path, tiny_model_dir, repo_env, engine):
+    """The real RL loop against CPU servers: the teacher server gets one weight update per step, the student none."""
     base = free_port(2)
     run, out = tmp_path / "run", tmp_path / "train"
     argv = [sys.executable, "-m", "rcl", "launch", "--config", str(ROOT / "lightning_configs" / "quickstart_rcl.yaml"),
-            "--teacher-gpus", "cpu", "--student-gpus", "cpu", "--train-gpus", "none", "--engine", "hf",
+            "--teacher-gpus", "cpu", "--student-gpus", "cpu", "--train-gpus", "none", "--engine", engine,
+            *(VLLM_CPU_SERVER_ARGS if engine == "vllm" else []),
             "--base-port", str(base), "--run-dir", str(run), "--teacher.model_name_or_path", tiny_model_dir,
             "--student.model_name_or_path", tiny_model_dir, "--trainer.max_steps", "2", "--eval.at_start", "false",
             "--eval.every_n_steps", "0", "--grpo.prompts_per_step", "2", "--grpo.num_generations", "2",
@@ -157,7 +170,7 @@ def test_real_rl_run_through_launcher(tmp_path, tiny_model_dir, repo_env):
             "--trainer.out_dir", str(out), "--trainer.loggers", "[csv]", "--trainer.export_hf", "false"]
     env = dict(repo_env)
     env.pop("RCL_API_KEY", None)
-    done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=500)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     teacher_log = (run / "servers" / "teacher-0.log").read_text()
     assert "weights_version=1" in teacher_log and "weights_version=2" in teacher_log
