@@ -145,8 +145,8 @@ def test_sigterm_stops_training_and_servers(tmp_path, tiny_model_dir, repo_env):
 
 
 VLLM_ON_CPU = pytest.param(
-    "vllm", marks=[pytest.mark.vllm_cpu,
-                   pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="needs vLLM: run .ci/vllm_cpu")]
+    "vllm", "gloo", marks=[pytest.mark.vllm_cpu, pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
+                                                                    reason="needs vLLM: run .ci/vllm_cpu")]
 )
 # vLLM's CPU backend reserves --gpu-memory-utilization of the machine's RAM for its KV cache
 VLLM_CPU_SERVER_ARGS = ["--gpu-memory-utilization", "0.1",
@@ -154,10 +154,10 @@ VLLM_CPU_SERVER_ARGS = ["--gpu-memory-utilization", "0.1",
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", ["hf", VLLM_ON_CPU])
-def test_real_rl_run_through_launcher(tmp_path, tiny_model_dir, repo_env, engine):
+@pytest.mark.parametrize("engine, transport", [("hf", "http"), ("hf", "gloo"), VLLM_ON_CPU])
+def test_real_rl_run_through_launcher(tmp_path, tiny_model_dir, repo_env, engine, transport):
     """The real RL loop against CPU servers: the teacher server gets one weight update per step, the student none."""
-    base = free_port(2)
+    base, group_port = free_port(2), free_port()
     run, out = tmp_path / "run", tmp_path / "train"
     argv = [sys.executable, "-m", "rcl", "launch", "--config", str(ROOT / "lightning_configs" / "quickstart_rcl.yaml"),
             "--teacher-gpus", "cpu", "--student-gpus", "cpu", "--train-gpus", "none", "--engine", engine,
@@ -167,13 +167,15 @@ def test_real_rl_run_through_launcher(tmp_path, tiny_model_dir, repo_env, engine
             "--eval.every_n_steps", "0", "--grpo.prompts_per_step", "2", "--grpo.num_generations", "2",
             "--grpo.baseline_samples", "1", "--grpo.student_samples", "1", "--generation.max_completion_length", "16",
             "--data.init_args.synthetic_size", "100", "--data.init_args.val_size", "0.1", "--eval.num_prompts", "2",
-            "--trainer.out_dir", str(out), "--trainer.loggers", "[csv]", "--trainer.export_hf", "false"]
+            "--trainer.out_dir", str(out), "--trainer.loggers", "[csv]", "--trainer.export_hf", "false",
+            "--engines.sync_transport", transport, "--engines.sync_group_port", str(group_port)]
     env = dict(repo_env)
     env.pop("RCL_API_KEY", None)
     done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=500)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     teacher_log = (run / "servers" / "teacher-0.log").read_text()
     assert "weights_version=1" in teacher_log and "weights_version=2" in teacher_log
+    assert ("over the weight group" in teacher_log) == (transport != "http")
     assert "weights updated" not in (run / "servers" / "student-0.log").read_text()
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     synced = [h for h in history if "sync/bytes" in h]

@@ -28,7 +28,7 @@ def post(url, path, **body):
 def test_health_and_world_size(server):
     assert requests.get(f"{server}/health/").json() == {"status": "ok"}
     assert requests.get(f"{server}/get_world_size/").json() == {"world_size": 1}
-    assert requests.get(f"{server}/weights_version/").json() == {"weights_version": 0}
+    assert requests.get(f"{server}/weights_version/").json() == {"weights_version": 0, "last_error": None}
 
 
 def test_generate_text_prompts_with_n(server, tokenizer):
@@ -93,9 +93,13 @@ def test_bad_weight_requests(server):
     assert r.status_code == 400 and "unknown weight 'no.such.weight'" in r.json()["detail"]
     r = requests.post(f"{server}/update_weights/?update_id=a", data=save({"lm_head.weight": torch.zeros(2)}))
     assert r.status_code == 400 and "shape mismatch" in r.json()["detail"]
-    r = post(server, "/init_communicator/", host="127.0.0.1", port=29999, world_size=2)
-    assert r.status_code == 501 and "/update_weights/" in r.json()["detail"]
-    assert requests.get(f"{server}/weights_version/").json() == {"weights_version": 0}
+    r = post(server, "/init_communicator/", host="127.0.0.1", port=29999, world_size=2, group_kind="nccl")
+    assert r.status_code == 501 and "gloo, not nccl" in r.json()["detail"] and "/update_weights/" in r.json()["detail"]
+    r = post(server, "/init_communicator/", host="127.0.0.1", port=29999, world_size=3)
+    assert r.status_code == 422 and "1 workers + 1 client" in r.json()["detail"]
+    r = post(server, "/update_bucket/", tensors=[])
+    assert r.status_code == 422
+    assert requests.get(f"{server}/weights_version/").json() == {"weights_version": 0, "last_error": None}
 
 
 def test_api_key_and_sigterm(tiny_model_dir, repo_env):

@@ -9,7 +9,7 @@ import importlib.util
 
 import pytest
 import torch
-from serving_support import server_env, start_server, stop_server
+from serving_support import free_port, server_env, start_server, stop_server
 
 from rcl.engines import HFEngine, SamplingParams
 from rcl.grpo import completion_logprobs
@@ -49,12 +49,18 @@ def test_vllm_server_generates_and_loads_weights(tiny_model_dir):
             with torch.no_grad():
                 ours = completion_logprobs(model, ids, torch.ones_like(ids), len(c.token_ids), temperature=0.8)
             torch.testing.assert_close(torch.tensor([c.logprobs]), ours, atol=1e-4, rtol=1e-4)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(torch.randn_like(p) * 0.05)
-        stats = engine.update_weights(iter_full_state(model), bucket_bytes=1 << 16)
-        assert stats["buckets"] > 1
-        local = HFEngine(model, tok).generate(prompts, greedy)
-        assert engine.generate(prompts, greedy)[0][0].token_ids == local[0][0].token_ids
+        # HTTP buckets, then buckets over a gloo weight group (vLLM's CPU build has no NCCL)
+        for transport in ("http", "gloo"):
+            pusher = ServerEngine([url], tok, weight_transport=transport, group_port=free_port())
+            try:
+                with torch.no_grad():
+                    for p in model.parameters():
+                        p.add_(torch.randn_like(p) * 0.05)
+                stats = pusher.update_weights(iter_full_state(model), bucket_bytes=1 << 16)
+                assert stats["buckets"] > 1
+                local = HFEngine(model, tok).generate(prompts, greedy)
+                assert pusher.generate(prompts, greedy)[0][0].token_ids == local[0][0].token_ids, transport
+            finally:
+                pusher.close()
     finally:
         stop_server(proc)

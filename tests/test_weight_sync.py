@@ -6,7 +6,7 @@ import pytest
 import torch
 from lightning.fabric import Fabric
 from lightning.fabric.loggers import Logger
-from serving_support import server_env, start_server, stop_server
+from serving_support import free_port, server_env, start_server, stop_server
 
 from callbacks.weight_sync import WeightSync
 from rcl.engines import HFEngine, SamplingParams
@@ -41,23 +41,72 @@ def checksum_of(model):
     return weights_checksum(model.state_dict().items())
 
 
+@pytest.mark.parametrize("transport", ["http", "gloo"])
 @pytest.mark.parametrize("bucket_bytes, expect_buckets, seed", [(1 << 30, 1, 1), (1, 50, 2)])
-def test_push_makes_server_weights_identical(served, policy, bucket_bytes, expect_buckets, seed):
+def test_push_makes_server_weights_identical(served, policy, bucket_bytes, expect_buckets, seed, transport):
     model, tok = policy
-    engine = ServerEngine([served], tok)
-    train_one_step(model, seed=seed)
-    assert engine.weights_checksums() != [checksum_of(model)]
-    version = engine.weights_versions()[0]
-    stats = engine.update_weights(iter_full_state(model), bucket_bytes=bucket_bytes)
-    assert engine.weights_checksums() == [checksum_of(model)]
-    assert engine.weights_versions() == [version + 1]
-    # 51 state-dict entries, lm_head tied to the embeddings: 50 distinct tensors travel
-    assert stats["buckets"] == expect_buckets
-    assert stats["bytes"] == sum(p.numel() * p.element_size() for p in model.parameters())
-    # the served model now generates what the trained copy generates
-    prompt, params = [[5, 6, 7, 8]], SamplingParams(max_tokens=6, temperature=0)
-    local = HFEngine(model, tok).generate(prompt, params)
-    assert engine.generate(prompt, params)[0][0].token_ids == local[0][0].token_ids
+    engine = ServerEngine([served], tok, weight_transport=transport, group_port=free_port())
+    try:
+        seed += 100 * (transport == "gloo")  # a fresh step: the module-wide server already holds the http case's
+        train_one_step(model, seed=seed)
+        assert engine.weights_checksums() != [checksum_of(model)]
+        version = engine.weights_versions()[0]
+        stats = engine.update_weights(iter_full_state(model), bucket_bytes=bucket_bytes)
+        assert engine.weights_checksums() == [checksum_of(model)]
+        assert engine.weights_versions() == [version + 1]
+        # 51 state-dict entries, lm_head tied to the embeddings: 50 distinct tensors travel
+        assert stats["buckets"] == expect_buckets
+        assert stats["bytes"] == sum(p.numel() * p.element_size() for p in model.parameters())
+        # the served model now generates what the trained copy generates
+        prompt, params = [[5, 6, 7, 8]], SamplingParams(max_tokens=6, temperature=0)
+        local = HFEngine(model, tok).generate(prompt, params)
+        assert engine.generate(prompt, params)[0][0].token_ids == local[0][0].token_ids
+        if transport == "gloo":  # a second update reuses the group
+            train_one_step(model, seed=seed + 10)
+            engine.update_weights(iter_full_state(model), bucket_bytes=bucket_bytes)
+            assert engine.weights_checksums() == [checksum_of(model)]
+            assert engine.weights_versions() == [version + 2]
+    finally:
+        engine.close()
+
+
+def test_a_bucket_the_server_cannot_load_is_reported_with_its_reason(served, policy):
+    _, tok = policy
+    engine = ServerEngine([served], tok, weight_transport="gloo", group_port=free_port())
+    try:
+        with pytest.raises(ServerError, match="did not advance.*unknown weight 'no.such.weight'"):
+            engine.update_weights([("no.such.weight", torch.zeros(3))])
+    finally:
+        engine.close()
+
+
+def test_trl_style_per_tensor_update_over_gloo(served, policy):
+    """TRL's client protocol: init_communicator, then per tensor update_named_param + broadcast, then reset."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    from rcl.serving.collective import GlooGroup
+
+    model, _ = policy
+    train_one_step(model, seed=3)
+    version = requests.get(f"{served}/weights_version/").json()["weights_version"]
+    port = free_port()
+    r = requests.post(f"{served}/init_communicator/", json={"host": "127.0.0.1", "port": port, "world_size": 2})
+    assert r.status_code == 200, r.text
+    group = GlooGroup("127.0.0.1", port, rank=1, world_size=2)
+    for name, tensor in iter_full_state(model):
+        r = requests.post(f"{served}/update_named_param/",
+                          json={"name": name, "dtype": str(tensor.dtype), "shape": list(tensor.shape)})
+        assert r.status_code == 200, r.text
+        group.broadcast(tensor.contiguous(), src=1)
+    assert requests.post(f"{served}/reset_prefix_cache/").status_code == 200
+    assert requests.get(f"{served}/weights_version/").json()["weights_version"] == version + 1
+    assert requests.get(f"{served}/weights_checksum/").json()["checksum"] == checksum_of(model)
+    with ThreadPoolExecutor(1) as pool:
+        closing = pool.submit(requests.post, f"{served}/close_communicator/")
+        group.close()
+        assert closing.result().status_code == 200
 
 
 class RecordingLogger(Logger):

@@ -150,7 +150,12 @@ class EnginesArgs:
     sync_every_n_steps: int = 1
     """Push the policy's weights to teacher servers every N optimizer steps (in-process engines need no push)."""
     sync_bucket_mb: float = 64.0
-    """Most megabytes per weight-update request."""
+    """Most megabytes per weight-update bucket."""
+    sync_transport: Literal["http", "gloo", "nccl"] = "http"
+    """How buckets reach teacher servers: HTTP bodies, or a broadcast over a weight group the trainer joins as the
+    last rank (gloo: CPU; nccl: GPUs, needs vLLM in the trainer's environment)."""
+    sync_group_port: int = 51216
+    """gloo/nccl: the group with the i-th teacher server uses this port + i."""
 
 
 @dataclass

@@ -180,12 +180,13 @@ def load_tokenizer(args: ModelArgs):
     return AutoTokenizer.from_pretrained(resolve_model(args.model_name_or_path), padding_side="left")
 
 
-def build_engine(args: EngineArgs, model: torch.nn.Module | None, tokenizer: Any):
+def build_engine(args: EngineArgs, model: torch.nn.Module | None, tokenizer: Any, **server_kwargs: Any):
+    """`server_kwargs` go to a `ServerEngine` only (the teacher's weight transport)."""
     if args.backend == "in_process":
         return HFEngine(model, tokenizer, max_batch_size=args.max_batch_size)
     from rcl.serving.client import ServerEngine
 
-    return ServerEngine(args.urls, tokenizer, api_key=args.api_key, timeout_s=args.timeout_s)
+    return ServerEngine(args.urls, tokenizer, api_key=args.api_key, timeout_s=args.timeout_s, **server_kwargs)
 
 
 def rollout_settings(grpo: GRPOArgs, gen: GenerationArgs) -> RolloutSettings:
@@ -266,7 +267,8 @@ def main(
     policy, optimizer = fabric.setup(policy, optimizer)
     scheduler = build_scheduler(optimizer, trainer.max_steps, optimizer_args)
 
-    policy_engine = build_engine(engines_args.teacher, unwrap(policy), teacher_tok)
+    policy_engine = build_engine(engines_args.teacher, unwrap(policy), teacher_tok,
+                                 weight_transport=engines_args.sync_transport, group_port=engines_args.sync_group_port)
     student_engine = None
     if adaptive:
         student_model = (
@@ -307,13 +309,18 @@ def main(
         )
 
     history_path = out_dir / "history.jsonl"
-    if command == "validate":
-        metrics = evaluate(fabric, state, runner, val_rows, settings, eval_args, trainer.seed)
-        _record(fabric, history_path, metrics, state["step"])
-        return metrics
-
-    fit(fabric, state, runner, engines, train_rows, val_rows, settings, trainer, grpo, generation, eval_args,
-        optimizer_args, stop_ids, history_path)
+    try:
+        if command == "validate":
+            metrics = evaluate(fabric, state, runner, val_rows, settings, eval_args, trainer.seed)
+            _record(fabric, history_path, metrics, state["step"])
+            return metrics
+        fit(fabric, state, runner, engines, train_rows, val_rows, settings, trainer, grpo, generation, eval_args,
+            optimizer_args, stop_ids, history_path)
+    finally:
+        for engine in engines.values():  # server clients leave their weight groups with the servers
+            close = getattr(engine, "close", None)
+            if callable(close):
+                close()
 
     if trainer.export_hf:
         export_hf(fabric, policy, teacher_tok, out_dir / "hf_model")

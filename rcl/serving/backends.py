@@ -12,6 +12,7 @@ from typing import Any, Iterable, Protocol, Sequence
 import torch
 
 from rcl.engines import Completion, HFEngine, SamplingParams
+from rcl.serving.collective import GlooGroup, GroupKind, WeightGroup, meta_dtype, meta_nbytes, unpack_bucket
 from rcl.serving.weights import NamedTensor, clean_name, weights_checksum
 
 
@@ -19,13 +20,13 @@ class UnsupportedOperation(RuntimeError):
     """The backend cannot do this (e.g. NCCL weight transfer on the hf engine)."""
 
 
-NO_NCCL = "this engine has no NCCL communicator; push weights with POST /update_weights/ (rcl's ServerEngine does)"
 
 
 class ServingBackend(Protocol):
     tokenizer: Any
     world_size: int
-    supports_nccl: bool
+    group_kinds: tuple[GroupKind, ...]
+    """Weight-group kinds `init_communicator` accepts; the first is the default."""
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]: ...
 
@@ -41,9 +42,18 @@ class ServingBackend(Protocol):
 
     def reset_prefix_cache(self) -> bool: ...
 
-    def init_communicator(self, host: str, port: int, world_size: int, client_device_uuid: str | None) -> None: ...
+    def init_communicator(self, host: str, port: int, world_size: int, client_device_uuid: str | None,
+                          kind: GroupKind | None) -> None:
+        """Join the weight group the client completes as its last rank (`kind` None: the engine's natural one)."""
+        ...
 
-    def update_named_param(self, name: str, dtype: str, shape: list[int]) -> None: ...
+    def update_named_param(self, name: str, dtype: str, shape: list[int]) -> None:
+        """Receive one tensor broadcast by the client (TRL's protocol) and load it."""
+        ...
+
+    def receive_bucket(self, metas: list[dict], first: bool, last: bool) -> int:
+        """Receive one flat bucket broadcast by the client (see `rcl.serving.collective`) and load its tensors."""
+        ...
 
     def close_communicator(self) -> None: ...
 
@@ -74,7 +84,7 @@ class HFBackend:
     """Serve a transformers causal LM with `rcl.engines.HFEngine`; weights are copied into the live model."""
 
     world_size = 1
-    supports_nccl = False
+    group_kinds: tuple[GroupKind, ...] = ("gloo",)
 
     def __init__(self, model: str, dtype: str = "auto", device: str | None = None, seed: int | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -91,6 +101,7 @@ class HFBackend:
         self.model = lm
         self.engine = HFEngine(lm, self.tokenizer)
         self._lock = threading.Lock()
+        self._group: WeightGroup | None = None
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]:
         with self._lock:
@@ -126,14 +137,33 @@ class HFBackend:
     def reset_prefix_cache(self) -> bool:
         return True  # HF generate keeps no cache between requests
 
-    def init_communicator(self, host: str, port: int, world_size: int, client_device_uuid: str | None) -> None:
-        raise UnsupportedOperation(NO_NCCL)
+    def init_communicator(self, host: str, port: int, world_size: int, client_device_uuid: str | None,
+                          kind: GroupKind | None = None) -> None:
+        if self._group is not None:
+            raise RuntimeError("communicator already initialised: call /close_communicator/ first")
+        self._group = GlooGroup(host, port, rank=0, world_size=world_size)
+
+    def _client_group(self) -> WeightGroup:
+        if self._group is None:
+            raise RuntimeError("no communicator: call /init_communicator/ first")
+        return self._group
 
     def update_named_param(self, name: str, dtype: str, shape: list[int]) -> None:
-        raise UnsupportedOperation(NO_NCCL)
+        group = self._client_group()
+        tensor = torch.empty(shape, dtype=meta_dtype({"name": name, "dtype": dtype}))
+        group.broadcast(tensor, src=group.world_size - 1)
+        self.load_weights([(name, tensor)])
+
+    def receive_bucket(self, metas: list[dict], first: bool, last: bool) -> int:
+        group = self._client_group()
+        flat = torch.empty(sum(meta_nbytes(m) for m in metas), dtype=torch.uint8)
+        group.broadcast(flat, src=group.world_size - 1)
+        return self.load_weights(unpack_bucket(flat, metas), first, last)
 
     def close_communicator(self) -> None:
-        pass
+        if self._group is not None:
+            self._group.close()
+            self._group = None
 
     def close(self) -> None:
         pass

@@ -2,7 +2,8 @@
 
 Prompts are split into contiguous chunks, one per server, sent concurrently; each prompt travels once with `n`.
 Transient failures (connection errors, 502/503/504) are retried with exponential backoff; a server that stays down
-raises `ServerError` naming its URL. Weights are pushed over HTTP as safetensors buckets to every server of the pool.
+raises `ServerError` naming its URL. Weights are pushed in buckets to every server of the pool, as HTTP bodies or
+broadcast over a weight group (gloo or NCCL) that the client joins as the last rank.
 """
 
 from __future__ import annotations
@@ -11,18 +12,22 @@ import os
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Literal, Sequence, TypeVar
+from urllib.parse import urlsplit
 
 import requests
+import torch
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from rcl.engines import Completion, SamplingParams, trim_completion
 from rcl.serving.protocol import SAFETENSORS_MEDIA_TYPE, sampling_fields
+from rcl.serving.collective import WeightGroup, open_group, pack_bucket
 from rcl.serving.weights import NamedTensor, bucketize, encode_bucket
 
 API_KEY_ENV = "RCL_API_KEY"
 T = TypeVar("T")
+WeightTransport = Literal["http", "gloo", "nccl"]
 
 
 class ServerError(RuntimeError):
@@ -58,6 +63,18 @@ def split_evenly(items: Sequence[T], parts: int) -> list[list[T]]:
     return out
 
 
+def _with_last(items: Iterable[T]) -> Iterator[tuple[int, T, bool]]:
+    """`(index, item, is_last)`: one item is held back so the final one is known to be last."""
+    pending: T | None = None
+    index = -1
+    for item in items:
+        if index >= 0:
+            yield index, pending, False  # type: ignore[misc]
+        pending, index = item, index + 1
+    if index >= 0:
+        yield index, pending, True  # type: ignore[misc]
+
+
 class ServerEngine:
     """Generate on, and push weights to, a pool of servers that all serve the same model."""
 
@@ -69,9 +86,16 @@ class ServerEngine:
         timeout_s: float = 120.0,
         health_timeout_s: float = 240.0,
         retries: int = 3,
+        weight_transport: WeightTransport = "http",
+        group_port: int = 51216,
     ):
         if not urls:
             raise ValueError("ServerEngine needs at least one server URL")
+        if weight_transport not in ("http", "gloo", "nccl"):
+            raise ValueError(f"weight_transport must be http, gloo or nccl, got {weight_transport!r}")
+        self.weight_transport = weight_transport
+        self.group_port = group_port
+        self._groups: dict[str, WeightGroup] = {}
         self.urls = [u.rstrip("/") for u in urls]
         self.tokenizer = tokenizer
         self.timeout_s = timeout_s
@@ -167,39 +191,75 @@ class ServerEngine:
     def update_weights(self, named_tensors: Iterable[NamedTensor], bucket_bytes: int = 64 << 20) -> dict:
         """Push every tensor to every server in buckets, reset their prefix caches, check their versions advanced.
 
-        Returns `{"bytes": payload bytes per server, "buckets": n, "seconds": wall time}`.
+        Buckets travel as HTTP bodies (`weight_transport="http"`) or are broadcast over a weight group that this
+        client joins as the last rank of each server (`"gloo"` on CPU, `"nccl"` on GPUs; one group per server, on
+        `group_port + i`). Returns `{"bytes": payload bytes per server, "buckets": n, "seconds": wall time}`.
         """
         self.wait_until_healthy()
         start = time.perf_counter()
         before = self.weights_versions()
-        update_id = uuid.uuid4().hex
+        send = self._http_sender() if self.weight_transport == "http" else self._group_sender()
         total_bytes, count = 0, 0
-        pending: bytes | None = None
+        for index, bucket, last in _with_last(bucketize(named_tensors, bucket_bytes)):
+            send(bucket, index, last)
+            count, total_bytes = count + 1, total_bytes + sum(t.numel() * t.element_size() for _, t in bucket)
+        if count == 0:
+            raise ValueError("update_weights got no tensors")
+        # runs after the queued loads on each server's engine thread, so the versions below are final
+        self._on_all(lambda url: self._request(url, "POST", "/reset_prefix_cache/"))
+        after = self._on_all(lambda url: self._request(url, "GET", "/weights_version/"))
+        stale = [(url, b, a) for url, b, a in zip(self.urls, before, after) if a["weights_version"] != b + 1]
+        if stale:
+            reasons = "; ".join(f"{url}: {b} -> {a['weights_version']}" + (f" ({a['last_error']})"
+                                if a.get("last_error") else "") for url, b, a in stale)
+            raise ServerError(f"weights_version did not advance by one: {reasons}")
+        return {"bytes": total_bytes, "buckets": count, "seconds": time.perf_counter() - start}
 
-        def push(data: bytes, index: int, last: bool) -> None:
+    def _http_sender(self) -> Callable[[list[NamedTensor], int, bool], None]:
+        update_id = uuid.uuid4().hex
+
+        def send(bucket: list[NamedTensor], index: int, last: bool) -> None:
+            data = encode_bucket(bucket)
             params = {"update_id": update_id, "bucket": index, "last": str(last).lower()}
             headers = {"Content-Type": SAFETENSORS_MEDIA_TYPE}
             self._on_all(lambda url: self._request(url, "POST", "/update_weights/", data=data, params=params,
                                                    headers=headers))
 
-        # Hold one bucket back so the final one can carry `last=true`.
-        for bucket in bucketize(named_tensors, bucket_bytes):
-            data = encode_bucket(bucket)
-            if pending is not None:
-                push(pending, count - 1, last=False)
-            pending, count, total_bytes = data, count + 1, total_bytes + sum(t.numel() * t.element_size()
-                                                                             for _, t in bucket)
-        if pending is None:
-            raise ValueError("update_weights got no tensors")
-        push(pending, count - 1, last=True)
-        self._on_all(lambda url: self._request(url, "POST", "/reset_prefix_cache/"))
-        after = self.weights_versions()
-        stale = [url for url, b, a in zip(self.urls, before, after) if a != b + 1]
-        if stale:
-            raise ServerError(f"weights_version did not advance by one on {stale} (before {before}, after {after})")
-        return {"bytes": total_bytes, "buckets": count, "seconds": time.perf_counter() - start}
+        return send
+
+    def _group_sender(self) -> Callable[[list[NamedTensor], int, bool], None]:
+        device = f"cuda:{torch.cuda.current_device()}" if self.weight_transport == "nccl" else "cpu"
+        for i, url in enumerate(self.urls):
+            if url not in self._groups:
+                self._groups[url] = self._join_group(url, self.group_port + i, device)
+
+        def send(bucket: list[NamedTensor], index: int, last: bool) -> None:
+            flat, metas = pack_bucket(bucket, device)
+            body = {"tensors": metas, "first": index == 0, "last": last}
+            for url, group in self._groups.items():  # one broadcast at a time: each blocks until its server receives
+                self._request(url, "POST", "/update_bucket/", json=body)
+                group.broadcast(flat, src=group.world_size - 1)
+
+        return send
+
+    def _join_group(self, url: str, port: int, device: str) -> WeightGroup:
+        host = urlsplit(url).hostname or "127.0.0.1"
+        world_size = int(self._request(url, "GET", "/get_world_size/")["world_size"]) + 1
+        uuid_ = str(torch.cuda.get_device_properties(device).uuid) if device.startswith("cuda") else None
+        self._request(url, "POST", "/init_communicator/", json=dict(
+            host=host, port=port, world_size=world_size, client_device_uuid=uuid_, group_kind=self.weight_transport))
+        return open_group(self.weight_transport, host, port, world_size - 1, world_size, device)
+
+    def close_weight_groups(self) -> None:
+        """Leave every weight group (the servers leave theirs in step)."""
+        for url, group in list(self._groups.items()):
+            closing = self._pool.submit(self._request, url, "POST", "/close_communicator/")
+            group.close()  # meets the server's side, which runs while the request above waits
+            closing.result()
+            del self._groups[url]
 
     def close(self) -> None:
+        self.close_weight_groups()
         self._pool.shutdown(wait=False)
         for session in self._sessions.values():
             session.close()

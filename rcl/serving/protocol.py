@@ -4,7 +4,9 @@ Every path ends with `/` as in TRL. `/generate/` takes text or token-id prompts 
 `completion_ids` (n per prompt, prompt-major), `logprobs` (sequence x token x 1, the sampled token's log-prob, as in
 TRL >= 1.0) and rcl's `finish_reasons`. Weight buckets travel as one safetensors file per request
 (`POST /update_weights/`, body = safetensors bytes); its `__metadata__` says which update the bucket belongs to and
-whether it is the last one, which is when the server's `weights_version` advances.
+whether it is the last one, which is when the server's `weights_version` advances. Over a weight group
+(`/init_communicator/`), `POST /update_bucket/` announces a bucket's tensors and the client then broadcasts them as
+one flat buffer (`rcl.serving.collective`).
 """
 
 from __future__ import annotations
@@ -80,12 +82,26 @@ class InitCommunicatorRequest(BaseModel):
     port: int = Field(ge=1, le=65535)
     world_size: int = Field(ge=2)
     client_device_uuid: str | None = None
+    group_kind: Literal["nccl", "gloo"] | None = None
+    """rcl extension: the group's kind (TRL clients send none and get the engine's default, NCCL on vLLM)."""
 
 
-class UpdateNamedParamRequest(BaseModel):
+class TensorMeta(BaseModel):
     name: str = Field(min_length=1)
     dtype: str = Field(pattern=r"^(torch\.)?[a-z0-9_]+$")
     shape: list[int]
+
+
+class UpdateBucketRequest(BaseModel):
+    """One bucket broadcast over the weight group as a flat byte buffer; `tensors` splits it, in order."""
+
+    tensors: list[TensorMeta] = Field(min_length=1)
+    first: bool = True
+    last: bool = True
+
+
+class UpdateNamedParamRequest(TensorMeta):
+    """TRL's per-tensor update: the tensor follows as a broadcast over the weight group."""
 
 
 class WeightsUpdateResponse(BaseModel):

@@ -24,13 +24,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from rcl.engines import SamplingParams
-from rcl.serving.backends import NO_NCCL, ServingBackend, UnsupportedOperation
+from rcl.serving.backends import ServingBackend, UnsupportedOperation
 from rcl.serving.protocol import (
     GenerateRequest,
     GenerateResponse,
     InitCommunicatorRequest,
     MessageResponse,
     ServerLimits,
+    UpdateBucketRequest,
     UpdateNamedParamRequest,
     WeightsUpdateResponse,
 )
@@ -47,6 +48,8 @@ class _WeightsState:
     update_id: str | None = None
     buckets: int = 0
     named_param_updates: int = 0
+    last_error: str | None = None
+    """The last failure of work the client does not wait for (communicator RPCs), reported with the version."""
 
 
 def _bad(status: int, message: str) -> HTTPException:
@@ -117,7 +120,13 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
     def fire_and_forget(fn: Callable[..., Any], *args: Any) -> None:
         # NCCL RPCs: the client broadcasts only after our reply, so the worker must not be awaited here.
         future = worker.submit(fn, *args)
-        future.add_done_callback(lambda f: f.exception() and log.error("%s failed: %s", fn.__name__, f.exception()))
+
+        def report(f: Any) -> None:
+            if f.exception() is not None:
+                weights.last_error = f"{fn.__name__} failed: {type(f.exception()).__name__}: {f.exception()}"
+                log.error("%s", weights.last_error)
+
+        future.add_done_callback(report)
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
@@ -200,32 +209,45 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
 
     @app.get("/weights_version/")
     async def weights_version():
-        return {"weights_version": weights.version}
+        return {"weights_version": weights.version, "last_error": weights.last_error}
 
     @app.get("/weights_checksum/")
     async def weights_checksum():
         checksum = await on_worker(backend.checksum)
         return {"checksum": checksum, "weights_version": weights.version}
 
-    def require_nccl() -> None:
-        if not getattr(backend, "supports_nccl", False):
-            raise UnsupportedOperation(NO_NCCL)
-
     @app.post("/init_communicator/", response_model=MessageResponse)
     async def init_communicator(req: InitCommunicatorRequest):
-        require_nccl()
+        kind = req.group_kind or backend.group_kinds[0]
+        if kind not in backend.group_kinds:
+            raise UnsupportedOperation(f"this engine's weight group is {' or '.join(backend.group_kinds)}, not {kind}; "
+                                       "or push weights with POST /update_weights/")
         expected = backend.world_size + 1
         if req.world_size != expected:
             raise _bad(422, f"world_size={req.world_size}, but this server has {backend.world_size} workers + 1 client")
-        fire_and_forget(backend.init_communicator, req.host, req.port, req.world_size, req.client_device_uuid)
-        return MessageResponse(message="initialising the communicator")
+        fire_and_forget(backend.init_communicator, req.host, req.port, req.world_size, req.client_device_uuid, kind)
+        return MessageResponse(message=f"initialising the {kind} communicator")
 
     @app.post("/update_named_param/", response_model=MessageResponse)
     async def update_named_param(req: UpdateNamedParamRequest):
-        require_nccl()
         fire_and_forget(backend.update_named_param, req.name, req.dtype, req.shape)
         weights.named_param_updates += 1
         return MessageResponse(message=f"receiving {req.name}")
+
+    @app.post("/update_bucket/", response_model=MessageResponse)
+    async def update_bucket(req: UpdateBucketRequest):
+        """The client broadcasts the bucket after this reply; `last` completes the update on the engine thread."""
+        metas = [m.model_dump() for m in req.tensors]
+
+        def receive() -> None:
+            loaded = backend.receive_bucket(metas, req.first, req.last)
+            if req.last:
+                weights.version += 1
+                log.info("weights updated: weights_version=%d (bucket of %d over the weight group)", weights.version,
+                         loaded)
+
+        fire_and_forget(receive)
+        return MessageResponse(message=f"receiving {len(metas)} tensors")
 
     @app.post("/reset_prefix_cache/", response_model=MessageResponse)
     async def reset_prefix_cache():

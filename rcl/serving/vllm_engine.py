@@ -1,7 +1,8 @@
 """The `vllm` serving backend: `vllm.LLM` plus a worker extension that loads weights sent by the trainer.
 
-Weights arrive either as safetensors buckets over HTTP (handed to every worker with `collective_rpc`) or, for TRL
-clients, one tensor at a time over an NCCL group that the client joins as the last rank (`init_communicator`).
+Weights arrive as safetensors buckets over HTTP (handed to every worker with `collective_rpc`), or over a weight group
+that the client joins as the last rank (`init_communicator`; NCCL on GPUs, gloo on vLLM's CPU build): as flat
+buckets (`rcl_receive_bucket`) or, for TRL clients, one tensor at a time (`update_named_param`).
 Names are Hugging Face checkpoint names; vLLM's own `load_weights` maps them onto its fused layers.
 
 vLLM pins its own torch and transformers: install it into a separate environment (`pip install 'rcl[vllm]'`).
@@ -15,6 +16,7 @@ import torch
 
 from rcl.engines import Completion, SamplingParams
 from rcl.serving.protocol import sampling_fields
+from rcl.serving.collective import GroupKind, WeightGroup, meta_dtype, meta_nbytes, open_group, unpack_bucket
 from rcl.serving.weights import NamedTensor, encode_bucket, weights_checksum
 
 MISSING_VLLM = "the vllm engine needs vLLM, which is not installed: pip install 'rcl[vllm]' (or use --engine hf)"
@@ -28,26 +30,29 @@ class WeightSyncExtension:
     model_runner: Any
 
     def rcl_load_bucket(self, data: bytes, first: bool = True, last: bool = True) -> int:
-        """Load one bucket of an update through vLLM's layerwise reload.
+        from safetensors.torch import load
+
+        return self._rcl_load(list(load(data).items()), first, last)
+
+    def _rcl_load(self, named: list[NamedTensor], first: bool, last: bool) -> int:
+        """Load tensors through vLLM's layerwise reload; one update may span several calls (`first` ... `last`).
 
         A plain `model.load_weights` fails once vLLM has processed the weights for its kernels (the CPU backend
         repacks every linear layer; quantized models too). The layerwise reload buffers each layer's checkpoint
-        tensors until the layer is complete, then processes it, so one update may span several buckets.
+        tensors until the layer is complete, then processes it.
         """
-        from safetensors.torch import load
         from vllm.config import set_current_vllm_config
         from vllm.model_executor.model_loader.reload import finalize_layerwise_reload, initialize_layerwise_reload
 
-        tensors = load(data)
         model = self.model_runner.model
         with set_current_vllm_config(self.vllm_config):
             if first:
                 initialize_layerwise_reload(model)
-            model.load_weights(weights=[(n, t.to(self.device)) for n, t in tensors.items()])
+            model.load_weights(weights=[(n, t.to(self.device)) for n, t in named])
             if last:
                 finalize_layerwise_reload(model, self.vllm_config.model_config)
                 self._rcl_refresh_tied_lm_head(model)
-        return len(tensors)
+        return len(named)
 
     def _rcl_refresh_tied_lm_head(self, model: Any) -> None:
         """A tied lm_head shares the embedding's weight but receives no tensors of its own, so the reload leaves any
@@ -61,31 +66,40 @@ class WeightSyncExtension:
     def rcl_checksum(self) -> str:
         return weights_checksum(self.model_runner.model.named_parameters())
 
-    def init_communicator(self, host: str, port: int, world_size: int, client_device_uuid: str | None = None) -> None:
-        from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
+    def init_communicator(self, host: str, port: int, world_size: int, client_device_uuid: str | None = None,
+                          kind: GroupKind = "nccl") -> None:
         from vllm.distributed.parallel_state import get_world_group
-        from vllm.distributed.utils import StatelessProcessGroup
 
-        if getattr(self, "_rcl_comm", None) is not None:
+        if getattr(self, "_rcl_group", None) is not None:
             raise RuntimeError("communicator already initialised: call /close_communicator/ first")
-        own_uuid = str(torch.cuda.get_device_properties(self.device).uuid)
-        if client_device_uuid is not None and client_device_uuid == own_uuid:
-            raise RuntimeError("the trainer and the server share a GPU; NCCL needs them on different GPUs")
-        group = StatelessProcessGroup.create(host=host, port=port, rank=get_world_group().rank, world_size=world_size)
-        self._rcl_comm = PyNcclCommunicator(group, device=self.device)
-        self._rcl_client_rank = world_size - 1
+        if kind == "nccl" and client_device_uuid is not None:
+            if client_device_uuid == str(torch.cuda.get_device_properties(self.device).uuid):
+                raise RuntimeError("the trainer and the server share a GPU; NCCL needs them on different GPUs")
+        self._rcl_group = open_group(kind, host, port, get_world_group().rank, world_size, self.device)
+
+    def _rcl_client_group(self) -> WeightGroup:
+        group = getattr(self, "_rcl_group", None)
+        if group is None:
+            raise RuntimeError("no communicator: call /init_communicator/ first")
+        return group
 
     def update_named_param(self, name: str, dtype: str, shape: list[int]) -> None:
-        comm = getattr(self, "_rcl_comm", None)
-        if comm is None:
-            raise RuntimeError("no communicator: call /init_communicator/ first")
-        weight = torch.empty(shape, dtype=getattr(torch, dtype.removeprefix("torch.")), device=self.device)
-        comm.broadcast(weight, src=self._rcl_client_rank)
-        comm.group.barrier()
+        group = self._rcl_client_group()
+        weight = torch.empty(shape, dtype=meta_dtype({"name": name, "dtype": dtype}), device=self.device)
+        group.broadcast(weight, src=group.world_size - 1)
         self.model_runner.model.load_weights(weights=[(name, weight)])
 
+    def rcl_receive_bucket(self, metas: list[dict], first: bool, last: bool) -> int:
+        group = self._rcl_client_group()
+        flat = torch.empty(sum(meta_nbytes(m) for m in metas), dtype=torch.uint8, device=self.device)
+        group.broadcast(flat, src=group.world_size - 1)
+        return self._rcl_load(unpack_bucket(flat, metas), first, last)
+
     def close_communicator(self) -> None:
-        self._rcl_comm = None
+        group = getattr(self, "_rcl_group", None)
+        if group is not None:
+            group.close()
+        self._rcl_group = None
 
 
 def vllm_sampling_params(params: SamplingParams, logprobs: bool = True) -> Any:
@@ -98,7 +112,8 @@ def vllm_sampling_params(params: SamplingParams, logprobs: bool = True) -> Any:
 
 
 class VLLMBackend:
-    supports_nccl = True
+    # vLLM's CPU build has no NCCL: its weight group is gloo there
+    group_kinds: tuple[GroupKind, ...] = ("gloo", "nccl") if torch.version.cuda is None else ("nccl", "gloo")
 
     def __init__(
         self,
@@ -158,8 +173,13 @@ class VLLMBackend:
     def reset_prefix_cache(self) -> bool:
         return bool(self.llm.reset_prefix_cache())
 
-    def init_communicator(self, host: str, port: int, world_size: int, client_device_uuid: str | None) -> None:
-        self.llm.collective_rpc("init_communicator", args=(host, port, world_size, client_device_uuid))
+    def init_communicator(self, host: str, port: int, world_size: int, client_device_uuid: str | None,
+                          kind: GroupKind | None = None) -> None:
+        kind = kind or self.group_kinds[0]
+        self.llm.collective_rpc("init_communicator", args=(host, port, world_size, client_device_uuid, kind))
+
+    def receive_bucket(self, metas: list[dict], first: bool, last: bool) -> int:
+        return self.llm.collective_rpc("rcl_receive_bucket", args=(metas, first, last))[0]
 
     def update_named_param(self, name: str, dtype: str, shape: list[int]) -> None:
         self.llm.collective_rpc("update_named_param", args=(name, dtype, shape))
