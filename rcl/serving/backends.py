@@ -12,7 +12,14 @@ from typing import Any, Iterable, Protocol, Sequence
 import torch
 
 from rcl.engines import Completion, HFEngine, SamplingParams
-from rcl.serving.collective import GlooGroup, GroupKind, WeightGroup, meta_dtype, meta_nbytes, unpack_bucket
+from rcl.serving.collective import (
+    GlooGroup,
+    GroupKind,
+    WeightGroup,
+    bucket_nbytes,
+    meta_dtype,
+    unpack_bucket,
+)
 from rcl.serving.weights import NamedTensor, clean_name, weights_checksum
 
 
@@ -156,7 +163,7 @@ class HFBackend:
 
     def receive_bucket(self, metas: list[dict], first: bool, last: bool) -> int:
         group = self._client_group()
-        flat = torch.empty(sum(meta_nbytes(m) for m in metas), dtype=torch.uint8)
+        flat = torch.empty(bucket_nbytes(metas), dtype=torch.uint8)
         group.broadcast(flat, src=group.world_size - 1)
         return self.load_weights(unpack_bucket(flat, metas), first, last)
 

@@ -42,13 +42,30 @@ def meta_nbytes(meta: dict[str, Any]) -> int:
     return math.prod(meta["shape"]) * meta_dtype(meta).itemsize
 
 
+ALIGN_BYTES = 16
+"""Every tensor starts at a multiple of this in a packed bucket: a byte view can only be re-viewed as a dtype at an
+offset divisible by its size (a bf16 tensor of odd length would otherwise misalign the next fp32 one)."""
+
+
+def _aligned(nbytes: int) -> int:
+    return -(-nbytes // ALIGN_BYTES) * ALIGN_BYTES
+
+
+def bucket_nbytes(metas: list[dict[str, Any]]) -> int:
+    """Size of the packed buffer that `metas` describe (each tensor padded to `ALIGN_BYTES`)."""
+    return sum(_aligned(meta_nbytes(m)) for m in metas)
+
+
 def pack_bucket(named: Iterable[NamedTensor], device: torch.device | str = "cpu") -> tuple[Tensor, list[dict]]:
     """One flat uint8 buffer holding every tensor's bytes in order, and the metadata that splits it again."""
     metas, parts = [], []
     for name, t in named:
         metas.append(tensor_meta(name, t))
-        parts.append(t.detach().to(device).contiguous().reshape(-1).view(torch.uint8))
-    if not parts:
+        data = t.detach().to(device).contiguous().reshape(-1).view(torch.uint8)
+        parts.append(data)
+        if _aligned(data.numel()) > data.numel():
+            parts.append(torch.zeros(_aligned(data.numel()) - data.numel(), dtype=torch.uint8, device=data.device))
+    if not metas:
         raise ValueError("pack_bucket got no tensors")
     return torch.cat(parts), metas
 
@@ -57,14 +74,13 @@ def unpack_bucket(flat: Tensor, metas: list[dict[str, Any]]) -> list[NamedTensor
     """Inverse of `pack_bucket`: views into `flat`, so keep it alive while the tensors are used."""
     if flat.dtype != torch.uint8 or flat.dim() != 1:
         raise ValueError("unpack_bucket needs a flat uint8 buffer")
+    if bucket_nbytes(metas) != flat.numel():
+        raise ValueError(f"bucket metadata describes {bucket_nbytes(metas)} bytes but the buffer has {flat.numel()}")
     out, offset = [], 0
     for meta in metas:
-        size = meta_nbytes(meta)
-        chunk = flat[offset : offset + size]
+        chunk = flat[offset : offset + meta_nbytes(meta)]
         out.append((meta["name"], chunk.view(meta_dtype(meta)).reshape(meta["shape"])))
-        offset += size
-    if offset != flat.numel():
-        raise ValueError(f"bucket metadata describes {offset} bytes but the buffer has {flat.numel()}")
+        offset += _aligned(meta_nbytes(meta))
     return out
 
 

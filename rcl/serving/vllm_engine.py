@@ -16,7 +16,14 @@ import torch
 
 from rcl.engines import Completion, SamplingParams
 from rcl.serving.protocol import sampling_fields
-from rcl.serving.collective import GroupKind, WeightGroup, meta_dtype, meta_nbytes, open_group, unpack_bucket
+from rcl.serving.collective import (
+    GroupKind,
+    WeightGroup,
+    bucket_nbytes,
+    meta_dtype,
+    open_group,
+    unpack_bucket,
+)
 from rcl.serving.weights import NamedTensor, encode_bucket, weights_checksum
 
 MISSING_VLLM = "the vllm engine needs vLLM, which is not installed: pip install 'rcl[vllm]' (or use --engine hf)"
@@ -91,7 +98,7 @@ class WeightSyncExtension:
 
     def rcl_receive_bucket(self, metas: list[dict], first: bool, last: bool) -> int:
         group = self._rcl_client_group()
-        flat = torch.empty(sum(meta_nbytes(m) for m in metas), dtype=torch.uint8, device=self.device)
+        flat = torch.empty(bucket_nbytes(metas), dtype=torch.uint8, device=self.device)
         group.broadcast(flat, src=group.world_size - 1)
         return self._rcl_load(unpack_bucket(flat, metas), first, last)
 

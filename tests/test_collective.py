@@ -1,0 +1,62 @@
+"""Flat bucket packing for the weight group, and a gloo group between two processes of this machine."""
+
+import threading
+
+import pytest
+import torch
+from serving_support import free_port
+
+from rcl.serving.client import _with_last
+from rcl.serving.collective import GlooGroup, pack_bucket, unpack_bucket
+
+
+def test_pack_unpack_roundtrip_is_exact_for_every_layout():
+    named = [
+        ("a", torch.randn(3, 4)),
+        ("b", torch.randn(4, 3).t()),  # not contiguous
+        ("c", torch.arange(5).to(torch.bfloat16)),
+        ("d", torch.tensor(7, dtype=torch.int64)),  # a scalar
+        ("e", torch.ones(2, 0)),  # empty
+    ]
+    flat, metas = pack_bucket(named)
+    assert flat.dtype == torch.uint8 and flat.numel() == 48 + 48 + 16 + 16  # each tensor padded to 16 bytes
+    assert [m["dtype"] for m in metas] == ["float32", "float32", "bfloat16", "int64", "float32"]
+    back = unpack_bucket(flat, metas)
+    assert [n for n, _ in back] == list("abcde")
+    for (_, want), (_, got) in zip(named, back):
+        assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+def test_unpack_refuses_metadata_that_does_not_match_the_buffer():
+    flat, metas = pack_bucket([("a", torch.zeros(4))])
+    with pytest.raises(ValueError, match="describes 32 bytes but the buffer has 16"):
+        unpack_bucket(flat, [{"name": "a", "dtype": "float32", "shape": [8]}])
+    with pytest.raises(ValueError, match="unknown dtype 'float7'"):
+        unpack_bucket(flat, [{"name": "a", "dtype": "float7", "shape": [4]}])
+    with pytest.raises(ValueError, match="no tensors"):
+        pack_bucket([])
+
+
+def test_with_last_marks_only_the_final_item():
+    assert list(_with_last("xyz")) == [(0, "x", False), (1, "y", False), (2, "z", True)]
+    assert list(_with_last(["only"])) == [(0, "only", True)]
+    assert list(_with_last([])) == []
+
+
+def test_gloo_group_broadcasts_from_the_last_rank():
+    port, received = free_port(), {}
+
+    def server() -> None:
+        group = GlooGroup("127.0.0.1", port, rank=0, world_size=2)
+        buffer = torch.zeros(6, dtype=torch.uint8)
+        group.broadcast(buffer, src=1)
+        received["server"] = buffer.tolist()
+        group.close()
+
+    thread = threading.Thread(target=server)
+    thread.start()
+    client = GlooGroup("127.0.0.1", port, rank=1, world_size=2)
+    client.broadcast(torch.arange(6, dtype=torch.uint8), src=1)
+    client.close()
+    thread.join(timeout=60)
+    assert received["server"] == [0, 1, 2, 3, 4, 5]
