@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # GPU smoke test of the served RL path: one vLLM teacher server on GPU 0, training on GPU 1, 4 RL steps,
-# weights pushed to the server after every optimizer step (WeightSync callback, HTTP buckets).
+# weights pushed to the server after every optimizer step (WeightSync callback).
 #
-#   experiments/gpu_smoke.sh                      # tiny-10m built locally, vLLM engine
-#   ENGINE=hf experiments/gpu_smoke.sh            # same with the hf engine (no vLLM needed)
+#   experiments/gpu_smoke.sh                      # tiny-10m built locally, vLLM engine, HTTP buckets
+#   TRANSPORT=nccl experiments/gpu_smoke.sh       # buckets broadcast over vLLM's NCCL weight group
+#   ENGINE=hf experiments/gpu_smoke.sh            # same with the hf engine (no vLLM needed; http or gloo only)
 #   MODEL=Qwen/Qwen3-0.6B RECIPE=lightning_configs/teacher_rcl.yaml experiments/gpu_smoke.sh
 #
 # Needs 2 visible GPUs and, for ENGINE=vllm, vLLM in this environment (pip install 'rcl[vllm]'; vLLM pins its own
@@ -18,6 +19,7 @@ MODEL=${MODEL:-tiny-10m}
 RECIPE=${RECIPE:-lightning_configs/quickstart_rcl.yaml}
 RUN_DIR=${RUN_DIR:-runs/gpu_smoke-$(date +%Y%m%d-%H%M%S)}
 PORT=${PORT:-8765}
+TRANSPORT=${TRANSPORT:-http}
 
 "$PYTHON" - <<'PY'
 import torch, sys
@@ -28,11 +30,11 @@ PY
 "$PYTHON" -m rcl launch \
   --config "$RECIPE" \
   --teacher-gpus 0 --train-gpus 1 \
-  --engine "$ENGINE" --gpu-memory-utilization 0.5 --server-args "--dtype bfloat16" \
+  --engine "$ENGINE" --gpu-memory-utilization 0.5 --server-args="--dtype bfloat16" \
   --base-port "$PORT" --run-dir "$RUN_DIR" --health-timeout 900 \
   --teacher.model_name_or_path "$MODEL" --student.model_name_or_path "$MODEL" \
   --trainer.max_steps 4 --trainer.out_dir "$RUN_DIR/train" \
-  --grpo.prompts_per_step 4 --grpo.num_generations 4
+  --grpo.prompts_per_step 4 --grpo.num_generations 4 --engines.sync_transport "$TRANSPORT"
 
 LOG="$RUN_DIR/servers/teacher-0.log"
 if grep -q "Traceback" "$LOG"; then

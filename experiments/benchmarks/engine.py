@@ -6,7 +6,8 @@
    rows for plain generate), 64 new tokens, sampling at T=1. Both produce exactly 64 tokens per row: plain generate
    with `min_new_tokens=64`, the engine with eos switched off (a tokenizer view whose eos is an id outside the vocabulary).
 2. Weight sync of a preset to a local `python -m rcl serve --engine hf` server through `ServerEngine.update_weights`:
-   one big bucket against one request per tensor (a bucket smaller than any tensor).
+   one big HTTP bucket, one HTTP request per tensor (a bucket smaller than any tensor), and one big bucket broadcast
+   over a gloo weight group.
 """
 
 from __future__ import annotations
@@ -132,31 +133,37 @@ class LocalServer:
 
 
 def weight_sync_benchmark(preset: str, reps: int = 3) -> dict:
-    """Seconds per full weight push: one big bucket vs one tensor per request, alternating."""
+    """Seconds per full weight push, alternating: one big HTTP bucket, one HTTP request per tensor, and one big
+    bucket broadcast over a gloo weight group."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rcl.serving.client import ServerEngine
     from rcl.serving.weights import iter_full_state
     from rcl.tiny_models import resolve_model
 
+
     folder = resolve_model(preset)
     model = AutoModelForCausalLM.from_pretrained(folder)
     named = list(iter_full_state(model))
     smallest = min(t.numel() * t.element_size() for _, t in named)
-    modes = {"bucketed (64 MiB)": 64 << 20, "per tensor": max(1, smallest - 1)}
+    modes = {"http, bucketed (64 MiB)": ("http", 64 << 20), "http, per tensor": ("http", max(1, smallest - 1)),
+             "gloo group, bucketed (64 MiB)": ("gloo", 64 << 20)}
     times: dict[str, list[float]] = {m: [] for m in modes}
     stats: dict[str, dict] = {}
     with LocalServer(folder) as server:
-        engine = ServerEngine([server.url], AutoTokenizer.from_pretrained(folder))
+        tok = AutoTokenizer.from_pretrained(folder)
+        engines = {t: ServerEngine([server.url], tok, weight_transport=t, group_port=free_port())
+                   for t in ("http", "gloo")}
         try:
-            for mode, size in modes.items():  # warm-up (connection, first load)
-                engine.update_weights(named, bucket_bytes=size)
+            for mode, (transport, size) in modes.items():  # warm-up (connection, group set-up, first load)
+                engines[transport].update_weights(named, bucket_bytes=size)
             for _ in range(reps):
-                for mode, size in modes.items():
-                    stats[mode] = engine.update_weights(named, bucket_bytes=size)
+                for mode, (transport, size) in modes.items():
+                    stats[mode] = engines[transport].update_weights(named, bucket_bytes=size)
                     times[mode].append(stats[mode]["seconds"])
         finally:
-            engine.close()
+            for engine in engines.values():
+                engine.close()
     return {
         mode: {"seconds": spread(times[mode]), "buckets": stats[mode]["buckets"], "megabytes": stats[mode]["bytes"] / 2**20}
         for mode in modes
@@ -189,7 +196,7 @@ def tables(result: dict) -> str:
             f"T=1, fp32, {result['reps']} alternating repetitions after a warm-up\n")
     gen_rows = _rows_against(result["generation"], "plain model.generate", lambda r: (r["tokens"], r["tokens_per_s"]))
     text += format_table(("preset", "engine", "tokens", "tok/s", "s median", "min", "max", "vs plain"), gen_rows)
-    sync_rows = _rows_against(result["weight_sync"], "per tensor", lambda r: (r["buckets"], r["megabytes"]))
-    text += "\n\nWeight sync to a local `rcl serve --engine hf` server (HTTP, safetensors buckets)\n"
-    text += format_table(("preset", "mode", "requests", "MiB", "s median", "min", "max", "vs per tensor"), sync_rows)
+    sync_rows = _rows_against(result["weight_sync"], "http, per tensor", lambda r: (r["buckets"], r["megabytes"]))
+    text += "\n\nWeight sync to a local `rcl serve --engine hf` server (HTTP bodies or a gloo weight group)\n"
+    text += format_table(("preset", "mode", "buckets", "MiB", "s median", "min", "max", "vs per tensor"), sync_rows)
     return text
