@@ -76,3 +76,27 @@ def stop_server(proc: subprocess.Popen) -> int:
             proc.kill()
             proc.wait()
     return proc.returncode
+
+
+def trl_style_push(url: str, named, port: int) -> None:
+    """Push weights the way TRL's client does: init_communicator, then per tensor update_named_param plus a broadcast
+    from the client rank, then reset_prefix_cache (which completes the update) and close_communicator."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rcl.serving.collective import GlooGroup
+
+    world_size = requests.get(f"{url}/get_world_size/").json()["world_size"] + 1
+    r = requests.post(f"{url}/init_communicator/", json={"host": "127.0.0.1", "port": port, "world_size": world_size,
+                                                         "group_kind": "gloo"})
+    assert r.status_code == 200, r.text
+    group = GlooGroup("127.0.0.1", port, rank=world_size - 1, world_size=world_size)
+    for name, tensor in named:
+        r = requests.post(f"{url}/update_named_param/",
+                          json={"name": name, "dtype": str(tensor.dtype), "shape": list(tensor.shape)})
+        assert r.status_code == 200, r.text
+        group.broadcast(tensor.contiguous(), src=world_size - 1)
+    assert requests.post(f"{url}/reset_prefix_cache/").status_code == 200
+    with ThreadPoolExecutor(1) as pool:
+        closing = pool.submit(requests.post, f"{url}/close_communicator/")
+        group.close()
+        assert closing.result().status_code == 200

@@ -9,7 +9,7 @@ import importlib.util
 
 import pytest
 import torch
-from serving_support import free_port, server_env, start_server, stop_server
+from serving_support import free_port, server_env, start_server, stop_server, trl_style_push
 
 from rcl.engines import HFEngine, SamplingParams
 from rcl.grpo import completion_logprobs
@@ -62,5 +62,12 @@ def test_vllm_server_generates_and_loads_weights(tiny_model_dir):
                 assert pusher.generate(prompts, greedy)[0][0].token_ids == local[0][0].token_ids, transport
             finally:
                 pusher.close()
+        # TRL's per-tensor protocol over the same kind of group, completed by the prefix-cache reset
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+        trl_style_push(url, iter_full_state(model), free_port())
+        local = HFEngine(model, tok).generate(prompts, greedy)
+        assert engine.generate(prompts, greedy)[0][0].token_ids == local[0][0].token_ids
     finally:
         stop_server(proc)

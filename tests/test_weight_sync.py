@@ -6,7 +6,7 @@ import pytest
 import torch
 from lightning.fabric import Fabric
 from lightning.fabric.loggers import Logger
-from serving_support import free_port, server_env, start_server, stop_server
+from serving_support import free_port, server_env, start_server, stop_server, trl_style_push
 
 from callbacks.weight_sync import WeightSync
 from rcl.engines import HFEngine, SamplingParams
@@ -81,32 +81,14 @@ def test_a_bucket_the_server_cannot_load_is_reported_with_its_reason(served, pol
 
 
 def test_trl_style_per_tensor_update_over_gloo(served, policy):
-    """TRL's client protocol: init_communicator, then per tensor update_named_param + broadcast, then reset."""
-    from concurrent.futures import ThreadPoolExecutor
-
     import requests
-
-    from rcl.serving.collective import GlooGroup
 
     model, _ = policy
     train_one_step(model, seed=3)
     version = requests.get(f"{served}/weights_version/").json()["weights_version"]
-    port = free_port()
-    r = requests.post(f"{served}/init_communicator/", json={"host": "127.0.0.1", "port": port, "world_size": 2})
-    assert r.status_code == 200, r.text
-    group = GlooGroup("127.0.0.1", port, rank=1, world_size=2)
-    for name, tensor in iter_full_state(model):
-        r = requests.post(f"{served}/update_named_param/",
-                          json={"name": name, "dtype": str(tensor.dtype), "shape": list(tensor.shape)})
-        assert r.status_code == 200, r.text
-        group.broadcast(tensor.contiguous(), src=1)
-    assert requests.post(f"{served}/reset_prefix_cache/").status_code == 200
+    trl_style_push(served, iter_full_state(model), free_port())
     assert requests.get(f"{served}/weights_version/").json()["weights_version"] == version + 1
     assert requests.get(f"{served}/weights_checksum/").json()["checksum"] == checksum_of(model)
-    with ThreadPoolExecutor(1) as pool:
-        closing = pool.submit(requests.post, f"{served}/close_communicator/")
-        group.close()
-        assert closing.result().status_code == 200
 
 
 class RecordingLogger(Logger):

@@ -49,17 +49,30 @@ class WeightSyncExtension:
         tensors until the layer is complete, then processes it.
         """
         from vllm.config import set_current_vllm_config
-        from vllm.model_executor.model_loader.reload import finalize_layerwise_reload, initialize_layerwise_reload
+        from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
 
         model = self.model_runner.model
         with set_current_vllm_config(self.vllm_config):
-            if first:
+            if first or not getattr(self, "_rcl_reloading", False):
                 initialize_layerwise_reload(model)
+                self._rcl_reloading = True
             model.load_weights(weights=[(n, t.to(self.device)) for n, t in named])
-            if last:
-                finalize_layerwise_reload(model, self.vllm_config.model_config)
-                self._rcl_refresh_tied_lm_head(model)
+        if last:
+            self.rcl_finish_update()
         return len(named)
+
+    def rcl_finish_update(self) -> None:
+        """Process what the open reload buffered (TRL's per-tensor updates end here, at the prefix-cache reset)."""
+        from vllm.config import set_current_vllm_config
+        from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
+
+        if not getattr(self, "_rcl_reloading", False):
+            return
+        model = self.model_runner.model
+        with set_current_vllm_config(self.vllm_config):
+            finalize_layerwise_reload(model, self.vllm_config.model_config)
+            self._rcl_refresh_tied_lm_head(model)
+        self._rcl_reloading = False
 
     def _rcl_refresh_tied_lm_head(self, model: Any) -> None:
         """A tied lm_head shares the embedding's weight but receives no tensors of its own, so the reload leaves any
@@ -94,7 +107,7 @@ class WeightSyncExtension:
         group = self._rcl_client_group()
         weight = torch.empty(shape, dtype=meta_dtype({"name": name, "dtype": dtype}), device=self.device)
         group.broadcast(weight, src=group.world_size - 1)
-        self.model_runner.model.load_weights(weights=[(name, weight)])
+        self._rcl_load([(name, weight)], first=False, last=False)
 
     def rcl_receive_bucket(self, metas: list[dict], first: bool, last: bool) -> int:
         group = self._rcl_client_group()
@@ -178,6 +191,7 @@ class VLLMBackend:
         return "|".join(self.llm.collective_rpc("rcl_checksum"))
 
     def reset_prefix_cache(self) -> bool:
+        self.llm.collective_rpc("rcl_finish_update")
         return bool(self.llm.reset_prefix_cache())
 
     def init_communicator(self, host: str, port: int, world_size: int, client_device_uuid: str | None,
