@@ -1,13 +1,14 @@
 """Flat bucket packing for the weight group, and a gloo group between two processes of this machine."""
 
+import importlib.util
 import threading
 
 import pytest
 import torch
 from serving_support import free_port
 
-from rcl.serving.client import _with_last
-from rcl.serving.collective import GlooGroup, pack_bucket, unpack_bucket
+from rcl.serving.client import ServerEngine, _with_last
+from rcl.serving.collective import GlooGroup, open_group, pack_bucket, unpack_bucket
 
 
 def test_pack_unpack_roundtrip_is_exact_for_every_layout():
@@ -60,3 +61,16 @@ def test_gloo_group_broadcasts_from_the_last_rank():
     client.close()
     thread.join(timeout=60)
     assert received["server"] == [0, 1, 2, 3, 4, 5]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed")
+def test_nccl_group_without_vllm_names_the_extra_and_the_alternative():
+    with pytest.raises(ImportError, match=r"pip install 'rcl\[vllm\]'.*http transport"):
+        open_group("nccl", "127.0.0.1", free_port(), rank=1, world_size=2)
+
+
+def test_unknown_group_kind_and_transport_are_refused():
+    with pytest.raises(ValueError, match="unknown group kind 'mpi'"):
+        open_group("mpi", "127.0.0.1", 1, rank=0, world_size=2)
+    with pytest.raises(ValueError, match="weight_transport must be http, gloo or nccl"):
+        ServerEngine(["http://127.0.0.1:1"], tokenizer=None, weight_transport="tcp")
