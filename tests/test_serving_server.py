@@ -99,6 +99,10 @@ def test_bad_weight_requests(server):
     assert r.status_code == 422 and "1 workers + 1 client" in r.json()["detail"]
     r = post(server, "/update_bucket/", tensors=[])
     assert r.status_code == 422
+    r = post(server, "/update_bucket/", tensors=[{"name": "lm_head.weight", "dtype": "float32", "shape": [2]}])
+    assert r.status_code == 409 and "POST /init_communicator/ first" in r.json()["detail"]
+    r = post(server, "/update_named_param/", name="lm_head.weight", dtype="float32", shape=[2])
+    assert r.status_code == 409
     assert requests.get(f"{server}/weights_version/").json() == {"weights_version": 0, "last_error": None}
 
 

@@ -3,6 +3,7 @@
 import signal
 
 import pytest
+import requests
 import torch
 from lightning.fabric import Fabric
 from lightning.fabric.loggers import Logger
@@ -76,13 +77,15 @@ def test_a_bucket_the_server_cannot_load_is_reported_with_its_reason(served, pol
     try:
         with pytest.raises(ServerError, match="did not advance.*unknown weight 'no.such.weight'"):
             engine.update_weights([("no.such.weight", torch.zeros(3))])
+        # refused before the broadcast, so the client never waits on a server that will not receive
+        bad = {"tensors": [{"name": "lm_head.weight", "dtype": "float7", "shape": [1]}]}
+        r = requests.post(f"{served}/update_bucket/", json=bad)
+        assert r.status_code == 400 and "unknown dtype 'float7'" in r.json()["detail"]
     finally:
         engine.close()
 
 
 def test_trl_style_per_tensor_update_over_gloo(served, policy):
-    import requests
-
     model, _ = policy
     train_one_step(model, seed=3)
     version = requests.get(f"{served}/weights_version/").json()["weights_version"]

@@ -238,7 +238,10 @@ class ServerEngine:
             body = {"tensors": metas, "first": index == 0, "last": last}
             for url, group in self._groups.items():  # one broadcast at a time: each blocks until its server receives
                 self._request(url, "POST", "/update_bucket/", json=body)
-                group.broadcast(flat, src=group.world_size - 1)
+                try:
+                    group.broadcast(flat, src=group.world_size - 1)
+                except RuntimeError as exc:
+                    raise ServerError(f"weight group with generation server {url} failed in a broadcast: {exc}") from exc
 
         return send
 

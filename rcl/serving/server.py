@@ -35,6 +35,7 @@ from rcl.serving.protocol import (
     UpdateNamedParamRequest,
     WeightsUpdateResponse,
 )
+from rcl.serving.collective import bucket_nbytes
 from rcl.serving.weights import decode_bucket
 
 log = logging.getLogger("rcl.serve")
@@ -49,6 +50,7 @@ class _WeightsState:
     buckets: int = 0
     named_param_updates: int = 0
     last_error: str | None = None
+    group_open: bool = False
     """The last failure of work the client does not wait for (communicator RPCs), reported with the version."""
 
 
@@ -226,10 +228,18 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
         if req.world_size != expected:
             raise _bad(422, f"world_size={req.world_size}, but this server has {backend.world_size} workers + 1 client")
         fire_and_forget(backend.init_communicator, req.host, req.port, req.world_size, req.client_device_uuid, kind)
+        weights.group_open = True
         return MessageResponse(message=f"initialising the {kind} communicator")
+
+    def check_before_broadcast(metas: list[dict]) -> None:
+        # The client blocks in its broadcast once we reply: refuse here what the engine thread would fail on.
+        if not weights.group_open:
+            raise _bad(409, "no weight group: POST /init_communicator/ first")
+        bucket_nbytes(metas)  # unknown dtypes raise ValueError: a 400
 
     @app.post("/update_named_param/", response_model=MessageResponse)
     async def update_named_param(req: UpdateNamedParamRequest):
+        check_before_broadcast([req.model_dump()])
         fire_and_forget(backend.update_named_param, req.name, req.dtype, req.shape)
         weights.named_param_updates += 1
         return MessageResponse(message=f"receiving {req.name}")
@@ -238,6 +248,7 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
     async def update_bucket(req: UpdateBucketRequest):
         """The client broadcasts the bucket after this reply; `last` completes the update on the engine thread."""
         metas = [m.model_dump() for m in req.tensors]
+        check_before_broadcast(metas)
 
         def receive() -> None:
             loaded = backend.receive_bucket(metas, req.first, req.last)
@@ -260,6 +271,7 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
 
     @app.post("/close_communicator/", response_model=MessageResponse)
     async def close_communicator():
+        weights.group_open = False
         await on_worker(backend.close_communicator)
         return MessageResponse(message="communicator closed")
 
