@@ -119,6 +119,9 @@ class NcclGroup:
         self.rank, self.world_size = rank, world_size
         self._pg = StatelessProcessGroup.create(host=host, port=port, rank=rank, world_size=world_size)
         self._comm = PyNcclCommunicator(self._pg, device=device)
+        if self._comm.disabled:  # its broadcast would then return without moving a byte
+            raise RuntimeError("vLLM's NCCL communicator is disabled here (no NCCL library, or a single rank); "
+                               "use the gloo or http weight transport")
 
     def broadcast(self, tensor: Tensor, src: int) -> None:
         self._comm.broadcast(tensor, src=src)
