@@ -141,7 +141,6 @@ def weight_sync_benchmark(preset: str, reps: int = 3) -> dict:
     from rcl.serving.weights import iter_full_state
     from rcl.tiny_models import resolve_model
 
-
     folder = resolve_model(preset)
     model = AutoModelForCausalLM.from_pretrained(folder)
     named = list(iter_full_state(model))

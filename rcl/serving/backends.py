@@ -17,7 +17,7 @@ from rcl.serving.collective import (
     GroupKind,
     WeightGroup,
     bucket_nbytes,
-    meta_dtype,
+    parse_dtype,
     unpack_bucket,
 )
 from rcl.serving.weights import NamedTensor, clean_name, weights_checksum
@@ -25,8 +25,6 @@ from rcl.serving.weights import NamedTensor, clean_name, weights_checksum
 
 class UnsupportedOperation(RuntimeError):
     """The backend cannot do this (e.g. NCCL weight transfer on the hf engine)."""
-
-
 
 
 class ServingBackend(Protocol):
@@ -68,12 +66,7 @@ class ServingBackend(Protocol):
 
 
 def torch_dtype(name: str) -> torch.dtype | str:
-    if name == "auto":
-        return "auto"
-    dtype = getattr(torch, name.removeprefix("torch."), None)
-    if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"unknown dtype {name!r}")
-    return dtype
+    return "auto" if name == "auto" else parse_dtype(name)
 
 
 def resolve_target(name: str, targets: dict[str, torch.Tensor]) -> str | None:
@@ -157,7 +150,7 @@ class HFBackend:
 
     def update_named_param(self, name: str, dtype: str, shape: list[int]) -> None:
         group = self._client_group()
-        tensor = torch.empty(shape, dtype=meta_dtype({"name": name, "dtype": dtype}))
+        tensor = torch.empty(shape, dtype=parse_dtype(dtype))
         group.broadcast(tensor, src=group.world_size - 1)
         self.load_weights([(name, tensor)])
 

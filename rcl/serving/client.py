@@ -12,7 +12,7 @@ import os
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterable, Iterator, Literal, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Literal, Sequence, TypeVar, get_args
 from urllib.parse import urlsplit
 
 import requests
@@ -91,7 +91,7 @@ class ServerEngine:
     ):
         if not urls:
             raise ValueError("ServerEngine needs at least one server URL")
-        if weight_transport not in ("http", "gloo", "nccl"):
+        if weight_transport not in get_args(WeightTransport):
             raise ValueError(f"weight_transport must be http, gloo or nccl, got {weight_transport!r}")
         self.weight_transport = weight_transport
         self.group_port = group_port
@@ -182,8 +182,12 @@ class ServerEngine:
         return [group for f in futures for group in f.result()]
 
     # -- weights --------------------------------------------------------------------------------------------------
+    def _weights_states(self) -> list[dict]:
+        """Each server's `/weights_version/` answer: the version and the last background failure."""
+        return self._on_all(lambda url: self._request(url, "GET", "/weights_version/"))
+
     def weights_versions(self) -> list[int]:
-        return self._on_all(lambda url: int(self._request(url, "GET", "/weights_version/")["weights_version"]))
+        return [int(state["weights_version"]) for state in self._weights_states()]
 
     def weights_checksums(self) -> list[str]:
         return self._on_all(lambda url: self._request(url, "GET", "/weights_checksum/")["checksum"])
@@ -207,7 +211,7 @@ class ServerEngine:
             raise ValueError("update_weights got no tensors")
         # runs after the queued loads on each server's engine thread, so the versions below are final
         self._on_all(lambda url: self._request(url, "POST", "/reset_prefix_cache/"))
-        after = self._on_all(lambda url: self._request(url, "GET", "/weights_version/"))
+        after = self._weights_states()
         stale = [(url, b, a) for url, b, a in zip(self.urls, before, after) if a["weights_version"] != b + 1]
         if stale:
             reasons = "; ".join(f"{url}: {b} -> {a['weights_version']}" + (f" ({a['last_error']})"

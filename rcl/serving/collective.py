@@ -31,11 +31,19 @@ def tensor_meta(name: str, tensor: Tensor) -> dict[str, Any]:
     return {"name": name, "dtype": str(tensor.dtype).removeprefix("torch."), "shape": list(tensor.shape)}
 
 
-def meta_dtype(meta: dict[str, Any]) -> torch.dtype:
-    dtype = getattr(torch, str(meta["dtype"]).removeprefix("torch."), None)
+def parse_dtype(name: str) -> torch.dtype:
+    """`float32` or `torch.float32` (TRL sends the latter) as a torch dtype; ValueError naming anything else."""
+    dtype = getattr(torch, str(name).removeprefix("torch."), None)
     if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"unknown dtype {meta['dtype']!r} for {meta['name']!r}")
+        raise ValueError(f"unknown dtype {name!r}")
     return dtype
+
+
+def meta_dtype(meta: dict[str, Any]) -> torch.dtype:
+    try:
+        return parse_dtype(meta["dtype"])
+    except ValueError as exc:
+        raise ValueError(f"{exc} for {meta['name']!r}") from None
 
 
 def meta_nbytes(meta: dict[str, Any]) -> int:

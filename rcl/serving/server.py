@@ -50,8 +50,8 @@ class _WeightsState:
     buckets: int = 0
     named_param_updates: int = 0
     last_error: str | None = None
-    group_open: bool = False
     """The last failure of work the client does not wait for (communicator RPCs), reported with the version."""
+    group_open: bool = False
 
 
 def _bad(status: int, message: str) -> HTTPException:

@@ -20,8 +20,8 @@ from rcl.serving.collective import (
     GroupKind,
     WeightGroup,
     bucket_nbytes,
-    meta_dtype,
     open_group,
+    parse_dtype,
     unpack_bucket,
 )
 from rcl.serving.weights import NamedTensor, encode_bucket, weights_checksum
@@ -105,7 +105,7 @@ class WeightSyncExtension:
 
     def update_named_param(self, name: str, dtype: str, shape: list[int]) -> None:
         group = self._rcl_client_group()
-        weight = torch.empty(shape, dtype=meta_dtype({"name": name, "dtype": dtype}), device=self.device)
+        weight = torch.empty(shape, dtype=parse_dtype(dtype), device=self.device)
         group.broadcast(weight, src=group.world_size - 1)
         self._rcl_load([(name, weight)], first=False, last=False)
 

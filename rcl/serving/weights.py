@@ -98,11 +98,8 @@ def _to_cpu(t: Tensor) -> Tensor:
     return t.detach().to("cpu")
 
 
-def _state_items(module: nn.Module, rank0: bool, copy: bool = False) -> Iterator[NamedTensor]:
-    """Single device, DDP and FSDP2: the state dict, DTensors gathered with `full_tensor()`.
-
-    `copy` clones on rank 0: needed inside a merge or gather context, which restores or frees the live tensors on exit.
-    """
+def _state_items(module: nn.Module, rank0: bool) -> Iterator[NamedTensor]:
+    """Single device, DDP and FSDP2: the state dict, DTensors gathered with `full_tensor()`."""
     seen: set[int] = set()
     for name, t in module.state_dict(keep_vars=True).items():
         if id(t) in seen:  # tied weights: FSDP2 gathers each name into a new tensor, so dedupe before gathering
@@ -110,7 +107,7 @@ def _state_items(module: nn.Module, rank0: bool, copy: bool = False) -> Iterator
         seen.add(id(t))
         t = _to_cpu(t)
         if rank0:
-            yield name, t.clone() if copy else t
+            yield name, t
 
 
 def _merged_items(module: nn.Module, rank0: bool, peft: nn.Module | None) -> Iterator[NamedTensor]:
