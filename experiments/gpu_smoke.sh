@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# GPU smoke test of the served RL path: one vLLM teacher server on GPU 0, training on GPU 1, 4 RL steps,
-# weights pushed to the server after every optimizer step (WeightSync callback).
+# GPU smoke test of the served RL path: one teacher server, training, 4 RL steps, weights pushed to the server after
+# every optimizer step (WeightSync callback). With 2+ GPUs the server gets GPU 0 and training GPU 1; with one GPU they
+# share it (`rcl launch --share-gpus`; the vLLM server then takes 0.3 of its memory).
 #
 #   experiments/gpu_smoke.sh                      # tiny-10m built locally, vLLM engine, HTTP buckets
-#   TRANSPORT=nccl experiments/gpu_smoke.sh       # buckets broadcast over vLLM's NCCL weight group
-#   ENGINE=hf experiments/gpu_smoke.sh            # same with the hf engine (no vLLM needed; http or gloo only)
+#   TRANSPORT=nccl experiments/gpu_smoke.sh       # buckets broadcast over vLLM's NCCL weight group (needs 2 GPUs)
+#   ENGINE=hf experiments/gpu_smoke.sh            # the hf engine (no vLLM needed; TRANSPORT http or gloo)
 #   MODEL=Qwen/Qwen3-0.6B RECIPE=lightning_configs/teacher_rcl.yaml experiments/gpu_smoke.sh
 #
-# Needs 2 visible GPUs and, for ENGINE=vllm, vLLM in this environment (pip install 'rcl[vllm]'; vLLM pins its own
-# torch, so use a separate venv for GPU serving). The student runs in process on the training GPU.
-# Passes when training exits 0 and the teacher server log shows weight updates and no traceback.
+# ENGINE=vllm needs vLLM in this environment (pip install 'rcl[vllm]'; vLLM pins its own torch, so use a separate
+# venv for GPU serving). The student runs in process on the training GPU.
+# Passes when training exits 0 and the teacher server log shows 4 weight updates and no traceback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,16 +22,22 @@ RUN_DIR=${RUN_DIR:-runs/gpu_smoke-$(date +%Y%m%d-%H%M%S)}
 PORT=${PORT:-8765}
 TRANSPORT=${TRANSPORT:-http}
 
-"$PYTHON" - <<'PY'
-import torch, sys
-n = torch.cuda.device_count()
-sys.exit(0 if n >= 2 else f"gpu_smoke: needs 2 GPUs (one server, one trainer), found {n}")
-PY
+GPUS=$("$PYTHON" -c "import torch; print(torch.cuda.device_count())")
+if [ "$GPUS" -ge 2 ]; then
+  PLACEMENT=(--teacher-gpus 0 --train-gpus 1 --gpu-memory-utilization 0.5)
+elif [ "$GPUS" -eq 1 ]; then
+  PLACEMENT=(--teacher-gpus 0 --train-gpus 0 --share-gpus --gpu-memory-utilization 0.3)
+else
+  echo "gpu_smoke: needs a CUDA GPU, found none"; exit 1
+fi
+if [ "$ENGINE" = vllm ] && ! "$PYTHON" -c "import vllm" 2>/dev/null; then
+  echo "gpu_smoke: vLLM is not installed here; install it (pip install 'rcl[vllm]') or run ENGINE=hf $0"; exit 1
+fi
+echo "gpu_smoke: $GPUS GPU(s), engine $ENGINE, transport $TRANSPORT, model $MODEL, run dir $RUN_DIR"
 
 "$PYTHON" -m rcl launch \
-  --config "$RECIPE" \
-  --teacher-gpus 0 --train-gpus 1 \
-  --engine "$ENGINE" --gpu-memory-utilization 0.5 --server-args="--dtype bfloat16" \
+  --config "$RECIPE" "${PLACEMENT[@]}" \
+  --engine "$ENGINE" --server-args="--dtype bfloat16" \
   --base-port "$PORT" --run-dir "$RUN_DIR" --health-timeout 900 \
   --teacher.model_name_or_path "$MODEL" --student.model_name_or_path "$MODEL" \
   --trainer.max_steps 4 --trainer.out_dir "$RUN_DIR/train" \

@@ -4,9 +4,10 @@
         --config lightning_configs/teacher_rcl.yaml [--grpo.num_generations 8 ...]
 
 One server per listed GPU (`none`/`cpu`, or `cpu:N`, puts hf-engine servers on the CPU), on explicit ports from
-`--base-port`, seeded `trainer.seed + i`, serving the recipe's own teacher/student models. Training runs as a child
-with the server URLs passed as overrides (recipe files are never edited). Servers log to `<run dir>/servers/`. On
-exit, Ctrl-C or SIGTERM the launcher stops the process groups it created, and nothing else.
+`--base-port`, seeded `trainer.seed + i`, serving the recipe's own teacher/student models. `--share-gpus` lets servers
+and training share GPUs, as on a one-GPU machine. Training runs as a child with the server URLs passed as overrides
+(recipe files are never edited). Servers log to `<run dir>/servers/`. On exit, Ctrl-C or SIGTERM the launcher stops
+the process groups it created, and nothing else.
 """
 
 from __future__ import annotations
@@ -171,6 +172,31 @@ def _has_vllm_cpu_build() -> bool:
     return True
 
 
+SHARED_VLLM_MEMORY = 0.5
+"""With --share-gpus, the most of a GPU's memory the vLLM servers on it may claim when training runs there too."""
+
+
+def _check_shared_gpus(recipe: dict, args: argparse.Namespace, shared: dict[str, list[str]]) -> None:
+    """Refuse GPU sharing that cannot work: an NCCL weight group within one GPU, or vLLM claiming training's memory."""
+    transport = _get(recipe, "engines.sync_transport", "http")
+    for gpu, who in sorted(shared.items()):
+        if transport == "nccl" and "train" in who:
+            raise LaunchError(f"GPU {gpu} is shared by training and a server, and NCCL cannot link two processes on "
+                              "one GPU: use --engines.sync_transport http, or give the servers their own GPUs")
+        if args.engine != "vllm":
+            continue
+        servers = sum(w != "train" for w in who)
+        claimed = servers * args.gpu_memory_utilization
+        limit = SHARED_VLLM_MEMORY if "train" in who else 0.95
+        if claimed > limit + 1e-9:
+            room = "training" if "train" in who else "the other servers"
+            raise LaunchError(
+                f"GPU {gpu} is shared by {' and '.join(who)}; its {servers} vLLM server(s) would claim "
+                f"{claimed:.2f} of its memory (--gpu-memory-utilization {args.gpu_memory_utilization} each), leaving "
+                f"too little for {room}: use --gpu-memory-utilization {limit / servers:.2f} or less"
+            )
+
+
 def build_plan(args: argparse.Namespace, overrides: list[str], available_gpus: list[str] | None = None) -> LaunchPlan:
     recipe = load_recipe(args.config, parse_overrides(overrides))
     if "grpo" not in recipe:
@@ -184,17 +210,21 @@ def build_plan(args: argparse.Namespace, overrides: list[str], available_gpus: l
         raise LaunchError("--train-gpus is required (GPU ids such as 4-7, or none/cpu to train on the CPU)")
 
     named = [("teacher", role_gpus["teacher"]), ("student", role_gpus["student"]), ("train", train_gpus or [])]
-    owner: dict[str, str] = {}
+    users: dict[str, list[str]] = {}
     for who, gpus in named:
         for gpu in gpus:
             if gpu is None:
                 continue
-            if gpu in owner:
-                raise LaunchError(f"GPU {gpu} is in both the {owner[gpu]} and the {who} GPU sets; give each its own")
-            owner[gpu] = who
-    if owner:
+            if users.get(gpu) and not args.share_gpus:
+                raise LaunchError(f"GPU {gpu} is in both the {users[gpu][0]} and the {who} GPU sets; give each its "
+                                  "own, or pass --share-gpus to put them on one GPU (a single-GPU machine)")
+            users.setdefault(gpu, []).append(who)
+    shared = {gpu: who for gpu, who in users.items() if len(who) > 1}
+    if shared:
+        _check_shared_gpus(recipe, args, shared)
+    if users:
         available = _visible_gpus() if available_gpus is None else available_gpus
-        missing = [g for g in owner if int(g) >= len(available)]
+        missing = [g for g in users if int(g) >= len(available)]
         if missing:
             raise LaunchError(f"GPU(s) {', '.join(missing)} requested but only {len(available)} visible; "
                               f"use ids 0-{len(available) - 1} or fewer GPUs" if available else
@@ -354,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student-gpus", default=None, help="GPUs for student servers (omit: student runs in process)")
     p.add_argument("--train-gpus", required=True, help="GPUs for training: 4-7, or none/cpu")
     p.add_argument("--engine", choices=("hf", "vllm"), default="vllm")
+    p.add_argument("--share-gpus", action="store_true",
+                   help="allow servers and training on the same GPUs (one-GPU machines; vLLM servers then need a "
+                        f"--gpu-memory-utilization of at most {SHARED_VLLM_MEMORY} in all per GPU; HTTP weight sync)")
     p.add_argument("--host", default="127.0.0.1", help="address the servers bind to and the trainer connects to")
     p.add_argument("--base-port", type=int, default=8765, help="servers use base-port, base-port+1, ...")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vllm servers")

@@ -78,12 +78,31 @@ def test_gpu_plan_commands(tmp_path):
         (["--teacher-gpus", "0", "--train-gpus", "1", "--teacher.model_name_or_path", "/no/such"], "does not exist"),
         (["--teacher-gpus", "cpu", "--train-gpus", "none"], "CPU servers need --engine hf, or vLLM's CPU build"),
         (["--teacher-gpus", "0", "--train-gpus", "1", "--trainer.num_nodes", "2"], "launch starts one node"),
+        (["--teacher-gpus", "0", "--train-gpus", "0"], "give each its own, or pass --share-gpus"),
+        (["--teacher-gpus", "0", "--train-gpus", "0", "--share-gpus", "--engines.sync_transport", "nccl"],
+         "GPU 0 is shared by training and a server, and NCCL cannot link two processes on one GPU"),
+        (["--teacher-gpus", "0", "--train-gpus", "0", "--share-gpus"],
+         "would claim 0.90 of its memory (--gpu-memory-utilization 0.9 each), leaving too little for training: "
+         "use --gpu-memory-utilization 0.50 or less"),
+        (["--teacher-gpus", "0", "--student-gpus", "0", "--train-gpus", "1", "--share-gpus",
+          "--gpu-memory-utilization", "0.5"], "2 vLLM server(s) would claim 1.00 of its memory"),
     ],
 )
 def test_validation_messages(tmp_path, argv, message, monkeypatch):
     monkeypatch.setattr("rcl.launch._has_vllm_cpu_build", lambda: False)
     with pytest.raises(LaunchError, match=message.replace("(", r"\(").replace(")", r"\)")):
         plan_for(["--config", recipe(tmp_path)] + argv)
+
+
+def test_one_gpu_shared_by_a_server_and_training(tmp_path):
+    plan = plan_for(["--config", recipe(tmp_path), "--teacher-gpus", "0", "--student-gpus", "0", "--train-gpus", "0",
+                     "--share-gpus", "--gpu-memory-utilization", "0.25"], gpus=["0"])
+    assert [(s.role, s.gpu) for s in plan.servers] == [("teacher", "0"), ("student", "0")]
+    assert plan.train_gpus == ["0"]
+    assert all(s.cmd[s.cmd.index("--gpu-memory-utilization") + 1] == "0.25" for s in plan.servers)
+    hf = plan_for(["--config", recipe(tmp_path), "--teacher-gpus", "0", "--train-gpus", "0", "--share-gpus",
+                   "--engine", "hf"], gpus=["0"])
+    assert hf.servers[0].gpu == "0" and hf.train_gpus == ["0"]
 
 
 def test_missing_config_and_no_gpus_exit_with_one_line(tmp_path, capsys):

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Every check that needs a GPU, in one command, with a PASS/FAIL line and the wall time of each:
+#   1. the gpu-marked tests (SFT in bf16; 2 RL steps under DeepSpeed ZeRO-3 and under FSDP),
+#   2. experiments/gpu_smoke.sh with the hf engine, over HTTP and over gloo,
+#   3. with vLLM installed: gpu_smoke.sh with the vllm engine over HTTP, and over NCCL when there are 2+ GPUs.
+#
+#   experiments/gpu_checks.sh                     # logs and summary.txt under runs/gpu_checks-<time>/
+#
+# Needs rcl importable with its extras (pip install -e ".[dev]"; DeepSpeed for the ZeRO-3 test). Exits non-zero
+# when any check fails; a check whose requirement is missing is reported as SKIP with the reason.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python}
+OUT_DIR=${OUT_DIR:-runs/gpu_checks-$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$OUT_DIR"
+SUMMARY="$OUT_DIR/summary.txt"
+FAILED=0
+
+{
+  echo "gpu_checks $(date -u +%Y-%m-%dT%H:%M:%SZ) at $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+  nvidia-smi -L 2>/dev/null || echo "nvidia-smi: not found"
+  "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'gpus', torch.cuda.device_count())"
+} | tee "$SUMMARY"
+
+check() {  # check NAME COMMAND...: run it, log to $OUT_DIR/NAME.log, one summary line
+  local name=$1; shift
+  local start=$SECONDS
+  if "$@" >"$OUT_DIR/$name.log" 2>&1; then
+    echo "PASS $name ($((SECONDS - start)) s)" | tee -a "$SUMMARY"
+  else
+    echo "FAIL $name ($((SECONDS - start)) s): tail of $OUT_DIR/$name.log" | tee -a "$SUMMARY"
+    tail -n 20 "$OUT_DIR/$name.log" | sed 's/^/    /' | tee -a "$SUMMARY"
+    FAILED=1
+  fi
+}
+skip() { echo "SKIP $1: $2" | tee -a "$SUMMARY"; }
+
+GPUS=$("$PYTHON" -c "import torch; print(torch.cuda.device_count())")
+if [ "$GPUS" -lt 1 ]; then
+  echo "gpu_checks: no CUDA GPU visible" | tee -a "$SUMMARY"; exit 1
+fi
+
+check pytest_gpu env RCL_RUN_GPU_TESTS=1 "$PYTHON" -m pytest -m gpu -v -p no:cacheprovider tests/
+for transport in http gloo; do
+  check "smoke_hf_$transport" env PYTHON="$PYTHON" ENGINE=hf TRANSPORT=$transport \
+    RUN_DIR="$OUT_DIR/smoke_hf_$transport" experiments/gpu_smoke.sh
+done
+if "$PYTHON" -c "import vllm" 2>/dev/null; then
+  check smoke_vllm_http env PYTHON="$PYTHON" ENGINE=vllm TRANSPORT=http RUN_DIR="$OUT_DIR/smoke_vllm_http" \
+    experiments/gpu_smoke.sh
+  if [ "$GPUS" -ge 2 ]; then
+    check smoke_vllm_nccl env PYTHON="$PYTHON" ENGINE=vllm TRANSPORT=nccl RUN_DIR="$OUT_DIR/smoke_vllm_nccl" \
+      experiments/gpu_smoke.sh
+  else
+    skip smoke_vllm_nccl "NCCL cannot link a server and the trainer on one GPU; needs 2 GPUs"
+  fi
+else
+  skip smoke_vllm "vLLM is not installed (pip install 'rcl[vllm]')"
+fi
+
+echo "summary: $SUMMARY"
+exit $FAILED
