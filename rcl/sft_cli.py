@@ -1,7 +1,7 @@
 """`python -m rcl fit|validate|test|predict --config <sft recipe>`: the LightningCLI of the SFT phase.
 
 Run layout under `trainer.default_root_dir` (e.g. `runs/quickstart_sft/`): `config.yaml` (the resolved config),
-`checkpoints/` (`last.ckpt` and the best by `val/loss`), `csv/metrics.csv`, `tensorboard/`, `hf_model/` (the exported
+`checkpoints/` (`last.ckpt`, and `best-<step>.ckpt`: the lowest `val/loss`), `csv/metrics.csv`, `tensorboard/`, `hf_model/` (the exported
 model). The default loggers are CSV + TensorBoard; add W&B with `--config lightning_configs/loggers/wandb.yaml`.
 """
 
@@ -55,7 +55,8 @@ def run_layout(config: dict[str, Any], callbacks: list[Callback]) -> None:
     if config.get("enable_checkpointing", True) is not False and not any(
         isinstance(c, ModelCheckpoint) for c in configured
     ):
-        callbacks.append(ModelCheckpoint(dirpath=str(root / "checkpoints"), save_last=True))
+        callbacks.append(ModelCheckpoint(dirpath=str(root / "checkpoints"), filename="best-{step}", monitor="val/loss",
+                                         mode="min", save_top_k=1, save_last=True, auto_insert_metric_name=False))
 
 
 class RCLLightningCLI(LightningCLI):

@@ -61,12 +61,6 @@ def test_strategy_fragment_merges_onto_the_quickstart(capsys, fragment):
         assert ("offload_optimizer: true" in out) == fragment.stem.endswith("offload")
 
 
-@pytest.mark.parametrize("flag", ["ddp", "deepspeed_stage_2", "deepspeed_stage_3", "deepspeed_stage_3_offload", "fsdp"])
-def test_strategy_flags_parse(capsys, flag):
-    out = print_config(capsys, "--config", str(CONFIGS / "quickstart_sft.yaml"), "--trainer.strategy", flag)
-    assert f"strategy: {flag}" in out
-
-
 @pytest.fixture
 def two_mocked_gpus(monkeypatch):
     monkeypatch.setattr(fabric_cuda, "num_cuda_devices", lambda: 2)

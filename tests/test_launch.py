@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -12,17 +13,18 @@ import pytest
 import yaml
 from serving_support import ROOT, free_port, listening
 
-from rcl.launch import LaunchError, build_parser, build_plan, cli_main, parse_gpus, parse_overrides
+from rcl.launch import LaunchError, build_parser, build_plan, cli_main, parse_gpus
 
 
 def recipe(tmp_path, **over):
-    content = {
+    content = yaml.safe_load((ROOT / "lightning_configs" / "quickstart_rcl.yaml").read_text())
+    base = {
         "trainer": {"seed": 5, "devices": 1, "out_dir": str(tmp_path / "out")},
         "teacher": {"model_name_or_path": "tiny-1m"},
         "student": {"model_name_or_path": "tiny-1m"},
         "grpo": {"num_generations": 4, "prompts_per_step": 2},
     }
-    for group, values in over.items():
+    for group, values in [*base.items(), *over.items()]:
         content.setdefault(group, {}).update(values)
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(content))
@@ -43,12 +45,6 @@ def test_parse_gpus():
     for bad in ("a", "3-1", "0,0", "cpu:0"):
         with pytest.raises(LaunchError):
             parse_gpus(bad)
-
-
-def test_parse_overrides():
-    assert parse_overrides(["--a.b", "3", "--c=[1, 2]", "--d", "x"]) == {"a.b": 3, "c": [1, 2], "d": "x"}
-    with pytest.raises(LaunchError, match="has no value"):
-        parse_overrides(["--a.b"])
 
 
 def test_gpu_plan_commands(tmp_path):
@@ -73,8 +69,9 @@ def test_gpu_plan_commands(tmp_path):
     [
         (["--teacher-gpus", "0,1", "--train-gpus", "1-2"], "GPU 1 is in both the teacher and the train GPU sets"),
         (["--teacher-gpus", "0", "--train-gpus", "1-8"], "GPU(s) 8 requested but only 8 visible"),
-        (["--teacher-gpus", "0", "--train-gpus", "1-3"], "= 8 is not divisible by 3 training processes"),
-        (["--teacher-gpus", "0", "--train-gpus", "1", "--teacher.model_name_or_path", "null"], "no teacher model"),
+        (["--teacher-gpus", "0", "--train-gpus", "1-3"], "grpo.prompts_per_step=2 must be divisible by the 3 training"),
+        (["--teacher-gpus", "0", "--train-gpus", "1", "--grpo.num_generationz", "4"], "the recipe does not parse"),
+        (["--teacher-gpus", "0", "--train-gpus", "1", "--teacher.model_name_or_path", ""], "no teacher model"),
         (["--teacher-gpus", "0", "--train-gpus", "1", "--teacher.model_name_or_path", "/no/such"], "does not exist"),
         (["--teacher-gpus", "cpu", "--train-gpus", "none"], "CPU servers need --engine hf, or vLLM's CPU build"),
         (["--teacher-gpus", "0", "--train-gpus", "1", "--trainer.num_nodes", "2"], "launch starts one node"),
@@ -89,7 +86,7 @@ def test_gpu_plan_commands(tmp_path):
     ],
 )
 def test_validation_messages(tmp_path, argv, message, monkeypatch):
-    monkeypatch.setattr("rcl.launch._has_vllm_cpu_build", lambda: False)
+    monkeypatch.setattr("rcl.launch._has_vllm_cpu_build", lambda python: False)
     with pytest.raises(LaunchError, match=message.replace("(", r"\(").replace(")", r"\)")):
         plan_for(["--config", recipe(tmp_path)] + argv)
 
@@ -103,6 +100,21 @@ def test_one_gpu_shared_by_a_server_and_training(tmp_path):
     hf = plan_for(["--config", recipe(tmp_path), "--teacher-gpus", "0", "--train-gpus", "0", "--share-gpus",
                    "--engine", "hf"], gpus=["0"])
     assert hf.servers[0].gpu == "0" and hf.train_gpus == ["0"]
+
+
+def test_servers_can_run_on_another_interpreter(tmp_path):
+    plan = plan_for(["--config", recipe(tmp_path), "--teacher-gpus", "0", "--train-gpus", "1",
+                     "--server-python", sys.executable])
+    assert plan.servers[0].cmd[0] == sys.executable
+    with pytest.raises(LaunchError, match="--server-python /no/such/python: .*No such file"):
+        plan_for(["--config", recipe(tmp_path), "--teacher-gpus", "0", "--train-gpus", "1",
+                  "--server-python", "/no/such/python"])
+    broken = tmp_path / "python"
+    broken.write_text("#!/bin/sh\necho 'ModuleNotFoundError: No module named rcl' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    with pytest.raises(LaunchError, match="cannot import rcl's server .*No module named rcl.*-m pip install -e"):
+        plan_for(["--config", recipe(tmp_path), "--teacher-gpus", "0", "--train-gpus", "1",
+                  "--server-python", str(broken)])
 
 
 def test_missing_config_and_no_gpus_exit_with_one_line(tmp_path, capsys):
@@ -164,7 +176,7 @@ def test_sigterm_stops_training_and_servers(tmp_path, tiny_model_dir, repo_env):
 
 
 VLLM_ON_CPU = pytest.param(
-    "vllm", "gloo", marks=[pytest.mark.vllm_cpu, pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
+    "vllm", "gloo", None, marks=[pytest.mark.vllm_cpu, pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
                                                                     reason="needs vLLM: run .ci/vllm_cpu")]
 )
 # vLLM's CPU backend reserves --gpu-memory-utilization of the machine's RAM for its KV cache
@@ -172,15 +184,26 @@ VLLM_CPU_SERVER_ARGS = ["--gpu-memory-utilization", "0.1",
                         "--server-args=--dtype float32 --max-model-len 256 --enforce-eager"]
 
 
+VLLM_PYTHON = os.environ.get("RCL_VLLM_PYTHON")
+VLLM_IN_ANOTHER_VENV = pytest.param(
+    "vllm", "gloo", VLLM_PYTHON, id="vllm-server-python",
+    marks=[pytest.mark.skipif(not VLLM_PYTHON, reason="set RCL_VLLM_PYTHON to the python of .ci/vllm_cpu's venv")],
+)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("engine, transport", [("hf", "http"), ("hf", "gloo"), VLLM_ON_CPU])
-def test_real_rl_run_through_launcher(tmp_path, tiny_model_dir, repo_env, engine, transport):
-    """The real RL loop against CPU servers: the teacher server gets one weight update per step, the student none."""
+@pytest.mark.parametrize("engine, transport, server_python", [
+    ("hf", "http", None), ("hf", "gloo", None), VLLM_ON_CPU, VLLM_IN_ANOTHER_VENV,
+])
+def test_real_rl_run_through_launcher(tmp_path, tiny_model_dir, repo_env, engine, transport, server_python):
+    """The real RL loop against CPU servers: the teacher server gets one weight update per step, the student none.
+    With `server_python`, the servers run in another virtualenv (vLLM's) than training."""
     base, group_port = free_port(2), free_port()
     run, out = tmp_path / "run", tmp_path / "train"
     argv = [sys.executable, "-m", "rcl", "launch", "--config", str(ROOT / "lightning_configs" / "quickstart_rcl.yaml"),
             "--teacher-gpus", "cpu", "--student-gpus", "cpu", "--train-gpus", "none", "--engine", engine,
             *(VLLM_CPU_SERVER_ARGS if engine == "vllm" else []),
+            *(["--server-python", server_python] if server_python else []),
             "--base-port", str(base), "--run-dir", str(run), "--teacher.model_name_or_path", tiny_model_dir,
             "--student.model_name_or_path", tiny_model_dir, "--trainer.max_steps", "2", "--eval.at_start", "false",
             "--eval.every_n_steps", "0", "--grpo.prompts_per_step", "2", "--grpo.num_generations", "2",

@@ -1,6 +1,5 @@
 """Skipping zero-advantage rows (beta 0, dapo, one process) gives the gradients of the full pass."""
 
-import copy
 from dataclasses import replace
 from unittest import mock
 

@@ -90,8 +90,9 @@ def test_roles_are_routed_to_their_own_engine_and_tokenizer(tokenizers):
     assert probe_p.max_tokens == 7 and base_p.temperature == 0.7 and policy.calls[0][1].temperature == 1.0
     # the student's text is decoded by the student's tokenizer: the approach survives the round trip
     assert {i.approach for i in rollout.interactions} == {"add the ones, then the tens"}
-    # only the teaching (never the thinking) reaches the student
-    assert not any("carry" in t for t in with_texts if "Guidance: good" in t)
+    # only the teaching (never the thinking) reaches the student, once per teaching sample
+    assert sorted("Guidance: good" in t for t in with_texts) == [False] * 4 + [True] * 4
+    assert not any("carry" in t or "thinking>" in t for t in with_texts)
 
 
 def test_baseline_and_probe_are_shared_by_the_whole_group(tokenizers):

@@ -1,6 +1,7 @@
 """SFTModule: metric maths, a tiny CPU run through the real CLI (learns, logs, exports a reloadable HF folder), resume."""
 
 import csv
+import math
 import shutil
 from pathlib import Path
 
@@ -8,7 +9,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rcl.sft import decoder_layer_policy, split_prompt_and_target, token_accuracy_counts
+from rcl.engines import HFEngine, SamplingParams
+from rcl.optim import lr_factor
+from rcl.sft import SFTModule, decoder_layer_policy, split_prompt_and_target, token_accuracy_counts
 from rcl.sft_cli import build_cli
 
 RECIPE = "lightning_configs/quickstart_sft.yaml"
@@ -29,6 +32,31 @@ def test_split_prompt_and_target_of_a_right_padded_row():
     ids = torch.tensor([5, 6, 7, 8, 0, 0])
     labels = torch.tensor([-100, -100, 7, 8, -100, -100])
     assert split_prompt_and_target(ids, labels) == ([5, 6], [7, 8])
+
+
+def test_exact_match_compares_the_greedy_completion_with_the_target(tiny_model_dir):
+    module = SFTModule(tiny_model_dir, val_max_new_tokens=6)
+    module.configure_model()
+    module.model.eval()
+    tok = module.tokenizer
+    prompt = tok("hello world", add_special_tokens=False).input_ids
+    greedy = HFEngine(module.model, tok).generate([prompt], SamplingParams(max_tokens=6, temperature=0.0))[0][0]
+    assert greedy.text.strip(), "the test needs a prompt whose greedy completion is visible text"
+    wrong = list(greedy.token_ids)
+    wrong[0] = tok("Z", add_special_tokens=False).input_ids[0]
+    assert tok.decode(wrong, skip_special_tokens=True).strip() != greedy.text.strip()
+
+    def row(target: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        pad = 10 - len(target)
+        ids = torch.tensor(prompt + target + [tok.pad_token_id] * pad)
+        labels = torch.tensor([-100] * len(prompt) + target + [-100] * pad)
+        return ids, labels
+
+    (ids_a, labels_a), (ids_b, labels_b) = row(list(greedy.token_ids)), row(wrong)
+    batch = {"input_ids": torch.stack([ids_a, ids_b, ids_a]), "labels": torch.stack([labels_a, labels_b, labels_a])}
+    assert module._exact_matches(batch, limit=2) == [True, False]
+    batch["labels"][0] = -100  # a row without a target is not scored
+    assert module._exact_matches(batch, limit=3) == [False, True]
 
 
 def test_decoder_layer_policy_wraps_decoder_layers_only():
@@ -77,6 +105,8 @@ def test_tiny_sft_run_learns_logs_and_exports(tmp_path, tiny_model_dir):
     # Run layout.
     assert (root / "config.yaml").is_file() and "SFTModule" in (root / "config.yaml").read_text()
     assert (root / "checkpoints" / "last.ckpt").is_file()
+    assert [p.name for p in (root / "checkpoints").glob("best-*.ckpt")] == ["best-30.ckpt"]  # the one validation
+    assert float(cli.trainer.checkpoint_callback.best_model_score) == pytest.approx(float(val[0]["val/loss"]))
     assert any((root / "tensorboard").iterdir())
     # The exported folder reloads with plain transformers and generates; weights equal the trained ones.
     export = root / "hf_model"
@@ -103,6 +133,8 @@ def test_resume_continues_at_the_checkpoint_step(tmp_path, tiny_model_dir):
     assert cli.trainer.global_step == 10
     scheduler = cli.trainer.lr_scheduler_configs[0].scheduler
     assert scheduler.last_epoch == 10  # the schedule continues from the restored step
+    args = cli.model.optimizer_args
+    assert scheduler.get_last_lr()[0] == pytest.approx(args.learning_rate * lr_factor(10, 10, args))
     steps = [int(r["step"]) for r in read_metrics(root) if r.get("train/loss")]
     assert steps and min(steps) >= 5  # 4 resumed steps log only late steps; a restart from 0 would log 1 and 3
 
@@ -114,4 +146,8 @@ def test_tiny_sft_run_on_gpu_bf16(tmp_path, tiny_model_dir):
     cli = build_cli("fit", tiny_args(root, tiny_model_dir, 10, "--trainer.accelerator", "gpu", "--trainer.devices", "1",
                                      "--trainer.precision", "bf16-mixed"))
     assert cli.trainer.global_step == 10
-    assert (root / "hf_model" / "config.json").is_file()
+    losses = [float(r["train/loss"]) for r in read_metrics(root) if r.get("train/loss")]
+    assert losses and all(math.isfinite(x) for x in losses)
+    trained = AutoModelForCausalLM.from_pretrained(root / "hf_model")
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert not torch.equal(base.model.embed_tokens.weight, trained.model.embed_tokens.weight)

@@ -2,7 +2,6 @@ import hashlib
 from pathlib import Path
 
 import pytest
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rcl.tiny_models import PRESETS, build_model, resolve_model
@@ -52,12 +51,3 @@ def test_unknown_preset_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown tiny preset 'tiny-3m'"):
         build_model("tiny-3m", tmp_path)
     assert set(PRESETS) == {"tiny-1m", "tiny-10m"}
-
-
-def test_tiny_model_generates(tiny_model_dir):
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    ids = tok("What is 1+2?", return_tensors="pt").input_ids
-    out = model.generate(ids, max_new_tokens=4, do_sample=False)
-    assert out.shape == (1, ids.shape[1] + 4) or out[0, -1].item() == tok.eos_token_id
-    assert torch.equal(out[0, : ids.shape[1]], ids[0])

@@ -9,13 +9,13 @@ what an uninterrupted one would have done.
 from __future__ import annotations
 
 import json
-import math
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.strategies import DeepSpeedStrategy
 
 from callbacks.base import FabricCallback
 from data_modules.teacher_student import TeacherStudentDataModule
@@ -111,7 +111,7 @@ def build_fabric(trainer: TrainerArgs, callbacks: list[FabricCallback], ckpt_pat
 
 
 def is_deepspeed(fabric) -> bool:
-    return type(fabric.strategy).__name__ == "DeepSpeedStrategy"
+    return isinstance(fabric.strategy, DeepSpeedStrategy)
 
 
 def validate_config(trainer: TrainerArgs, grpo: GRPOArgs, engines: EnginesArgs) -> None:
@@ -592,21 +592,30 @@ def export_hf(fabric, model, tokenizer, out: Path) -> None:
     fabric.barrier()
 
 
-def cli_main(command: str, argv: list[str]) -> None:
-    """Parse an RL recipe (several --config merged, dotted overrides, --print_config) and run it."""
+def parse_recipe(command: str, argv: list[str], exit_on_error: bool = True) -> dict[str, Any]:
+    """`setup`'s arguments from an RL recipe's command line (several --config merged, dotted overrides).
+
+    With `exit_on_error=False` a bad recipe raises `argparse.ArgumentError` instead of exiting (the launcher checks a
+    recipe this way before it starts any server).
+    """
     from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
 
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
-    if command not in ("fit", "validate"):
-        raise SystemExit(f"rcl: RL recipes support `fit` and `validate`, not `{command}`")
-    parser = ArgumentParser(prog=f"python -m rcl {command}", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog=f"python -m rcl {command}", description=__doc__.splitlines()[0],
+                            exit_on_error=exit_on_error)
     parser.add_argument("--config", action=ActionConfigFile, help="Recipe YAML (repeat to merge in order).")
     parser.add_function_arguments(setup, skip={"command"})
     # One set of prompt templates per run: the data module's copy follows the loop's.
     parser.link_arguments("templates", "data.init_args.templates")
-    cfg = parser.parse_args(argv)
-    init = parser.instantiate_classes(cfg)
-    kwargs = {k: v for k, v in vars(init).items() if k not in ("config", "__path__")}
+    init = parser.instantiate_classes(parser.parse_args(argv))
+    return {k: v for k, v in vars(init).items() if k not in ("config", "__path__")}
+
+
+def cli_main(command: str, argv: list[str]) -> None:
+    """Parse an RL recipe (several --config merged, dotted overrides, --print_config) and run it."""
+    if command not in ("fit", "validate"):
+        raise SystemExit(f"rcl: RL recipes support `fit` and `validate`, not `{command}`")
+    kwargs = parse_recipe(command, argv)
     try:
         setup(command=command, **kwargs)
     except ConfigError as err:

@@ -1,0 +1,37 @@
+"""The learning-rate schedule, against factors worked out by hand."""
+
+import math
+
+import pytest
+import torch
+
+from rcl.optim import OptimizerArgs, build_optimizer, build_scheduler, lr_factor
+
+
+def test_warmup_then_cosine_to_the_floor():
+    # 11 steps, warm-up int(0.1 * 11) = 1 step: step 0 -> 1/2; then progress (s - 1) / 10 of a cosine from 1 to 0.1
+    args = OptimizerArgs(warmup_ratio=0.1, schedule="cosine", min_lr_ratio=0.1)
+    factors = [lr_factor(s, 11, args) for s in (0, 1, 3, 6, 11, 20)]
+    cos_at_02 = 0.1 + 0.9 * 0.5 * (1 + math.cos(0.2 * math.pi))  # 0.91405765...
+    assert factors == pytest.approx([0.5, 1.0, cos_at_02, 0.55, 0.1, 0.1])
+
+
+def test_linear_and_constant_shapes():
+    linear = OptimizerArgs(warmup_ratio=0.0, schedule="linear", min_lr_ratio=0.1)
+    assert [lr_factor(s, 10, linear) for s in (0, 2, 5, 10)] == pytest.approx([1.0, 0.82, 0.55, 0.1])
+    constant = OptimizerArgs(warmup_ratio=0.3, schedule="constant")
+    # warm-up int(0.3 * 10) = 3 steps: 1/4, 2/4, 3/4, then 1
+    assert [lr_factor(s, 10, constant) for s in (0, 1, 2, 3, 9)] == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0])
+
+
+def test_scheduler_drives_the_optimizer_learning_rate():
+    args = OptimizerArgs(learning_rate=2e-3, warmup_ratio=0.25, schedule="cosine", min_lr_ratio=0.0)
+    layer = torch.nn.Linear(2, 1)
+    optimizer = build_optimizer(layer.parameters(), args)
+    scheduler = build_scheduler(optimizer, 4, args)
+    seen = []
+    for _ in range(4):  # warm-up 1 step (1/2), then cosine over 3 steps: 1, 0.75, 0.25
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert seen == pytest.approx([1e-3, 2e-3, 1.5e-3, 0.5e-3])
