@@ -1,5 +1,6 @@
+from dataclasses import replace
+
 import pytest
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rcl.engines import GenerationEngine, HFEngine, SamplingParams, trim_completion
@@ -30,25 +31,16 @@ def test_generate_returns_n_unpadded_completions_per_prompt(engine):
             assert c.text == engine.tokenizer.decode(c.token_ids, skip_special_tokens=True)
 
 
-def test_seeded_generation_is_reproducible_and_left_padding_is_neutral(engine):
-    p = SamplingParams(max_tokens=5, n=2, seed=123)
+def test_the_seed_decides_the_samples_and_left_padding_is_neutral(engine):
+    p = SamplingParams(max_tokens=5, n=2, temperature=1.0, seed=123)
     short, long_ = _ids(engine, "Hi"), _ids(engine, "What is 147+38? Think.")
     alone = engine.generate([short], SamplingParams(max_tokens=5, n=1, temperature=0.0))
     batched = engine.generate([long_, short], SamplingParams(max_tokens=5, n=1, temperature=0.0))
     assert alone[0][0].token_ids == batched[1][0].token_ids, "left padding must not change greedy output"
     a, b = engine.generate([short], p), engine.generate([short], p)
     assert [c.token_ids for c in a[0]] == [c.token_ids for c in b[0]]
-
-
-def test_logprobs_match_a_forward_pass_at_temperature(engine):
-    prompt = _ids(engine, "What is 4+5?")
-    params = SamplingParams(max_tokens=4, n=1, temperature=0.7, seed=5)
-    c = engine.generate([prompt], params)[0][0]
-    ids = torch.tensor([prompt + c.token_ids])
-    with torch.no_grad():
-        logits = engine.model(ids).logits[0, len(prompt) - 1 : -1] / 0.7
-    expected = logits.log_softmax(-1).gather(-1, torch.tensor(c.token_ids).unsqueeze(-1)).squeeze(-1)
-    torch.testing.assert_close(torch.tensor(c.logprobs), expected, atol=1e-4, rtol=1e-4)
+    other_seed = engine.generate([short], replace(p, seed=124))
+    assert [c.token_ids for c in other_seed[0]] != [c.token_ids for c in a[0]]
 
 
 def test_trim_completion_stops_at_any_stop_id_and_stop_string(engine):
@@ -70,11 +62,3 @@ def test_bad_params_are_refused(engine):
     with pytest.raises(ValueError, match="n and max_tokens"):
         engine.generate([[1, 2]], SamplingParams(n=0))
 
-
-def test_greedy_with_several_samples_returns_identical_copies(engine):
-    prompts = [_ids(engine, "What is 4+5?"), _ids(engine, "Hi")]
-    out = engine.generate(prompts, SamplingParams(max_tokens=5, n=3, temperature=0.0))
-    assert [len(g) for g in out] == [3, 3]
-    for group, prompt in zip(out, prompts):
-        alone = engine.generate([prompt], SamplingParams(max_tokens=5, n=1, temperature=0.0))[0][0]
-        assert all(c.token_ids == alone.token_ids for c in group)

@@ -31,21 +31,33 @@ def _grouped_batch(pad: int, groups: int = 3, size: int = 4, prompt: int = 7, co
 
 
 def _logps_and_grads(model, ids, mask, completion, share: bool, monkeypatch):
+    """Also returns the number of distinct prompts of each `shared_prompt_logprobs` call the run made."""
+    shared_prompt_counts = []
+    real_shared_prompt_logprobs = grpo.shared_prompt_logprobs
+
+    def counting_shared_prompt_logprobs(model, input_ids, attention_mask, position_ids, completion_len, first, inverse,
+                                        temperature):
+        shared_prompt_counts.append(len(first))
+        return real_shared_prompt_logprobs(model, input_ids, attention_mask, position_ids, completion_len, first,
+                                           inverse, temperature)
+
+    monkeypatch.setattr(grpo, "shared_prompt_logprobs", counting_shared_prompt_logprobs)
     if not share:
         monkeypatch.setattr(grpo, "_can_share_prompts", lambda m: False)
     model.zero_grad()
     logp = grpo.completion_logprobs(model, ids, mask, completion, 0.7)
     (logp * mask[:, -completion:]).sum().backward()
     monkeypatch.undo()
-    return logp.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+    return logp.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}, shared_prompt_counts
 
 
 def test_shared_prompt_logprobs_and_gradients_equal_the_full_forward(model_and_tokenizer, monkeypatch):
     model, tok = model_and_tokenizer
-    ids, mask = _grouped_batch(tok.pad_token_id)
+    ids, mask = _grouped_batch(tok.pad_token_id, groups=3)
     assert grpo._can_share_prompts(model)
-    shared, g_shared = _logps_and_grads(model, ids, mask, 6, True, monkeypatch)
-    full, g_full = _logps_and_grads(model, ids, mask, 6, False, monkeypatch)
+    shared, g_shared, shared_calls = _logps_and_grads(model, ids, mask, 6, True, monkeypatch)
+    full, g_full, full_calls = _logps_and_grads(model, ids, mask, 6, False, monkeypatch)
+    assert shared_calls == [3] and full_calls == []
     active = mask[:, -6:].bool()
     torch.testing.assert_close(shared[active], full[active], atol=1e-5, rtol=0)
     for name in g_full:
@@ -54,9 +66,10 @@ def test_shared_prompt_logprobs_and_gradients_equal_the_full_forward(model_and_t
 
 def test_shared_prompt_logprobs_with_a_one_token_completion(model_and_tokenizer, monkeypatch):
     model, tok = model_and_tokenizer
-    ids, mask = _grouped_batch(tok.pad_token_id, completion=1)
-    shared, _ = _logps_and_grads(model, ids, torch.ones_like(mask), 1, True, monkeypatch)
-    full, _ = _logps_and_grads(model, ids, torch.ones_like(mask), 1, False, monkeypatch)
+    ids, mask = _grouped_batch(tok.pad_token_id, groups=3, completion=1)
+    shared, _, shared_calls = _logps_and_grads(model, ids, torch.ones_like(mask), 1, True, monkeypatch)
+    full, _, full_calls = _logps_and_grads(model, ids, torch.ones_like(mask), 1, False, monkeypatch)
+    assert shared_calls == [3] and full_calls == []
     torch.testing.assert_close(shared, full, atol=1e-5, rtol=0)
 
 
@@ -80,11 +93,12 @@ def test_greedy_sampling_loop_matches_hf_generate_with_left_padding(model_and_to
         assert [c.token_ids for c in group] == [ref, ref]
 
 
-def test_sampled_rows_that_stop_early_keep_correct_logprobs(model_and_tokenizer):
+@pytest.mark.parametrize("top_k", [0, 40])
+def test_sampled_rows_that_stop_early_keep_correct_logprobs(model_and_tokenizer, top_k):
     model, tok = model_and_tokenizer
     engine = HFEngine(model, tok)
     prompts = [tok("What is 4+5?", add_special_tokens=False).input_ids, tok("Hi there", add_special_tokens=False).input_ids]
-    params = SamplingParams(max_tokens=12, n=6, temperature=1.3, top_k=40, seed=3)
+    params = SamplingParams(max_tokens=12, n=6, temperature=1.3, top_k=top_k, seed=3)
     out = engine.generate(prompts, params)
     again = engine.generate(prompts, params)
     assert [[c.token_ids for c in g] for g in out] == [[c.token_ids for c in g] for g in again], "seeded"
@@ -95,7 +109,8 @@ def test_sampled_rows_that_stop_early_keep_correct_logprobs(model_and_tokenizer)
             ids = torch.tensor([prompt + c.token_ids])
             with torch.no_grad():
                 logits = model(ids).logits[0, len(prompt) - 1 : -1] / 1.3
-            kth = logits.topk(40, dim=-1).values[:, -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
+            if top_k:
+                kth = logits.topk(top_k, dim=-1).values[:, -1:]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
             expected = logits.log_softmax(-1).gather(-1, torch.tensor(c.token_ids)[:, None]).squeeze(-1)
             torch.testing.assert_close(torch.tensor(c.logprobs), expected, atol=1e-4, rtol=1e-4)

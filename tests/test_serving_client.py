@@ -1,7 +1,5 @@
 """`ServerEngine` against a real server: same output format as `HFEngine`, splitting, errors."""
 
-import dataclasses
-
 import pytest
 from serving_support import free_port, server_env, start_server, stop_server
 
@@ -47,13 +45,18 @@ def test_greedy_output_equals_hf_engine(served, local, copies):
     remote.close()
 
 
-def test_sampling_returns_n_per_prompt_in_order(served, local):
+def test_n_completions_per_prompt_come_back_grouped_in_prompt_order(served, local):
     remote = ServerEngine([served, served], local.tokenizer)
     prompts = [[5, 6], [7], [8, 9, 10]]
-    out = remote.generate(prompts, SamplingParams(max_tokens=5, n=3, temperature=1.0, seed=3))
-    assert [len(group) for group in out] == [3, 3, 3]
-    assert all(c.finish_reason in ("stop", "length") and len(c.logprobs) == len(c.token_ids) for g in out for c in g)
+    params = SamplingParams(max_tokens=5, n=3, temperature=0)
+    want = [local.generate([prompt], params)[0] for prompt in prompts]
+    assert len({tuple(group[0].token_ids) for group in want}) == 3, "prompts must decode differently to show order"
+    out = remote.generate(prompts, params)
+    assert [[(c.token_ids, c.finish_reason) for c in group] for group in out] == \
+        [[(c.token_ids, c.finish_reason) for c in group] for group in want]
+    assert all(len(c.logprobs) == len(c.token_ids) for group in out for c in group)
     assert remote.generate([], SamplingParams()) == []
+    remote.close()
 
 
 def test_trl_style_response_without_finish_reasons(local):
@@ -68,6 +71,22 @@ def test_trl_style_response_without_finish_reasons(local):
         engine._completions(body, 1, SamplingParams(n=3))
 
 
+def test_server_finish_reasons_are_kept_and_text_drops_special_tokens(local):
+    """An rcl server sends finish reasons: they are kept even where the stop ids alone would say otherwise (a stop
+    string ended the row)."""
+    engine = ServerEngine(["http://127.0.0.1:1"], local.tokenizer)
+    eos = local.tokenizer.eos_token_id
+    rows = [[40, 41, eos], [42, 43, 44]]
+    body = {"completion_ids": rows, "logprobs": [[[-0.1], [-0.2], [-0.3]], [[-0.4], [-0.5], [-0.6]]],
+            "finish_reasons": ["stop", "stop"]}
+    (a, b), = engine._completions(body, 1, SamplingParams(max_tokens=3, n=2))
+    assert (type(a), type(b)) == (Completion, Completion)
+    assert (a.token_ids, a.logprobs, a.finish_reason) == (rows[0], [-0.1, -0.2, -0.3], "stop")
+    assert (b.token_ids, b.logprobs, b.finish_reason) == (rows[1], [-0.4, -0.5, -0.6], "stop")
+    assert a.text == local.tokenizer.decode(rows[0], skip_special_tokens=True) == local.tokenizer.decode(rows[0][:2])
+    assert b.text == local.tokenizer.decode(rows[1], skip_special_tokens=True)
+
+
 def test_server_that_never_comes_up_is_named(local):
     url = f"http://127.0.0.1:{free_port()}"
     engine = ServerEngine([url], local.tokenizer, health_timeout_s=1.0)
@@ -79,7 +98,3 @@ def test_4xx_is_reported_with_the_server_message(served, local):
     engine = ServerEngine([served], local.tokenizer)
     with pytest.raises(ServerError, match=r"answered 422 to /generate/: prompt 0 is empty"):
         engine.generate([[]], SamplingParams())
-
-
-def test_completion_fields_match_dataclass():
-    assert [f.name for f in dataclasses.fields(Completion)] == ["token_ids", "logprobs", "finish_reason", "text"]

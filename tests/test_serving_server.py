@@ -58,10 +58,12 @@ def test_generate_token_ids_and_stop_reason(server):
     assert none["logprobs"] is None and len(none["completion_ids"][0]) >= 1
 
 
-def test_same_seed_same_samples(server):
-    a = post(server, "/generate/", prompts=[[3, 4, 5]], n=2, max_tokens=8, seed=7).json()
-    b = post(server, "/generate/", prompts=[[3, 4, 5]], n=2, max_tokens=8, seed=7).json()
+def test_same_seed_same_samples_other_seed_other_samples(server):
+    a = post(server, "/generate/", prompts=[[3, 4, 5]], n=2, max_tokens=8, temperature=1.0, seed=7).json()
+    b = post(server, "/generate/", prompts=[[3, 4, 5]], n=2, max_tokens=8, temperature=1.0, seed=7).json()
+    other = post(server, "/generate/", prompts=[[3, 4, 5]], n=2, max_tokens=8, temperature=1.0, seed=8).json()
     assert a["completion_ids"] == b["completion_ids"]
+    assert other["completion_ids"] != a["completion_ids"]
 
 
 @pytest.mark.parametrize(
