@@ -98,12 +98,15 @@ def test_sampled_rows_that_stop_early_keep_correct_logprobs(model_and_tokenizer,
     model, tok = model_and_tokenizer
     engine = HFEngine(model, tok)
     prompts = [tok("What is 4+5?", add_special_tokens=False).input_ids, tok("Hi there", add_special_tokens=False).input_ids]
-    params = SamplingParams(max_tokens=12, n=6, temperature=1.3, top_k=top_k, seed=3)
+    # a stop set of a third of the vocabulary makes rows stop at different steps, so finished rows leave the batch
+    stops = list(range(0, len(tok), 3))
+    params = SamplingParams(max_tokens=12, n=6, temperature=1.3, top_k=top_k, seed=3, stop_token_ids=stops)
     out = engine.generate(prompts, params)
     again = engine.generate(prompts, params)
     assert [[c.token_ids for c in g] for g in out] == [[c.token_ids for c in g] for g in again], "seeded"
     lengths = {len(c.token_ids) for g in out for c in g}
-    assert all(1 <= n <= 12 for n in lengths)
+    assert len(lengths) >= 3 and min(lengths) < 12 and max(lengths) <= 12
+    assert all((c.finish_reason == "stop") == (c.token_ids[-1] in stops) for g in out for c in g)
     for prompt, group in zip(prompts, out):
         for c in group:
             ids = torch.tensor([prompt + c.token_ids])
