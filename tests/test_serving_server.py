@@ -121,3 +121,50 @@ def test_api_key_and_sigterm(tiny_model_dir, repo_env):
         assert r.status_code == 200 and len(r.json()["completion_ids"]) == 1
     finally:
         assert stop_server(proc) == 0
+
+
+def test_openai_style_completions_match_generate(server, tokenizer):
+    prompts = [[5, 17, 42, 9], [7, 8]]
+    generated = post(server, "/generate/", prompts=prompts, n=2, temperature=0, max_tokens=6).json()
+    model = requests.get(f"{server}/v1/models").json()["data"][0]["id"]
+    r = post(server, "/v1/completions", model=model, prompt=prompts, n=2, temperature=0, max_tokens=6, logprobs=0,
+             return_token_ids=True, return_tokens_as_token_ids=True)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    choices = body["choices"]
+    assert [c["index"] for c in choices] == [0, 1, 2, 3]
+    assert [c["prompt_token_ids"] for c in choices] == [prompts[0]] * 2 + [prompts[1]] * 2
+    assert [c["token_ids"] for c in choices] == generated["completion_ids"]
+    assert [c["finish_reason"] for c in choices] == generated["finish_reasons"]
+    for choice, lps in zip(choices, generated["logprobs"]):
+        assert choice["logprobs"]["tokens"] == [f"token_id:{t}" for t in choice["token_ids"]]
+        assert choice["logprobs"]["token_logprobs"] == pytest.approx([step[0] for step in lps], abs=1e-5)
+        assert choice["text"] == tokenizer.decode(choice["token_ids"], skip_special_tokens=True)
+    assert body["usage"]["prompt_tokens"] == 6 and body["usage"]["completion_tokens"] == sum(
+        len(c["token_ids"]) for c in choices)
+    text = post(server, "/v1/completions", prompt="Hi", max_tokens=3, temperature=0).json()["choices"]
+    assert len(text) == 1 and text[0]["logprobs"] is None and "token_ids" not in text[0]
+
+
+@pytest.mark.parametrize("body, status, words", [
+    ({"model": "other", "prompt": "Hi"}, 404, "model 'other' is not served here"),
+    ({"prompt": "Hi", "stream": True}, 422, "stream and echo are not supported"),
+    ({"prompt": "Hi", "n": 99}, 422, "n=99 is more than the server limit 8"),
+    ({"prompt": []}, 422, "invalid request"),
+])
+def test_bad_completions_requests_are_4xx_with_a_message(server, body, status, words):
+    r = post(server, "/v1/completions", **body)
+    assert r.status_code == status and words in r.json()["detail"], r.text
+
+
+def test_trls_own_vllm_client_generates_against_rcl(server, monkeypatch):
+    """TRL >= 1.16 speaks vLLM's OpenAI-style routes; its real client generates against an rcl server."""
+    vllm_client = pytest.importorskip("trl.generation.vllm_client")
+    monkeypatch.setattr(vllm_client, "is_vllm_available", lambda *args, **kwargs: True)  # generation needs no vLLM
+    client = vllm_client.VLLMClient(base_url=server, connection_timeout=10)
+    prompts = [[5, 17, 42, 9], [7, 8]]
+    out = client.generate(prompts, n=2, temperature=0.0, max_tokens=6)
+    generated = post(server, "/generate/", prompts=prompts, n=2, temperature=0, max_tokens=6).json()
+    assert out["prompt_ids"] == prompts
+    assert out["completion_ids"] == generated["completion_ids"]
+    assert [[step[0] for step in seq] for seq in out["logprob_token_ids"]] == generated["completion_ids"]

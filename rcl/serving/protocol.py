@@ -7,6 +7,9 @@ TRL >= 1.0) and rcl's `finish_reasons`. Weight buckets travel as one safetensors
 whether it is the last one, which is when the server's `weights_version` advances. Over a weight group
 (`/init_communicator/`), `POST /update_bucket/` announces a bucket's tensors and the client then broadcasts them as
 one flat buffer (`rcl.serving.collective`).
+
+TRL >= 1.16 talks to vLLM's own server instead; for generation, rcl also answers the subset of its OpenAI-style routes
+that TRL's client uses (`GET /health`, `GET /v1/models`, `POST /v1/completions` with token ids and log-probs).
 """
 
 from __future__ import annotations
@@ -75,6 +78,44 @@ class GenerateResponse(BaseModel):
     logprobs: list[list[list[float]]] | None
     logprob_token_ids: list[list[list[int]]] | None
     finish_reasons: list[Literal["stop", "length"]]
+
+
+class CompletionsRequest(BaseModel):
+    """The part of vLLM's OpenAI-style `/v1/completions` body that TRL >= 1.16's `VLLMClient.generate` sends."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    prompt: str | list[str] | list[int] | list[list[int]]
+    n: int = Field(1, ge=1)
+    repetition_penalty: float = Field(1.0, gt=0)
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(-1, ge=-1)
+    min_p: float = Field(0.0, ge=0, le=1)
+    max_tokens: int = Field(16, ge=1)
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    seed: int | None = None
+    logprobs: int | None = Field(None, ge=0, le=0)
+    """0: the sampled token's log-prob; null: none (top-k alternatives are not supported)."""
+    return_token_ids: bool = False
+    return_tokens_as_token_ids: bool = False
+    echo: bool = False
+    stream: bool = False
+    structured_outputs: dict[str, Any] | None = None
+
+    def as_generate(self) -> GenerateRequest:
+        """The same request in `/generate/` form, so both routes share one validation and one engine call."""
+        prompts: Any = self.prompt
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        fields = self.model_dump(include={"n", "repetition_penalty", "temperature", "top_p", "top_k", "min_p",
+                                          "max_tokens", "stop_token_ids", "seed", "logprobs"})
+        return GenerateRequest(
+            prompts=prompts, stop=[self.stop] if isinstance(self.stop, str) else self.stop,
+            structured_outputs_regex=(self.structured_outputs or {}).get("regex"), **fields,
+        )
 
 
 class InitCommunicatorRequest(BaseModel):

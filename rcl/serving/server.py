@@ -15,6 +15,8 @@ import logging
 import os
 import signal
 import sys
+import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from typing import Any, Callable
@@ -22,10 +24,12 @@ from typing import Any, Callable
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 
 from rcl.engines import SamplingParams
 from rcl.serving.backends import ServingBackend, UnsupportedOperation
 from rcl.serving.protocol import (
+    CompletionsRequest,
     GenerateRequest,
     GenerateResponse,
     InitCommunicatorRequest,
@@ -103,7 +107,23 @@ def sampling_params(req: GenerateRequest, limits: ServerLimits) -> SamplingParam
     return SamplingParams(**values)
 
 
-def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_key: str | None = None) -> FastAPI:
+def _choice(index: int, prompt: list[int], completion: Any, req: CompletionsRequest, tokenizer: Any) -> dict:
+    """One `/v1/completions` choice, shaped as vLLM's server shapes it."""
+    choice: dict[str, Any] = {"index": index, "text": completion.text, "finish_reason": completion.finish_reason,
+                              "logprobs": None}
+    if req.return_token_ids:
+        choice.update(prompt_token_ids=prompt, token_ids=list(completion.token_ids))
+    if req.logprobs is not None and completion.logprobs is not None:
+        tokens = [f"token_id:{t}" if req.return_tokens_as_token_ids else tokenizer.decode([t])
+                  for t in completion.token_ids]
+        choice["logprobs"] = {"tokens": tokens, "token_logprobs": list(completion.logprobs),
+                              "top_logprobs": [{t: lp} for t, lp in zip(tokens, completion.logprobs)]}
+    return choice
+
+
+def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_key: str | None = None,
+               model_name: str = "rcl") -> FastAPI:
+    """`model_name` is the id `/v1/models` lists and `/v1/completions` requests must name (or leave out)."""
     limits = limits or ServerLimits()
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rcl-engine")
 
@@ -169,6 +189,36 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
     @app.get("/health/")
     async def health():
         return {"status": "ok"}
+
+    @app.get("/health", include_in_schema=False)
+    async def health_without_slash():
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "owned_by": "rcl"}]}
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionsRequest):
+        if req.stream or req.echo:
+            raise _bad(422, "stream and echo are not supported by this server")
+        if req.model is not None and req.model != model_name:
+            raise _bad(404, f"model {req.model!r} is not served here; this server serves {model_name!r}")
+        try:
+            gen = req.as_generate()
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors()) from None
+        params = sampling_params(gen, limits)
+        prompts = _prompt_ids(gen, backend.tokenizer, limits)
+        groups = await on_worker(backend.generate, prompts, params)
+        flat = [(prompt, c) for prompt, group in zip(prompts, groups) for c in group]  # prompt-major, n per prompt
+        choices = [_choice(i, prompt, c, req, backend.tokenizer) for i, (prompt, c) in enumerate(flat)]
+        completion_tokens = sum(len(c.token_ids) for _, c in flat)
+        prompt_tokens = sum(len(p) for p in prompts)
+        return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+                "model": model_name, "choices": choices,
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                          "total_tokens": prompt_tokens + completion_tokens}}
 
     @app.get("/get_world_size/")
     async def world_size():
@@ -336,7 +386,7 @@ def cli_main(argv: list[str] | None = None) -> None:
     # uvicorn restores this handler and re-raises SIGTERM after its graceful shutdown: we then exit with status 0.
     signal.signal(signal.SIGTERM, _exit_cleanly)
     try:
-        app = create_app(backend, limits, api_key)
+        app = create_app(backend, limits, api_key, model_name=args.model)
         log.info("serving %s with the %s engine on http://%s:%d (api key %s)", args.model, args.engine, args.host,
                  args.port, "required" if api_key else "off")
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
