@@ -1,6 +1,7 @@
 """The RL loop on tiny models: metrics and files, parameter updates, exact resume, config errors."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -9,10 +10,12 @@ from safetensors.torch import load_file
 
 from rcl.rewards import available_rewards, register_reward
 from rcl.rl.loop import cli_main
+from rcl.tiny_models import resolve_model
 
 ROOT = Path(__file__).resolve().parents[1]
 RCL = str(ROOT / "lightning_configs" / "quickstart_rcl.yaml")
 DIRECT = str(ROOT / "lightning_configs" / "quickstart_direct.yaml")
+KL_TO_SYNCED_REFERENCE = ("--grpo.beta", "0.05", "--grpo.sync_ref_model", "true", "--grpo.ref_model_sync_steps", "1")
 
 if "test_char_sum" not in available_rewards():
 
@@ -50,9 +53,19 @@ def history(out_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (out_dir / "history.jsonl").read_text().splitlines()]
 
 
+def checkpoint(out_dir: Path, step: int) -> dict:
+    return torch.load(out_dir / "checkpoints" / f"step-{step:06d}.ckpt", weights_only=True)
+
+
+def base_weights() -> dict[str, torch.Tensor]:
+    return load_file(Path(resolve_model("tiny-1m")) / "model.safetensors")
+
+
 def test_adaptive_teaching_run_logs_teaching_metrics_and_exports(models_dir, tmp_path):
     out = tmp_path / "run"
-    cli_main("fit", ["--config", RCL, *tiny_overrides(out)])
+    # an untrained student never answers right, so the teaching reward alone is 0 everywhere and nothing would train
+    cli_main("fit", ["--config", RCL, *tiny_overrides(out, "--reward.functions",
+                                                      "{adaptive_teaching: 1.0, test_char_sum: 1.0}")])
     rows = history(out)
     train = [r for r in rows if "reward" in r]
     evals = [r for r in rows if "eval/ndr" in r]
@@ -70,19 +83,23 @@ def test_adaptive_teaching_run_logs_teaching_metrics_and_exports(models_dir, tmp
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002.ckpt"]
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(out / "hf_model")
-    tok = AutoTokenizer.from_pretrained(out / "hf_model")
-    assert model.generate(tok("What is 1+1?", return_tensors="pt").input_ids, max_new_tokens=2).shape[1] >= 1
+    exported = AutoModelForCausalLM.from_pretrained(out / "hf_model").state_dict()
+    trained = checkpoint(out, 2)["model"]
+    assert set(exported) == set(trained)
+    assert [name for name in trained if not torch.equal(exported[name], trained[name])] == []
+    base = base_weights()
+    assert any(not torch.equal(base[name], trained[name]) for name in base), "the exported weights are trained ones"
+    prompt = "What is 1+1?"
+    exported_ids = AutoTokenizer.from_pretrained(out / "hf_model")(prompt).input_ids
+    assert exported_ids == AutoTokenizer.from_pretrained(resolve_model("tiny-1m"))(prompt).input_ids
 
 
 def test_every_trainable_parameter_changes_after_one_step(models_dir, tmp_path):
-    from rcl.tiny_models import resolve_model
-
     out = tmp_path / "direct"
     cli_main("fit", ["--config", DIRECT, *tiny_overrides(
         out, "--trainer.max_steps", "1", "--reward.functions", "{test_char_sum: 1.0}", "--reward.kwargs", "{}",
         "--optimizer.learning_rate", "0.01", "--eval.at_start", "false")])
-    before = load_file(Path(resolve_model("tiny-1m")) / "model.safetensors")
+    before = base_weights()
     after = load_file(out / "hf_model" / "model.safetensors")
     assert set(before) == set(after)
     unchanged = [name for name in before if torch.equal(before[name], after[name])]
@@ -90,9 +107,11 @@ def test_every_trainable_parameter_changes_after_one_step(models_dir, tmp_path):
     assert history(out)[0]["frac_reward_zero_std"] < 1.0
 
 
-def test_resume_continues_exactly_like_an_uninterrupted_run(models_dir, tmp_path):
+@pytest.mark.parametrize("objective", [(), KL_TO_SYNCED_REFERENCE], ids=["no_kl", "kl_to_synced_reference"])
+def test_resume_continues_exactly_like_an_uninterrupted_run(models_dir, tmp_path, objective):
     common = ["--reward.functions", "{test_char_sum: 1.0}", "--reward.kwargs", "{}", "--eval.at_start", "false",
-              "--optimizer.learning_rate", "0.001", "--trainer.max_steps", "4", "--trainer.keep_last_checkpoints", "5"]
+              "--optimizer.learning_rate", "0.001", "--trainer.max_steps", "4", "--trainer.keep_last_checkpoints", "5",
+              *objective]
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     cli_main("fit", ["--config", DIRECT, *tiny_overrides(full, *common, "--trainer.checkpoint_every_n_steps", "2")])
     # a second run trained only to step 2, then resumed from its own checkpoint
@@ -102,9 +121,29 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(models_dir, tmp_path
     a = load_file(full / "hf_model" / "model.safetensors")
     b = load_file(resumed / "hf_model" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    steps = lambda rows: {r["step"]: r["reward"] for r in rows if "reward" in r}  # noqa: E731
+    steps = lambda rows: {r["step"]: (r["reward"], r["loss"], r.get("kl")) for r in rows if "reward" in r}  # noqa: E731
     assert steps(history(resumed))[4] == steps(history(full))[4]
     assert steps(history(resumed))[3] == steps(history(full))[3]
+    if objective:
+        ref_full, ref_resumed = checkpoint(full, 4)["ref_model"], checkpoint(resumed, 4)["ref_model"]
+        assert all(torch.equal(ref_full[k], ref_resumed[k]) for k in ref_full)
+
+
+def test_kl_to_a_reference_model_synced_every_step(models_dir, tmp_path):
+    out = tmp_path / "kl"
+    cli_main("fit", ["--config", DIRECT, *tiny_overrides(
+        out, *KL_TO_SYNCED_REFERENCE, "--reward.functions", "{test_char_sum: 1.0}", "--reward.kwargs", "{}",
+        "--optimizer.learning_rate", "0.001", "--eval.at_start", "false", "--trainer.checkpoint_every_n_steps", "1",
+        "--trainer.keep_last_checkpoints", "5")])
+    kl = {r["step"]: r["kl"] for r in history(out) if "reward" in r}
+    assert kl[1] == 0.0, "the reference starts as a copy of the policy"
+    assert math.isfinite(kl[2]) and kl[2] > 0
+    base, first, second = base_weights(), checkpoint(out, 1), checkpoint(out, 2)
+    # after every step ref <- (1 - .6) * ref + .6 * policy (the default mixup alpha)
+    for name in base:
+        torch.testing.assert_close(first["ref_model"][name], 0.4 * base[name] + 0.6 * first["model"][name])
+        torch.testing.assert_close(second["ref_model"][name],
+                                   0.4 * first["ref_model"][name] + 0.6 * second["model"][name])
 
 
 @pytest.mark.parametrize(
