@@ -10,6 +10,9 @@ keyword to every callback, so each hook takes `**kwargs` and picks what it needs
   scalars to `metrics` (logged by the loop right after) and see the `engines` dict {"teacher", "student"}
 - `on_validation_end(fabric, state, rollout, metrics)`: after an evaluation rollout; `metrics` as above
 - `on_train_end(fabric, state)`
+- `on_save_checkpoint(fabric, state, checkpoint)`: before a checkpoint is written; a callback with state of its own
+  adds it to the `checkpoint` dict under a key of its own
+- `on_load_checkpoint(fabric, state, checkpoint)`: after a resume; `checkpoint` holds what the loop did not restore
 
 `state` is the loop's state dict: "model", "optimizer", "scheduler", "step" (optimizer steps done), "ref_model"
 (None when beta is 0), "out_dir".
@@ -34,6 +37,10 @@ class FabricCallback:
     def on_validation_end(self, **kwargs: Any) -> None: ...
 
     def on_train_end(self, **kwargs: Any) -> None: ...
+
+    def on_save_checkpoint(self, **kwargs: Any) -> None: ...
+
+    def on_load_checkpoint(self, **kwargs: Any) -> None: ...
 
 
 def gather_objects(fabric: Any, objects: list) -> list:

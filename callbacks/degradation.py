@@ -20,6 +20,18 @@ class DegradationTracker(FabricCallback):
         self.window: deque[bool] = deque(maxlen=window)
         self.ndr_threshold = ndr_threshold
 
+    def on_save_checkpoint(self, checkpoint: dict, **kwargs: Any) -> None:
+        # a resumed run's window NDR (and its warning) then continues as the uninterrupted run's would
+        checkpoint[self._checkpoint_key] = list(self.window)
+
+    def on_load_checkpoint(self, checkpoint: dict, **kwargs: Any) -> None:
+        self.window.clear()
+        self.window.extend(checkpoint.get(self._checkpoint_key, []))
+
+    @property
+    def _checkpoint_key(self) -> str:
+        return f"degradation_window/{self.filename}"
+
     def on_train_batch_end(self, fabric, state: dict, rollout, metrics: dict, **kwargs: Any) -> None:
         rows = [i for i in rollout.interactions if i.baseline_correct is not None]
         rows = gather_objects(fabric, rows)

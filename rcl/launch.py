@@ -13,7 +13,6 @@ the process groups it created, and nothing else.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
 import secrets

@@ -136,6 +136,19 @@ def test_window_ndr_counts_only_the_last_window_interactions(tmp_path, capsys):
     assert "warning" not in capsys.readouterr().out
 
 
+def test_the_ndr_window_survives_a_checkpoint(tmp_path):
+    first, resumed = DegradationTracker(window=4), DegradationTracker(window=4)
+    fabric, state = cpu_fabric(first), {"step": 1, "out_dir": str(tmp_path)}
+    end_step(fabric, state, table_interactions())  # window: non-degraded, degraded, degraded, non-degraded
+    checkpoint: dict = {}
+    fabric.call("on_save_checkpoint", fabric=fabric, state=state, checkpoint=checkpoint)
+    cpu_fabric(resumed).call("on_load_checkpoint", fabric=fabric, state=state, checkpoint=checkpoint)
+    state["step"] = 2
+    step = [interaction(5, 0.0, 1.0), interaction(6, 0.0, 1.0)]
+    assert end_step(cpu_fabric(resumed), state, step)["teaching/window_ndr"] == 0.75  # as in the test above
+    assert end_step(fabric, state, step)["teaching/window_ndr"] == 0.75
+
+
 def test_no_low_ndr_warning_until_the_window_is_full(tmp_path, capsys):
     fabric = cpu_fabric(DegradationTracker(window=50, ndr_threshold=0.9))
     assert end_step(fabric, {"step": 1, "out_dir": str(tmp_path)}, table_interactions())["teaching/window_ndr"] == 0.6

@@ -85,6 +85,8 @@ def test_adaptive_teaching_run_logs_teaching_metrics_and_exports(models_dir, tmp
 
     exported = AutoModelForCausalLM.from_pretrained(out / "hf_model").state_dict()
     trained = checkpoint(out, 2)["model"]
+    # the degradation tracker's NDR window travels with the checkpoint: 2 steps x 2 prompts x 3 teachings
+    assert len(checkpoint(out, 2)["degradation_window/degradations.jsonl"]) == 12
     assert set(exported) == set(trained)
     assert [name for name in trained if not torch.equal(exported[name], trained[name])] == []
     base = base_weights()

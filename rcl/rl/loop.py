@@ -299,6 +299,7 @@ def main(
         state.update(step=view["step"], prompts_seen=view["prompts_seen"])
         if "rng" in remainder:
             torch.set_rng_state(remainder["rng"])
+        fabric.call("on_load_checkpoint", fabric=fabric, state=state, checkpoint=remainder)
         fabric.print(f"resumed from {ckpt_path} at step {state['step']}")
 
     train_rows = data.rl_dataset("train")
@@ -566,7 +567,9 @@ def _checkpoint_view(state: dict) -> dict:
 def save_checkpoint(fabric, state: dict, keep_last: int) -> Path:
     folder = Path(state["out_dir"]) / "checkpoints"
     path = folder / f"step-{state['step']:06d}.ckpt"
-    fabric.save(path, {**_checkpoint_view(state), "rng": torch.get_rng_state()})
+    checkpoint = {**_checkpoint_view(state), "rng": torch.get_rng_state()}
+    fabric.call("on_save_checkpoint", fabric=fabric, state=state, checkpoint=checkpoint)
+    fabric.save(path, checkpoint)
     if fabric.global_rank == 0 and keep_last > 0:
         old = sorted(folder.glob("step-*.ckpt"))[:-keep_last]
         for stale in old:
