@@ -155,6 +155,8 @@ def test_kl_to_a_reference_model_synced_every_step(models_dir, tmp_path):
         (["--grpo.num_generations", "1"], "num_generations must be >= 2"),
         (["--grpo.sync_ref_model", "true"], "sync_ref_model needs grpo.beta > 0"),
         (["--engines.teacher.backend", "server"], "engines.teacher.urls is empty"),
+        (["--engines.teacher.backend", "server", "--engines.teacher.urls", "[http://127.0.0.1:1]",
+          "--engines.teacher.api", "openai"], "OpenAI-style servers take no weight pushes"),
     ],
 )
 def test_impossible_configs_fail_at_start_with_the_fix(tmp_path, extra, message):

@@ -28,12 +28,13 @@ def test_split_evenly():
     assert split_evenly([], 2) == [[], []]
 
 
-@pytest.mark.parametrize("copies", [1, 2])
-def test_greedy_output_equals_hf_engine(served, local, copies):
-    """Same prompts (equal length, so no padding differences), greedy: identical ids, reasons, log-prob lengths."""
+@pytest.mark.parametrize("copies, api", [(1, "rcl"), (2, "rcl"), (2, "openai")])
+def test_greedy_output_equals_hf_engine(served, local, copies, api):
+    """Same prompts (equal length, so no padding differences), greedy: identical ids, reasons, log-prob lengths,
+    through rcl's routes and through the OpenAI-style ones."""
     prompts = [[5, 6, 7, 8], [9, 10, 11, 12], [13, 14, 15, 16]]
     params = SamplingParams(max_tokens=8, n=1, temperature=0, stop_token_ids=[20])
-    remote = ServerEngine([served] * copies, local.tokenizer, health_timeout_s=30)
+    remote = ServerEngine([served] * copies, local.tokenizer, health_timeout_s=30, api=api)
     got, want = remote.generate(prompts, params), local.generate(prompts, params)
     assert len(got) == 3 and all(len(g) == 1 for g in got)
     for g_row, w_row in zip(got, want):
@@ -45,8 +46,9 @@ def test_greedy_output_equals_hf_engine(served, local, copies):
     remote.close()
 
 
-def test_n_completions_per_prompt_come_back_grouped_in_prompt_order(served, local):
-    remote = ServerEngine([served, served], local.tokenizer)
+@pytest.mark.parametrize("api", ["rcl", "openai"])
+def test_n_completions_per_prompt_come_back_grouped_in_prompt_order(served, local, api):
+    remote = ServerEngine([served, served], local.tokenizer, api=api)
     prompts = [[5, 6], [7], [8, 9, 10]]
     params = SamplingParams(max_tokens=5, n=3, temperature=0)
     want = [local.generate([prompt], params)[0] for prompt in prompts]
@@ -56,6 +58,13 @@ def test_n_completions_per_prompt_come_back_grouped_in_prompt_order(served, loca
         [[(c.token_ids, c.finish_reason) for c in group] for group in want]
     assert all(len(c.logprobs) == len(c.token_ids) for group in out for c in group)
     assert remote.generate([], SamplingParams()) == []
+    remote.close()
+
+
+def test_the_openai_api_pushes_no_weights(served, local):
+    remote = ServerEngine([served], local.tokenizer, api="openai")
+    with pytest.raises(ServerError, match="take no weight pushes"):
+        remote.update_weights([("lm_head.weight", local.model.lm_head.weight.detach())])
     remote.close()
 
 

@@ -6,10 +6,14 @@ pass's, and a weight update in several buckets after which the server generates 
 """
 
 import importlib.util
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
-from serving_support import free_port, server_env, start_server, stop_server, trl_style_push
+from serving_support import free_port, listening, server_env, start_server, stop_server, trl_style_push
 
 from rcl.engines import HFEngine, SamplingParams
 from rcl.grpo import completion_logprobs
@@ -71,3 +75,48 @@ def test_vllm_server_generates_and_loads_weights(tiny_model_dir):
         assert engine.generate(prompts, greedy)[0][0].token_ids == local[0][0].token_ids
     finally:
         stop_server(proc)
+
+
+@pytest.mark.vllm_cpu
+@pytest.mark.skipif(not HAS_VLLM, reason="needs vLLM: run .ci/vllm_cpu")
+def test_rcl_client_generates_against_vllms_own_server(tiny_model_dir):
+    """`vllm serve` (what TRL >= 1.16 runs) speaks the OpenAI-style routes: ServerEngine(api="openai") generates there,
+    as a student pool would."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    port = free_port()
+    # `vllm serve` itself, by module: the `vllm` script looks up a distribution named vllm, and the CPU build's is vllm-cpu
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", tiny_model_dir, "--port", str(port),
+           "--dtype", "float32", "--max-model-len", "256", "--enforce-eager", "--gpu-memory-utilization", "0.1",
+           "--logprobs-mode", "processed_logprobs", "--seed", "0"]
+    log = Path(tiny_model_dir).parent / f"vllm-serve-{port}.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, env=server_env(), stdout=out, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 300
+        while not listening(port):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(1)
+        tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        engine = ServerEngine([url], tok, api="openai", health_timeout_s=300)
+        prompts = [[5, 6, 7, 8], [9, 10, 11, 12]]
+        greedy = SamplingParams(max_tokens=8, temperature=0)
+        got, want = engine.generate(prompts, greedy), HFEngine(model, tok).generate(prompts, greedy)
+        assert [[c.token_ids for c in g] for g in got] == [[c.token_ids for c in g] for g in want]
+        assert [[c.text for c in g] for g in got] == [[c.text for c in g] for g in want]
+        sampled = engine.generate(prompts[:1], SamplingParams(max_tokens=6, n=3, temperature=0.8, seed=0))
+        assert [len(g) for g in sampled] == [3]
+        for c in sampled[0]:
+            ids = torch.tensor([prompts[0] + c.token_ids])
+            with torch.no_grad():
+                ours = completion_logprobs(model, ids, torch.ones_like(ids), len(c.token_ids), temperature=0.8)
+            torch.testing.assert_close(torch.tensor([c.logprobs]), ours, atol=1e-4, rtol=1e-4)
+        engine.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -135,6 +135,9 @@ class EngineArgs:
     backend: Literal["in_process", "server"] = "in_process"
     """in_process: HF generate in the training process (the policy's live weights); server: rcl/TRL servers."""
     urls: list[str] = field(default_factory=list)
+    api: Literal["rcl", "openai"] = "rcl"
+    """Server routes: rcl (`rcl serve`, TRL's classic `vllm-serve`; takes weight pushes) or openai (`vllm serve` and
+    other OpenAI-style completion servers; generation only, so for the student, whose weights never change)."""
     api_key: str | None = None
     """Falls back to $RCL_API_KEY."""
     timeout_s: float = 120.0

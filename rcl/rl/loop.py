@@ -129,6 +129,9 @@ def validate_config(trainer: TrainerArgs, grpo: GRPOArgs, engines: EnginesArgs) 
         e: EngineArgs = getattr(engines, role)
         if e.backend == "server" and not e.urls:
             raise ConfigError(f"engines.{role}.backend is 'server' but engines.{role}.urls is empty")
+    if engines.teacher.backend == "server" and engines.teacher.api == "openai":
+        raise ConfigError("engines.teacher.api is 'openai', but OpenAI-style servers take no weight pushes, so the "
+                          "teacher would generate with its initial weights: serve it with `rcl serve` (api: rcl)")
 
 
 def default_callbacks(grpo: GRPOArgs, logging: LoggingArgs, engines: EnginesArgs) -> list[FabricCallback]:
@@ -186,7 +189,8 @@ def build_engine(args: EngineArgs, model: torch.nn.Module | None, tokenizer: Any
         return HFEngine(model, tokenizer, max_batch_size=args.max_batch_size)
     from rcl.serving.client import ServerEngine
 
-    return ServerEngine(args.urls, tokenizer, api_key=args.api_key, timeout_s=args.timeout_s, **server_kwargs)
+    return ServerEngine(args.urls, tokenizer, api_key=args.api_key, timeout_s=args.timeout_s, api=args.api,
+                        **server_kwargs)
 
 
 def rollout_settings(grpo: GRPOArgs, gen: GenerationArgs) -> RolloutSettings:

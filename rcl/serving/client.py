@@ -2,7 +2,8 @@
 
 Prompts are split into contiguous chunks, one per server, sent concurrently; each prompt travels once with `n`.
 Transient failures (connection errors, 502/503/504) are retried with exponential backoff; a server that stays down
-raises `ServerError` naming its URL. Weights are pushed in buckets to every server of the pool, as HTTP bodies or
+raises `ServerError` naming its URL. With `api="openai"` it generates through the OpenAI-style `/v1/completions` of
+`vllm serve` (what TRL >= 1.16 serves) instead, and pushes no weights. Weights are pushed in buckets to every server of the pool, as HTTP bodies or
 broadcast over a weight group (gloo or NCCL) that the client joins as the last rank.
 """
 
@@ -28,6 +29,11 @@ from rcl.serving.weights import NamedTensor, bucketize, encode_bucket
 API_KEY_ENV = "RCL_API_KEY"
 T = TypeVar("T")
 WeightTransport = Literal["http", "gloo", "nccl"]
+ServerAPI = Literal["rcl", "openai"]
+OPENAI_OPTIONS = dict(logprobs=0, return_token_ids=True, return_tokens_as_token_ids=True,
+                      include_stop_str_in_output=True)
+"""vLLM's extensions to `/v1/completions` that make its answer carry what `/generate/` carries (stop strings stay in
+the completion, as in HFEngine)."""
 
 
 class ServerError(RuntimeError):
@@ -88,9 +94,14 @@ class ServerEngine:
         retries: int = 3,
         weight_transport: WeightTransport = "http",
         group_port: int = 51216,
+        api: ServerAPI = "rcl",
     ):
         if not urls:
             raise ValueError("ServerEngine needs at least one server URL")
+        if api not in get_args(ServerAPI):
+            raise ValueError(f"api must be rcl or openai, got {api!r}")
+        self.api = api
+        self._served_models: dict[str, str] = {}
         if weight_transport not in get_args(WeightTransport):
             raise ValueError(f"weight_transport must be http, gloo or nccl, got {weight_transport!r}")
         self.weight_transport = weight_transport
@@ -130,11 +141,12 @@ class ServerEngine:
         if self._healthy:
             return
         deadline = time.monotonic() + self.health_timeout_s
+        path = "/health/" if self.api == "rcl" else "/health"
 
         def wait(url: str) -> None:
             while True:
                 try:
-                    self._sessions[url].get(f"{url}/health/", timeout=5.0).raise_for_status()
+                    self._sessions[url].get(f"{url}{path}", timeout=5.0).raise_for_status()
                     return
                 except requests.RequestException as exc:
                     if time.monotonic() > deadline:
@@ -174,12 +186,28 @@ class ServerEngine:
 
         def run(item: tuple[str, list[list[int]]]) -> list[list[Completion]]:
             url, chunk = item
+            if self.api == "openai":
+                return self._openai_generate(url, chunk, params)
             payload = dict(prompts=chunk, logprobs=0, **sampling_fields(params))
             body = self._request(url, "POST", "/generate/", json=payload)
             return self._completions(body, len(chunk), params)
 
         futures = [self._pool.submit(run, item) for item in busy]
         return [group for f in futures for group in f.result()]
+
+    def _openai_generate(self, url: str, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
+        if url not in self._served_models:
+            self._served_models[url] = self._request(url, "GET", "/v1/models")["data"][0]["id"]
+        fields = {k: v for k, v in sampling_fields(params).items() if v is not None}
+        payload = dict(model=self._served_models[url], prompt=prompts, **fields, **OPENAI_OPTIONS)
+        choices = sorted(self._request(url, "POST", "/v1/completions", json=payload)["choices"],
+                         key=lambda c: c["index"])
+        if len(choices) != len(prompts) * params.n:
+            raise ServerError(f"generation server {url} returned {len(choices)} completions for {len(prompts)} "
+                              f"prompts x n={params.n}")
+        rows = [Completion(list(c["token_ids"]), list(c["logprobs"]["token_logprobs"]) if c.get("logprobs") else None,
+                           "stop" if c["finish_reason"] == "stop" else "length", c["text"]) for c in choices]
+        return [rows[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]
 
     # -- weights --------------------------------------------------------------------------------------------------
     def _weights_states(self) -> list[dict]:
@@ -199,6 +227,9 @@ class ServerEngine:
         client joins as the last rank of each server (`"gloo"` on CPU, `"nccl"` on GPUs; one group per server, on
         `group_port + i`). Returns `{"bytes": payload bytes per server, "buckets": n, "seconds": wall time}`.
         """
+        if self.api == "openai":
+            raise ServerError("servers spoken to with the openai API take no weight pushes; serve the policy with "
+                              "`rcl serve` (api: rcl)")
         self.wait_until_healthy()
         start = time.perf_counter()
         before = self.weights_versions()
