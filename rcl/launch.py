@@ -339,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-gpus", required=True, help="GPUs for teacher servers: 0,1 / 0-3 / none, cpu, cpu:N")
     p.add_argument("--student-gpus", default=None, help="GPUs for student servers (omit: student runs in process)")
     p.add_argument("--train-gpus", required=True, help="GPUs for training: 4-7, or none/cpu")
-    p.add_argument("--engine", choices=("hf", "vllm"), default="vllm")
+    p.add_argument("--engine", choices=("hf", "vllm"), default="vllm", help="server engine (default: vllm)")
     p.add_argument("--share-gpus", action="store_true",
                    help="allow servers and training on the same GPUs (one-GPU machines): the vLLM servers on a GPU "
                         f"that training uses may claim at most {SHARED_VLLM_MEMORY} of its memory in all, and the "
