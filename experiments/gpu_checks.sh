@@ -37,14 +37,15 @@ check() {  # check NAME COMMAND...: run it, log to $OUT_DIR/NAME.log, one summar
 }
 skip() { echo "SKIP $1: $2" | tee -a "$SUMMARY"; }
 
-GPUS=$("$PYTHON" -c "import torch; print(torch.cuda.device_count())")
+GPUS=$("$PYTHON" -c "import torch; print(torch.cuda.device_count())") || {
+  echo "gpu_checks: $PYTHON cannot import torch" | tee -a "$SUMMARY"; exit 1; }
 if [ "$GPUS" -lt 1 ]; then
   echo "gpu_checks: no CUDA GPU visible" | tee -a "$SUMMARY"; exit 1
 fi
 
 check pytest_gpu "$PYTHON" -m pytest -m gpu -v -p no:cacheprovider tests/
 for transport in http gloo; do
-  check "smoke_hf_$transport" env PYTHON="$PYTHON" ENGINE=hf TRANSPORT=$transport \
+  check "smoke_hf_$transport" env PYTHON="$PYTHON" SERVER_PYTHON="$PYTHON" ENGINE=hf TRANSPORT=$transport \
     RUN_DIR="$OUT_DIR/smoke_hf_$transport" experiments/gpu_smoke.sh
 done
 SERVER_PYTHON=${SERVER_PYTHON:-$PYTHON}

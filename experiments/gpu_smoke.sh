@@ -21,9 +21,11 @@ RECIPE=${RECIPE:-lightning_configs/quickstart_rcl.yaml}
 RUN_DIR=${RUN_DIR:-runs/gpu_smoke-$(date +%Y%m%d-%H%M%S)}
 PORT=${PORT:-8765}
 TRANSPORT=${TRANSPORT:-http}
-SERVER_PYTHON=${SERVER_PYTHON:-$PYTHON}
+SERVER_PYTHON=$(command -v "${SERVER_PYTHON:-$PYTHON}") || {
+  echo "gpu_smoke: no interpreter ${SERVER_PYTHON:-$PYTHON} (SERVER_PYTHON/PYTHON)"; exit 1; }
 
-GPUS=$("$PYTHON" -c "import torch; print(torch.cuda.device_count())")
+GPUS=$("$PYTHON" -c "import torch; print(torch.cuda.device_count())") || {
+  echo "gpu_smoke: $PYTHON cannot import torch"; exit 1; }
 if [ "$GPUS" -ge 2 ]; then
   PLACEMENT=(--teacher-gpus 0 --train-gpus 1 --gpu-memory-utilization 0.5)
 elif [ "$GPUS" -eq 1 ]; then
@@ -39,7 +41,7 @@ echo "gpu_smoke: $GPUS GPU(s), engine $ENGINE, transport $TRANSPORT, model $MODE
 
 "$PYTHON" -m rcl launch \
   --config "$RECIPE" "${PLACEMENT[@]}" \
-  --engine "$ENGINE" --server-python "$(command -v "$SERVER_PYTHON")" --server-args="--dtype bfloat16" \
+  --engine "$ENGINE" --server-python "$SERVER_PYTHON" --server-args="--dtype bfloat16" \
   --base-port "$PORT" --run-dir "$RUN_DIR" --health-timeout 900 \
   --teacher.model_name_or_path "$MODEL" --student.model_name_or_path "$MODEL" \
   --trainer.max_steps 4 --trainer.out_dir "$RUN_DIR/train" \

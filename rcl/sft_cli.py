@@ -1,7 +1,7 @@
 """`python -m rcl fit|validate|test|predict --config <sft recipe>`: the LightningCLI of the SFT phase.
 
 Run layout under `trainer.default_root_dir` (e.g. `runs/quickstart_sft/`): `config.yaml` (the resolved config),
-`checkpoints/` (`last.ckpt`, and `best-<step>.ckpt`: the lowest `val/loss`), `csv/metrics.csv`, `tensorboard/`, `hf_model/` (the exported
+`checkpoints/` (`last.ckpt`, and `best-<step>.ckpt`: the lowest `val/loss`, when validation runs), `csv/metrics.csv`, `tensorboard/`, `hf_model/` (the exported
 model). The default loggers are CSV + TensorBoard; add W&B with `--config lightning_configs/loggers/wandb.yaml`.
 """
 

@@ -77,7 +77,7 @@ def test_gpu_plan_commands(tmp_path):
         (["--teacher-gpus", "0", "--train-gpus", "1", "--trainer.num_nodes", "2"], "launch starts one node"),
         (["--teacher-gpus", "0", "--train-gpus", "0"], "give each its own, or pass --share-gpus"),
         (["--teacher-gpus", "0", "--train-gpus", "0", "--share-gpus", "--engines.sync_transport", "nccl"],
-         "GPU 0 is shared by training and a server, and NCCL cannot link two processes on one GPU"),
+         "GPU 0 is shared by training and a teacher server, and NCCL cannot link two processes on one GPU"),
         (["--teacher-gpus", "0", "--train-gpus", "0", "--share-gpus"],
          "would claim 0.90 of its memory (--gpu-memory-utilization 0.9 each), leaving too little for training: "
          "use --gpu-memory-utilization 0.50 or less"),
@@ -102,6 +102,28 @@ def test_one_gpu_shared_by_a_server_and_training(tmp_path):
     assert hf.servers[0].gpu == "0" and hf.train_gpus == ["0"]
 
 
+def test_a_role_without_servers_runs_in_process_whatever_the_recipe_says(tmp_path):
+    cfg = recipe(tmp_path, engines={"student": {"backend": "server", "urls": ["http://127.0.0.1:8766"]}})
+    plan = plan_for(["--config", cfg, "--teacher-gpus", "0,1", "--train-gpus", "2", "--base-port", "8765"])
+    assert [s.url for s in plan.servers] == ["http://127.0.0.1:8765", "http://127.0.0.1:8766"]
+    train = plan.train_cmd
+    assert train[train.index("--engines.student.backend") + 1] == "in_process"
+
+
+def test_nccl_is_allowed_when_only_a_student_server_shares_trainings_gpu(tmp_path):
+    plan = plan_for(["--config", recipe(tmp_path), "--teacher-gpus", "0", "--student-gpus", "1", "--train-gpus", "1",
+                     "--share-gpus", "--engine", "hf", "--engines.sync_transport", "nccl"], gpus=["0", "1"])
+    assert [(s.role, s.gpu) for s in plan.servers] == [("teacher", "0"), ("student", "1")]
+
+
+def test_an_api_key_that_differs_from_the_recipes_is_refused(tmp_path):
+    cfg = recipe(tmp_path, engines={"teacher": {"api_key": "from-recipe"}})
+    with pytest.raises(LaunchError, match="--api-key differs from the recipe's engines.*api_key"):
+        plan_for(["--config", cfg, "--teacher-gpus", "0", "--train-gpus", "1", "--api-key", "other"])
+    plan = plan_for(["--config", cfg, "--teacher-gpus", "0", "--train-gpus", "1", "--api-key", "from-recipe"])
+    assert plan.recipe_api_key == "from-recipe"
+
+
 def test_servers_can_run_on_another_interpreter(tmp_path):
     plan = plan_for(["--config", recipe(tmp_path), "--teacher-gpus", "0", "--train-gpus", "1",
                      "--server-python", sys.executable])
@@ -109,6 +131,8 @@ def test_servers_can_run_on_another_interpreter(tmp_path):
     with pytest.raises(LaunchError, match="--server-python /no/such/python: .*No such file"):
         plan_for(["--config", recipe(tmp_path), "--teacher-gpus", "0", "--train-gpus", "1",
                   "--server-python", "/no/such/python"])
+    with pytest.raises(LaunchError, match="--server-python : "):
+        plan_for(["--config", recipe(tmp_path), "--teacher-gpus", "0", "--train-gpus", "1", "--server-python", ""])
     broken = tmp_path / "python"
     broken.write_text("#!/bin/sh\necho 'ModuleNotFoundError: No module named rcl' >&2\nexit 1\n")
     broken.chmod(0o755)

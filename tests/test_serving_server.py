@@ -151,6 +151,10 @@ def test_openai_style_completions_match_generate(server, tokenizer):
     ({"prompt": "Hi", "stream": True}, 422, "stream and echo are not supported"),
     ({"prompt": "Hi", "n": 99}, 422, "n=99 is more than the server limit 8"),
     ({"prompt": []}, 422, "invalid request"),
+    ({"prompt": "Hi", "frequency_penalty": 0.5, "prompt_logprobs": 1}, 422,
+     "unsupported fields ['frequency_penalty', 'prompt_logprobs']"),
+    ({"prompt": "Hi", "structured_outputs": {"json": {}}}, 422, "unsupported fields ['structured_outputs']"),
+    ({"prompt": "Hi", "include_stop_str_in_output": False}, 422, "unsupported fields ['include_stop_str_in_output']"),
 ])
 def test_bad_completions_requests_are_4xx_with_a_message(server, body, status, words):
     r = post(server, "/v1/completions", **body)

@@ -80,10 +80,19 @@ class GenerateResponse(BaseModel):
     finish_reasons: list[Literal["stop", "length"]]
 
 
-class CompletionsRequest(BaseModel):
-    """The part of vLLM's OpenAI-style `/v1/completions` body that TRL >= 1.16's `VLLMClient.generate` sends."""
+IGNORED_COMPLETION_FIELDS = ("user", "stream_options")
+ALWAYS_ON_COMPLETION_FIELDS = ("include_stop_str_in_output", "skip_special_tokens")
+"""What this server always does: stop strings stay in the completion (as in HFEngine); `text` skips special tokens."""
 
-    model_config = ConfigDict(extra="ignore")
+
+class CompletionsRequest(BaseModel):
+    """The part of vLLM's OpenAI-style `/v1/completions` body that TRL >= 1.16's `VLLMClient.generate` sends.
+
+    Any other field is refused (`unsupported_fields`) rather than silently ignored: penalties, prompt log-probs or
+    structured outputs that were dropped would change what a caller gets without telling it.
+    """
+
+    model_config = ConfigDict(extra="allow")
 
     model: str | None = None
     prompt: str | list[str] | list[int] | list[list[int]]
@@ -105,6 +114,12 @@ class CompletionsRequest(BaseModel):
     stream: bool = False
     structured_outputs: dict[str, Any] | None = None
 
+    def unsupported_fields(self) -> list[str]:
+        extra = self.model_extra or {}
+        bad = [key for key, value in extra.items() if key not in IGNORED_COMPLETION_FIELDS
+               and not (key in ALWAYS_ON_COMPLETION_FIELDS and value is True)]
+        return sorted(bad + (["structured_outputs"] if self.structured_outputs else []))
+
     def as_generate(self) -> GenerateRequest:
         """The same request in `/generate/` form, so both routes share one validation and one engine call."""
         prompts: Any = self.prompt
@@ -112,10 +127,7 @@ class CompletionsRequest(BaseModel):
             prompts = [prompts]
         fields = self.model_dump(include={"n", "repetition_penalty", "temperature", "top_p", "top_k", "min_p",
                                           "max_tokens", "stop_token_ids", "seed", "logprobs"})
-        return GenerateRequest(
-            prompts=prompts, stop=[self.stop] if isinstance(self.stop, str) else self.stop,
-            structured_outputs_regex=(self.structured_outputs or {}).get("regex"), **fields,
-        )
+        return GenerateRequest(prompts=prompts, stop=[self.stop] if isinstance(self.stop, str) else self.stop, **fields)
 
 
 class InitCommunicatorRequest(BaseModel):

@@ -202,6 +202,11 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
     async def completions(req: CompletionsRequest):
         if req.stream or req.echo:
             raise _bad(422, "stream and echo are not supported by this server")
+        unsupported = req.unsupported_fields()
+        if unsupported:
+            raise _bad(422, f"unsupported fields {unsupported}: this server takes the sampling fields of /generate/ "
+                            "(n, temperature, top_p, top_k, min_p, repetition_penalty, max_tokens, stop, "
+                            "stop_token_ids, seed, logprobs 0)")
         if req.model is not None and req.model != model_name:
             raise _bad(404, f"model {req.model!r} is not served here; this server serves {model_name!r}")
         try:
