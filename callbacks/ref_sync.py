@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
 from callbacks.base import FabricCallback
+from rcl.serving.weights import NamedTensor, iter_full_state
 
 
 @torch.no_grad()
-def mix_into(reference: torch.nn.Module, policy: torch.nn.Module, alpha: float) -> None:
+def mix_into(reference: torch.nn.Module, policy_weights: Iterable[NamedTensor], alpha: float) -> None:
+    """`policy_weights`: the policy's full weights under the reference's names (`iter_full_state(..., all_ranks=True)`
+    gathers them from ZeRO-3 or FSDP shards). Buffers have no counterpart to mix and are skipped."""
     ref_params = dict(reference.named_parameters())
-    for name, param in policy.named_parameters():
-        target = ref_params[name]
-        target.mul_(1.0 - alpha).add_(param.detach().to(target.dtype), alpha=alpha)
+    mixed = set()
+    for name, value in policy_weights:
+        target = ref_params.get(name)
+        if target is None:
+            continue
+        target.mul_(1.0 - alpha).add_(value.to(device=target.device, dtype=target.dtype), alpha=alpha)
+        mixed.add(name)
+    missing = sorted(set(ref_params) - mixed)
+    if missing:
+        raise RuntimeError(f"reference sync: the policy has no weights for {missing[:5]} ({len(missing)} in all)")
 
 
 class RefModelSync(FabricCallback):
@@ -24,11 +34,12 @@ class RefModelSync(FabricCallback):
         self.alpha = alpha
         self.every_n_steps = every_n_steps
 
-    def on_train_batch_end(self, state: dict, **kwargs: Any) -> None:
+    def on_train_batch_end(self, state: dict, fabric: Any = None, **kwargs: Any) -> None:
         reference = state.get("ref_model")
         if reference is None or state["step"] % self.every_n_steps != 0:
             return
-        mix_into(reference, unwrap(state["model"]), self.alpha)
+        # every rank holds a whole reference model, so every rank needs the policy's full weights
+        mix_into(reference, iter_full_state(state["model"], fabric, all_ranks=True), self.alpha)
 
 
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:

@@ -192,13 +192,19 @@ def linear(weight: list[float], bias: float) -> torch.nn.Linear:
 
 def test_mix_into_moves_the_reference_alpha_of_the_way_to_the_policy():
     reference, policy = linear([10.0, -5.0], 2.5), linear([20.0, 5.0], -2.5)
-    mix_into(reference, policy, alpha=0.6)
+    mix_into(reference, policy.named_parameters(), alpha=0.6)
     # .4 * 10 + .6 * 20 = 16, .4 * -5 + .6 * 5 = 1, .4 * 2.5 + .6 * -2.5 = -.5 (to float32 rounding: .6 is inexact)
     torch.testing.assert_close(reference.weight, torch.tensor([[16.0, 1.0]]))
     torch.testing.assert_close(reference.bias, torch.tensor([-0.5]))
     assert torch.equal(policy.weight, torch.tensor([[20.0, 5.0]])), "the policy is left as it was"
-    mix_into(reference, policy, alpha=1.0)
+    mix_into(reference, policy.named_parameters(), alpha=1.0)
     assert torch.equal(reference.weight, policy.weight) and torch.equal(reference.bias, policy.bias)
+
+
+def test_mix_into_refuses_a_policy_that_misses_reference_weights():
+    reference, policy = linear([1.0, 2.0], 3.0), linear([1.0, 2.0], 3.0)
+    with pytest.raises(RuntimeError, match=r"the policy has no weights for \['bias'\] \(1 in all\)"):
+        mix_into(reference, [("weight", policy.weight), ("some_buffer", torch.zeros(1))], alpha=0.5)
 
 
 def test_ref_sync_mixes_only_every_n_steps_through_the_fabric_wrapper(tmp_path):

@@ -61,7 +61,7 @@ def test_unknown_rl_key_is_refused(capsys):
     assert "no_such_key" in capsys.readouterr().err
 
 
-def test_rl_quickstarts_sample_in_the_format_the_sft_quickstarts_trained():
+def test_rl_recipes_sample_in_the_format_their_sft_recipes_trained():
     def sft_templates(name):
         return yaml.safe_load((CONFIGS / name).read_text())["data"]["init_args"]["templates"]
 
@@ -70,3 +70,4 @@ def test_rl_quickstarts_sample_in_the_format_the_sft_quickstarts_trained():
         recipe = yaml.safe_load((CONFIGS / rl).read_text())
         assert recipe["templates"] == sft_templates("quickstart_sft.yaml"), rl
         assert recipe["data"]["init_args"]["synthetic_size"] == 6000
+    assert yaml.safe_load((CONFIGS / "teacher_rcl.yaml").read_text())["templates"] == sft_templates("teacher_sft.yaml")

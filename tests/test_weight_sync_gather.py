@@ -106,7 +106,8 @@ def _wrap(model: nn.Module, mode: str, world: int) -> nn.Module:
 
 def _save_gather(wrapped: nn.Module, reference: dict, out_dir: str, tag: str, rank: int) -> None:
     got = dict(iter_full_state(wrapped))
-    torch.save({"got": got, "reference": reference}, os.path.join(out_dir, f"{tag}-{rank}.pt"))
+    everywhere = dict(iter_full_state(wrapped, all_ranks=True))  # what reference-model sync needs on every rank
+    torch.save({"got": got, "everywhere": everywhere, "reference": reference}, os.path.join(out_dir, f"{tag}-{rank}.pt"))
 
 
 def _init_gloo(rank: int, world: int, port: int) -> None:
@@ -174,6 +175,9 @@ def _check_gathered(out_dir, modes: list[str]) -> None:
         assert rank1["got"] == {}, mode
         assert sorted(rank0["got"]) == sorted(rank0["reference"]), mode  # wrapper prefixes stripped, tied once
         assert all(torch.equal(rank0["got"][k], v) for k, v in rank0["reference"].items()), mode
+        for rank in (rank0, rank1):
+            assert sorted(rank["everywhere"]) == sorted(rank0["reference"]), mode
+            assert all(torch.equal(rank["everywhere"][k], v) for k, v in rank0["reference"].items()), mode
 
 
 def test_ddp_fsdp1_and_fsdp2_gather_the_single_device_weights_on_cpu(tmp_path, tiny_model_dir):

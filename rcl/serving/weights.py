@@ -204,15 +204,16 @@ def _merged(peft_model: nn.Module | None):
         peft_model.unmerge_adapter()
 
 
-def iter_full_state(module: nn.Module, fabric_or_strategy: Any = None) -> Iterator[NamedTensor]:
-    """Yield `(name, full cpu tensor)` for every weight; every rank must drain it, only rank 0 gets items.
+def iter_full_state(module: nn.Module, fabric_or_strategy: Any = None, all_ranks: bool = False) -> Iterator[NamedTensor]:
+    """Yield `(name, full cpu tensor)` for every weight; every rank must drain it, only rank 0 gets items (every rank
+    with `all_ranks`: each gather already brings the full tensor to every rank).
 
     Works under a single device, DDP, DeepSpeed ZeRO-3, FSDP1 and FSDP2 (Fabric-wrapped or not). A PEFT model is merged
     while iterating and unmerged afterwards; its base-model names are yielded. A tied parameter (shared embeddings) is
     yielded once, under its first name. On a single CPU device the yielded tensors alias the live
     parameters: copy them before the model changes.
     """
-    rank0 = _global_rank(fabric_or_strategy) == 0
+    rank0 = all_ranks or _global_rank(fabric_or_strategy) == 0
     inner = _unwrap(module)
     peft = _find_peft(inner)
     if _is_zero3(inner):
