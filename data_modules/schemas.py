@@ -39,6 +39,12 @@ def canonicalize(table: datasets.Dataset, schema: Schema, columns: dict[str, str
     unknown = sorted(set(columns) - known)
     if unknown:
         raise DataError(f"columns mapping names unknown field(s) {unknown} for schema {schema}; known: {sorted(known)}")
+    claimed: dict[str, str] = {}
+    for field, column in columns.items():
+        if column in claimed:
+            raise DataError(f"column {column!r} is mapped to both {claimed[column]!r} and {field!r}; map each field to "
+                            "its own column")
+        claimed[column] = field
     present = table.column_names
     rename: dict[str, str] = {}
     for field in REQUIRED[schema]:
@@ -47,9 +53,14 @@ def canonicalize(table: datasets.Dataset, schema: Schema, columns: dict[str, str
             raise DataError(
                 f"missing column {column!r} (field {field!r} of schema {schema}); columns present: {', '.join(present)}"
             )
+        if column in rename:
+            raise DataError(f"column {column!r} is mapped to {rename[column]!r}, so field {field!r} needs a column of "
+                            f"its own: add it to the columns mapping")
         rename[column] = field
     for field in OPTIONAL[schema]:
         column = _column_for(field, columns)
+        if column in rename:  # the user mapped this column to another field, e.g. {"solution": "answer"}
+            continue
         if column in present:
             rename[column] = field
         elif field in columns:

@@ -67,8 +67,11 @@ def check_json_file(path: str | Path) -> None:
 
 
 def _local_data_files(root: Path, data_files: DataFiles) -> list[Path]:
-    if data_files is None:
-        return [p for p in root.rglob("*") if p.is_file()] if root.is_dir() else [root]
+    if data_files is None:  # the files a folder load reads: data files, not hidden ones such as .gitkeep
+        if not root.is_dir():
+            return [root]
+        return [p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in FILE_BUILDERS
+                and not any(part.startswith(".") for part in p.relative_to(root).parts)]
     if isinstance(data_files, str):
         names = [data_files]
     elif isinstance(data_files, dict):
@@ -80,9 +83,10 @@ def _local_data_files(root: Path, data_files: DataFiles) -> list[Path]:
 
 def _check_local(paths: list[Path]) -> None:
     for path in paths:
-        if path.stat().st_size == 0 or (path.suffix == ".jsonl" and check_jsonl(path) == 0):
+        suffix = path.suffix.lower()
+        if path.stat().st_size == 0 or (suffix == ".jsonl" and check_jsonl(path) == 0):
             raise DataError(f"dataset {str(path)!r} is empty")
-        if path.suffix == ".json":
+        if suffix == ".json":
             check_json_file(path)
 
 

@@ -123,6 +123,16 @@ class SFTModule(LightningModule):
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             self.model.config.use_cache = False
 
+    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        # Lightning's FSDP precision refuses to clip by norm; the FSDP root clips its sharded gradients by the global
+        # norm itself.
+        if gradient_clip_val and isinstance(self.trainer.strategy, FSDPStrategy):
+            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val,
+                            gradient_clip_algorithm=gradient_clip_algorithm)
+
     def configure_optimizers(self) -> dict:
         optimizer = build_optimizer(self.parameters(), self.optimizer_args)
         scheduler = build_scheduler(optimizer, int(self.trainer.estimated_stepping_batches), self.optimizer_args)

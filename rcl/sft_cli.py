@@ -51,7 +51,8 @@ def run_layout(config: dict[str, Any], callbacks: list[Callback]) -> None:
             if not any(isinstance(existing, kind) for existing in loggers):
                 loggers.insert(0, make())
         config["logger"] = loggers
-    configured = (config.get("callbacks") or []) + callbacks
+    listed = config.get("callbacks") or []
+    configured = (listed if isinstance(listed, list) else [listed]) + callbacks
     if config.get("enable_checkpointing", True) is not False and not any(
         isinstance(c, ModelCheckpoint) for c in configured
     ):

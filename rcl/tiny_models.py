@@ -147,12 +147,13 @@ def resolve_model(name_or_path: str, seed: int = 0) -> str:
     """A tiny preset name becomes the path of its built folder (built on first use); anything else is returned as is."""
     if name_or_path not in PRESETS:
         looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") >= 2
-        if looks_local and not Path(name_or_path).expanduser().exists():
+        local = Path(name_or_path).expanduser()
+        if looks_local and not local.exists():
             raise FileNotFoundError(
                 f"model folder not found: {name_or_path} (a tiny preset is one of {sorted(PRESETS)}; "
                 "a hub id looks like org/name or name)"
             )
-        return name_or_path
+        return str(local) if looks_local or local.exists() else name_or_path
     target = models_dir() / (name_or_path if seed == 0 else f"{name_or_path}-seed{seed}")
     if (target / "config.json").exists():
         return str(target)

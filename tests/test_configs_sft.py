@@ -136,3 +136,9 @@ def test_ddp_two_processes_on_cpu(tmp_path, repo_env, tiny_model_dir):
     assert (root / "hf_model" / "model.safetensors").is_file()
     assert (root / "checkpoints" / "last.ckpt").is_file()
     assert torch.load(root / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3
+
+
+def test_a_single_configured_callback_keeps_the_default_checkpointing():
+    cli = build_without_running("--trainer.callbacks", '{"class_path": "lightning.pytorch.callbacks.LearningRateMonitor"}')
+    kinds = {type(c).__name__ for c in cli.trainer.callbacks}
+    assert {"LearningRateMonitor", "ModelCheckpoint"} <= kinds

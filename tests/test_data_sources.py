@@ -44,6 +44,15 @@ def test_folder_with_data_files(tmp_path):
     assert loaded["question"] == [r["question"] for r in ROWS]
 
 
+def test_a_folder_with_a_hidden_empty_file_loads_its_data(tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", ROWS)
+    (tmp_path / ".gitkeep").write_text("")
+    assert load_rows(str(tmp_path))["question"] == [r["question"] for r in ROWS]
+    (tmp_path / "EMPTY.JSONL").write_text("")  # an empty data file is still refused, whatever the suffix's case
+    with pytest.raises(DataError, match="EMPTY.JSONL' is empty"):
+        load_rows(str(tmp_path))
+
+
 def test_malformed_jsonl_names_file_and_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(ROWS[0]) + "\n\n" + '{"question": "x", oops}\n')
@@ -97,6 +106,18 @@ def test_column_mapping_renames_and_keeps_optional_fields():
         canonicalize(table, "generic", {"question": "q", "solution": "sol", "approach": "approx"})
     with pytest.raises(DataError, match=r"unknown field\(s\) \['bogus'\]"):
         canonicalize(table, "generic", {"bogus": "q"})
+
+
+def test_a_mapped_column_is_not_taken_again_by_the_field_of_its_name():
+    # GSM8K-style: the solution lives in a column called "answer", which is also an optional generic field's name
+    table = datasets.Dataset.from_list([{"question": "What is 2+2?", "answer": "2+2=4 #### 4"}])
+    rows = canonicalize(table, "generic", {"solution": "answer"})
+    assert rows.to_list() == [{"question": "What is 2+2?", "solution": "2+2=4 #### 4"}]
+    with pytest.raises(DataError, match="column 'question' is mapped to both 'question' and 'solution'"):
+        canonicalize(table, "generic", {"question": "question", "solution": "question"})
+    swapped = datasets.Dataset.from_list([{"answer": "q", "solution": "s"}])
+    with pytest.raises(DataError, match="column 'solution' is mapped to 'question', so field 'solution' needs a colu"):
+        canonicalize(swapped, "generic", {"question": "solution"})
 
 
 def test_wrong_type_names_column_row_and_expected_type():

@@ -59,6 +59,21 @@ def test_exact_match_compares_the_greedy_completion_with_the_target(tiny_model_d
     assert module._exact_matches(batch, limit=3) == [False, True]
 
 
+def test_gradients_are_clipped_by_the_fsdp_root_under_fsdp(monkeypatch):
+    """Lightning's FSDP precision refuses clipping by norm; the FSDP root module clips its sharded gradients."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    clipped = []
+    strategy = FSDPStrategy()
+    strategy.model = SimpleNamespace(clip_grad_norm_=clipped.append)
+    module = SFTModule("tiny-1m")
+    monkeypatch.setattr(SFTModule, "trainer", property(lambda self: SimpleNamespace(strategy=strategy)))
+    module.configure_gradient_clipping(optimizer=None, gradient_clip_val=0.5, gradient_clip_algorithm="norm")
+    assert clipped == [0.5]
+
+
 def test_decoder_layer_policy_wraps_decoder_layers_only():
     class Qwen3DecoderLayer(torch.nn.Module):
         pass

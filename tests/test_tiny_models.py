@@ -51,3 +51,9 @@ def test_unknown_preset_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown tiny preset 'tiny-3m'"):
         build_model("tiny-3m", tmp_path)
     assert set(PRESETS) == {"tiny-1m", "tiny-10m"}
+
+
+def test_a_home_relative_model_path_is_expanded(tmp_path, monkeypatch, tiny_model_dir):
+    monkeypatch.setenv("HOME", str(Path(tiny_model_dir).parent))
+    assert resolve_model(f"~/{Path(tiny_model_dir).name}") == tiny_model_dir
+    assert resolve_model("Qwen/Qwen3-0.6B") == "Qwen/Qwen3-0.6B"  # a hub id is left as it is
