@@ -6,8 +6,9 @@ keyword to every callback, so each hook takes `**kwargs` and picks what it needs
 - `on_train_start(fabric, state)`
 - `on_train_batch_start(fabric, state, rows)`: before a rollout; `rows` are this process's prompts
 - `on_before_optimizer_step(fabric, state, optimizer)`
-- `on_train_batch_end(fabric, state, rollout, metrics, engines)`: after each optimizer step; callbacks may add
-  scalars to `metrics` (logged by the loop right after) and see the `engines` dict {"teacher", "student"}
+- `on_train_batch_end(fabric, state, rollout, metrics, engines, iteration)`: after each optimizer step; callbacks may
+  add scalars to `metrics` (logged by the loop right after) and see the `engines` dict {"teacher", "student"};
+  `iteration` counts the passes over this rollout (0 first; `grpo.num_iterations > 1` trains on one rollout again)
 - `on_validation_end(fabric, state, rollout, metrics)`: after an evaluation rollout; `metrics` as above
 - `on_train_end(fabric, state)`
 - `on_save_checkpoint(fabric, state, checkpoint)`: before a checkpoint is written; a callback with state of its own

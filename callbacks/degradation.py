@@ -32,7 +32,10 @@ class DegradationTracker(FabricCallback):
     def _checkpoint_key(self) -> str:
         return f"degradation_window/{self.filename}"
 
-    def on_train_batch_end(self, fabric, state: dict, rollout, metrics: dict, **kwargs: Any) -> None:
+    def on_train_batch_end(self, fabric, state: dict, rollout, metrics: dict, iteration: int = 0,
+                           **kwargs: Any) -> None:
+        if iteration > 0:  # a further pass over the same rollout: its interactions are already counted
+            return
         rows = [i for i in rollout.interactions if i.baseline_correct is not None]
         rows = gather_objects(fabric, rows)
         if not rows:

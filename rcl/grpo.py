@@ -251,12 +251,15 @@ def aggregate_loss(
     max_completion_length: int,
     num_micro_batches: int,
     tokens_per_process: float | None,
+    rows_per_process: int | None = None,
 ) -> Tensor:
     """Reduce per-token losses [B, T] to the scalar to backpropagate for one of `num_micro_batches` micro-batches.
 
-    - grpo: mean over sequences of (sum l*M / sum M), / num_micro_batches (length-biased).
+    - grpo: sum over sequences of (sum l*M / sum M) / rows_per_process: the mean over all of this process's sequences
+      once the micro-batches are summed, whatever their sizes (length-biased). Without `rows_per_process`, every
+      micro-batch is taken to have B rows.
     - bnpo: sum l*M / sum M over this micro-batch, / num_micro_batches.
-    - dr_grpo: sum l*M / (B * max_completion_length), / num_micro_batches.
+    - dr_grpo: sum l*M / (rows_per_process * max_completion_length), rows_per_process defaulting as for grpo.
     - dapo: sum l*M / tokens_per_process, where tokens_per_process = active completion tokens of the whole accumulated
       global batch / world size; no division by num_micro_batches (the normaliser already spans them).
     Empty masks give 0, never NaN.
@@ -265,15 +268,16 @@ def aggregate_loss(
         raise ValueError(f"num_micro_batches must be >= 1, got {num_micro_batches}")
     mask = mask.to(per_token_loss.dtype)
     masked = per_token_loss * mask
+    rows = rows_per_process if rows_per_process is not None else per_token_loss.size(0) * num_micro_batches
     if loss_type == "grpo":
         per_sequence = masked.sum(dim=-1) / mask.sum(dim=-1).clamp(min=1.0)
-        return per_sequence.mean() / num_micro_batches
+        return per_sequence.sum() / max(rows, 1)
     if loss_type == "bnpo":
         return masked.sum() / mask.sum().clamp(min=1.0) / num_micro_batches
     if loss_type == "dr_grpo":
         if max_completion_length < 1:
             raise ValueError(f"dr_grpo needs max_completion_length >= 1, got {max_completion_length}")
-        return masked.sum() / (per_token_loss.size(0) * max_completion_length) / num_micro_batches
+        return masked.sum() / (max(rows, 1) * max_completion_length)
     if loss_type == "dapo":
         if tokens_per_process is None or tokens_per_process < 0:
             raise ValueError(
@@ -303,6 +307,7 @@ def grpo_loss(
     max_completion_length: int,
     num_micro_batches: int,
     tokens_per_process: float | None,
+    rows_per_process: int | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Clipped surrogate + beta * k3 KL per token, aggregated by `loss_type` (see `aggregate_loss`).
 
@@ -328,5 +333,6 @@ def grpo_loss(
         max_completion_length=max_completion_length,
         num_micro_batches=num_micro_batches,
         tokens_per_process=tokens_per_process,
+        rows_per_process=rows_per_process,
     )
     return loss, stats

@@ -46,11 +46,11 @@ def cpu_fabric(*callbacks) -> Fabric:
     return Fabric(accelerator="cpu", devices=1, callbacks=list(callbacks))
 
 
-def end_step(fabric: Fabric, state: dict, interactions: list[Interaction]) -> dict:
+def end_step(fabric: Fabric, state: dict, interactions: list[Interaction], iteration: int = 0) -> dict:
     """Fire on_train_batch_end with the loop's keywords; returns the metrics the callbacks added."""
     metrics: dict = {}
     fabric.call("on_train_batch_end", fabric=fabric, state=state, rollout=SimpleNamespace(interactions=interactions),
-                metrics=metrics, engines={"teacher": None, "student": None})
+                metrics=metrics, engines={"teacher": None, "student": None}, iteration=iteration)
     return metrics
 
 
@@ -134,6 +134,14 @@ def test_window_ndr_counts_only_the_last_window_interactions(tmp_path, capsys):
     state["step"] = 3
     assert end_step(fabric, state, [interaction(7, 0.0, 0.5)])["teaching/window_ndr"] == 1.0
     assert "warning" not in capsys.readouterr().out
+
+
+def test_a_second_pass_over_the_same_rollout_is_not_counted_again(tmp_path):
+    fabric, state = cpu_fabric(DegradationTracker(window=50)), {"step": 1, "out_dir": str(tmp_path)}
+    end_step(fabric, state, table_interactions())
+    state["step"] = 2
+    assert "teaching/window_ndr" not in end_step(fabric, state, table_interactions(), iteration=1)
+    assert len(lines(tmp_path / "degradations.jsonl")) == 2
 
 
 def test_the_ndr_window_survives_a_checkpoint(tmp_path):

@@ -307,7 +307,7 @@ def test_grpo_loss_clip_stats_are_masked_means():
 # ---------------------------------------------------------------- gradient accumulation
 
 
-def _accumulated_grad(loss_type, mask, splits, tokens_per_process):
+def _accumulated_grad(loss_type, mask, splits, tokens_per_process, rows_per_process=None):
     torch.manual_seed(0)
     logp = (torch.randn(4, 6) * 0.3 - 1.0).requires_grad_(True)
     old = logp.detach() + torch.randn(4, 6) * 0.2
@@ -318,7 +318,7 @@ def _accumulated_grad(loss_type, mask, splits, tokens_per_process):
         loss, _ = grpo_loss(
             logp[rows], old[rows], ref[rows], adv[rows], mask[rows], beta=0.05, epsilon_low=0.2, epsilon_high=0.28,
             loss_type=loss_type, max_completion_length=6, num_micro_batches=len(splits),
-            tokens_per_process=tokens_per_process,
+            tokens_per_process=tokens_per_process, rows_per_process=rows_per_process,
         )  # fmt: skip
         loss.backward()
         total = total + loss.detach()
@@ -343,6 +343,17 @@ def test_two_micro_batches_equal_one_batch(loss_type, mask):
     torch.testing.assert_close(split_loss, full_loss)
     torch.testing.assert_close(split_grad, full_grad)
     assert full_grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo"])
+def test_micro_batches_of_unequal_sizes_equal_one_batch(loss_type):
+    # 3 rows then 1: without the process's row count, grpo and dr_grpo would give the lone row three times the weight
+    tokens = UNEQUAL_TOKENS.sum().item()
+    full_loss, full_grad = _accumulated_grad(loss_type, UNEQUAL_TOKENS, ONE_BATCH, tokens, rows_per_process=4)
+    split_loss, split_grad = _accumulated_grad(loss_type, UNEQUAL_TOKENS, [slice(0, 3), slice(3, 4)], tokens,
+                                               rows_per_process=4)
+    torch.testing.assert_close(split_loss, full_loss)
+    torch.testing.assert_close(split_grad, full_grad)
 
 
 def test_bnpo_is_not_accumulation_invariant_with_unequal_tokens():

@@ -157,11 +157,25 @@ def test_kl_to_a_reference_model_synced_every_step(models_dir, tmp_path):
         (["--engines.teacher.backend", "server"], "engines.teacher.urls is empty"),
         (["--engines.teacher.backend", "server", "--engines.teacher.urls", "[http://127.0.0.1:1]",
           "--engines.teacher.api", "openai"], "OpenAI-style servers take no weight pushes"),
+        (["--trainer.strategy", "fsdp", "--trainer.devices", "2"], "in-process generation would need every process"),
+        (["--engines.teacher.backend", "server", "--engines.teacher.urls", "[http://127.0.0.1:1]",
+          "--engines.sync_every_n_steps", "2"], "the loss would treat those rollouts as on-policy"),
     ],
 )
 def test_impossible_configs_fail_at_start_with_the_fix(tmp_path, extra, message):
     with pytest.raises(SystemExit, match=message):
         cli_main("fit", ["--config", RCL, *tiny_overrides(tmp_path, *extra)])
+
+
+def test_evaluation_with_fewer_prompts_than_processes_is_refused():
+    from types import SimpleNamespace
+
+    from rcl.rl.args import EvalArgs
+    from rcl.rl.loop import ConfigError, evaluate
+
+    fabric = SimpleNamespace(world_size=4, global_rank=0)
+    with pytest.raises(ConfigError, match="evaluation has 3 prompts for 4 processes"):
+        evaluate(fabric, {}, None, [{"question": "q", "ground_truth": "1"}] * 3, None, EvalArgs(num_prompts=64), 0)
 
 
 def test_ddp_two_processes_on_cpu(models_dir, tmp_path, repo_env):

@@ -151,7 +151,8 @@ class EnginesArgs:
     """Engines of the policy (the teacher in adaptive teaching)."""
     student: EngineArgs = field(default_factory=EngineArgs)
     sync_every_n_steps: int = 1
-    """Push the policy's weights to teacher servers every N optimizer steps (in-process engines need no push)."""
+    """Push the policy's weights to teacher servers every N optimizer steps (in-process engines need no push). Teacher
+    servers need 1: rcl has no off-policy correction for rollouts sampled with older weights."""
     sync_bucket_mb: float = 64.0
     """Most megabytes per weight-update bucket."""
     sync_transport: Literal["http", "gloo", "nccl"] = "http"

@@ -129,6 +129,19 @@ def validate_config(trainer: TrainerArgs, grpo: GRPOArgs, engines: EnginesArgs) 
         e: EngineArgs = getattr(engines, role)
         if e.backend == "server" and not e.urls:
             raise ConfigError(f"engines.{role}.backend is 'server' but engines.{role}.urls is empty")
+    sharded = "fsdp" in trainer.strategy or "stage_3" in trainer.strategy
+    if sharded and world > 1 and engines.teacher.backend == "in_process":
+        raise ConfigError(
+            f"trainer.strategy={trainer.strategy} shards the policy over {world} processes, and in-process generation "
+            "would need every process to generate in lockstep (each forward gathers the shards), which HFEngine does "
+            "not do: serve the teacher (engines.teacher.backend server, e.g. through `python -m rcl launch`)"
+        )
+    if engines.teacher.backend == "server" and engines.sync_every_n_steps > 1:
+        raise ConfigError(
+            f"engines.sync_every_n_steps={engines.sync_every_n_steps}: teacher servers would sample with weights up to "
+            f"{engines.sync_every_n_steps - 1} steps old, and the loss would treat those rollouts as on-policy (rcl "
+            "has no off-policy correction): use 1"
+        )
     if engines.teacher.backend == "server" and engines.teacher.api == "openai":
         raise ConfigError("engines.teacher.api is 'openai', but OpenAI-style servers take no weight pushes, so the "
                           "teacher would generate with its initial weights: serve it with `rcl serve` (api: rcl)")
@@ -355,7 +368,7 @@ def fit(
             state["step"] += 1
             metrics = step_metrics(fabric, rollout, stats, state, time.perf_counter() - start, grpo)
             fabric.call("on_train_batch_end", fabric=fabric, state=state, rollout=rollout, metrics=metrics,
-                        engines=engines)
+                        engines=engines, iteration=iteration)
             if state["step"] % trainer.log_every_n_steps == 0 or state["step"] == trainer.max_steps:
                 _record(fabric, history_path, metrics, state["step"])
                 fabric.print(progress_line(state["step"], trainer.max_steps, metrics))
@@ -472,6 +485,7 @@ def train_step(fabric, state, rollout, grpo, generation, optimizer_args, stop_id
                 max_completion_length=generation.max_completion_length,
                 num_micro_batches=len(batches),
                 tokens_per_process=tokens_per_process,
+                rows_per_process=len(rows),
             )
             fabric.backward(loss)
         totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
@@ -530,14 +544,20 @@ def step_metrics(fabric, rollout: Rollout, stats: dict, state: dict, train_secon
 def evaluate(fabric, state, runner: RolloutRunner, val_rows, settings, eval_args: EvalArgs, seed: int) -> dict:
     """Fixed-seed held-out rollout: student alone vs teacher + student (or the policy alone for `direct`)."""
     n = min(eval_args.num_prompts, len(val_rows))
+    if 0 < n < fabric.world_size:  # a process without prompts would miss the collectives the others wait in
+        raise ConfigError(f"evaluation has {n} prompts for {fabric.world_size} processes, and every process needs at "
+                          "least one: raise eval.num_prompts (or the validation split)")
     index = list(range(n))[fabric.global_rank :: fabric.world_size]
     rows = [val_rows[i] for i in index]
     metrics: dict[str, float] = {}
     if rows:
         rollout = runner.run(rows, step_seed(seed, 0, fabric.global_rank, salt=1), eval_settings(settings, eval_args))
         fabric.call("on_validation_end", fabric=fabric, state=state, rollout=rollout, metrics=metrics)
-        local = {"eval/accuracy": sum(i.p_with for i in rollout.interactions) / len(rollout.interactions)}
-        metrics.update(_mean_over_processes(fabric, local))
+        # a sum and a count per process, so processes with one prompt fewer do not weigh more
+        totals = torch.tensor([sum(i.p_with for i in rollout.interactions), len(rollout.interactions)],
+                              dtype=torch.float64, device=fabric.device)
+        correct, count = fabric.all_reduce(totals, reduce_op="sum").tolist()
+        metrics["eval/accuracy"] = correct / count
     fabric.print(f"eval @ step {state['step']}: " + ", ".join(f"{k[5:]} {v:.3f}" for k, v in sorted(metrics.items())))
     return metrics
 
