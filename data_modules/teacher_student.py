@@ -200,7 +200,11 @@ class TeacherStudentDataModule(LightningDataModule):
         if overlong:
             action = "dropped" if self.overlong == "drop" else "truncated"
             rank_zero_info(f"rcl data: {overlong} of {len(examples)} {name} examples over {self.max_length} tokens {action}")
+        before = len(examples)
         examples = examples.filter(lambda e: any(t != IGNORE_INDEX for t in e["labels"]), desc=f"filter {name}")
+        if len(examples) < before:
+            rank_zero_info(f"rcl data: {before - len(examples)} of {before} {name} examples dropped: no target token "
+                           f"left within max_length {self.max_length} (the prompt alone fills it)")
         if len(examples) == 0 and len(rows) > 0:
             raise DataError(
                 f"no {name} example has a target token left (max_length {self.max_length}, overlong {self.overlong});"

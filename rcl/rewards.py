@@ -98,7 +98,10 @@ class AdaptiveTeachingReward:
     With k = m = 1 this is exactly the original code's reward (delta in {-1, 0, 1}; the original ignored its
     configured degradation penalty, which `degradation_penalty_multiplier=0` reproduces). For k, m > 1 the cases are
     kept as they were, so they are not continuous: going from p_base = 0.9 to p_with = 1.0 earns 0.1 * (1 + w * eps),
-    less than keeping 1.0 at 1.0 (0.5 * (1 + w * eps)).
+    less than keeping 1.0 at 1.0 (0.5 * (1 + w * eps)). Within one group (one shared p_base) the reward can then rank
+    a worse teaching higher when p_base < p_with < 1.5 * p_base can happen and so can p_with = p_base: with k = m = 4,
+    p_base 0.75 kept earns 0.375 * (1 + w * eps), p_with 1.0 only 0.25 * (1 + w * eps). The shipped recipes (k = 4 with
+    m = 1 or 2) cannot meet both conditions, so their group ranking is monotone in p_with.
 
     Missing `<teaching>` tags (`has_teaching_tags is False`): the reward is `missing_tags_reward` when that is not
     None (a fixed penalty, default 0); when it is None the formula applies to whatever the student was shown.

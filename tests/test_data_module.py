@@ -1,6 +1,7 @@
 """TeacherStudentDataModule: schemas end to end, the seeded split shared by SFT and RL, and the RL dataset API."""
 
 import json
+import logging
 
 import pytest
 
@@ -102,3 +103,14 @@ def test_atlas_rl_has_no_sft_target(tiny_model_dir):
 def test_sft_needs_a_tokenizer():
     with pytest.raises(DataError, match="tokenizer_name_or_path"):
         TeacherStudentDataModule(synthetic_size=10).setup("fit")
+
+
+def test_examples_whose_prompt_fills_max_length_are_dropped_and_reported(tmp_path, tiny_model_dir, caplog):
+    rows = [{"question": "What is 1+2?", "solution": "3"}] * 2 + [{"question": "long " * 200, "solution": "3"}] * 2
+    path = write_jsonl(tmp_path / "g.jsonl", rows)
+    dm = TeacherStudentDataModule(dataset=path, schema="generic", val_size=0, tokenizer_name_or_path=tiny_model_dir,
+                                  max_length=64, overlong="truncate")
+    with caplog.at_level(logging.INFO):
+        dm.setup("fit")
+    assert len(dm.train_set) == 2
+    assert "2 of 4 train examples dropped: no target token left within max_length 64" in caplog.text
