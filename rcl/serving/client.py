@@ -81,6 +81,16 @@ def _with_last(items: Iterable[T]) -> Iterator[tuple[int, T, bool]]:
         yield index, pending, True  # type: ignore[misc]
 
 
+def _check_count(got: int, n_prompts: int, n: int, server: str) -> None:
+    if got != n_prompts * n:
+        raise ServerError(f"{server} returned {got} completions for {n_prompts} prompts x n={n}")
+
+
+def _per_prompt(rows: list[T], n: int) -> list[list[T]]:
+    """Prompt-major rows, `n` per prompt, as one group per prompt."""
+    return [rows[i : i + n] for i in range(0, len(rows), n)]
+
+
 class ServerEngine:
     """Generate on, and push weights to, a pool of servers that all serve the same model."""
 
@@ -161,8 +171,7 @@ class ServerEngine:
     # -- generation -----------------------------------------------------------------------------------------------
     def _completions(self, body: dict, n_prompts: int, params: SamplingParams) -> list[list[Completion]]:
         ids = body["completion_ids"]
-        if len(ids) != n_prompts * params.n:
-            raise ServerError(f"server returned {len(ids)} completions for {n_prompts} prompts x n={params.n}")
+        _check_count(len(ids), n_prompts, params.n, "server")
         logprobs = body.get("logprobs")
         reasons = body.get("finish_reasons")
         rows = []
@@ -175,7 +184,7 @@ class ServerEngine:
             else:
                 text = self.tokenizer.decode(tokens, skip_special_tokens=True)
                 rows.append(Completion(list(tokens), lps, reasons[i], text))
-        return [rows[i * params.n : (i + 1) * params.n] for i in range(n_prompts)]
+        return _per_prompt(rows, params.n)
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]:
         if not prompts:
@@ -202,12 +211,10 @@ class ServerEngine:
         payload = dict(model=self._served_models[url], prompt=prompts, **fields, **OPENAI_OPTIONS)
         choices = sorted(self._request(url, "POST", "/v1/completions", json=payload)["choices"],
                          key=lambda c: c["index"])
-        if len(choices) != len(prompts) * params.n:
-            raise ServerError(f"generation server {url} returned {len(choices)} completions for {len(prompts)} "
-                              f"prompts x n={params.n}")
+        _check_count(len(choices), len(prompts), params.n, f"generation server {url}")
         rows = [Completion(list(c["token_ids"]), list(c["logprobs"]["token_logprobs"]) if c.get("logprobs") else None,
                            "stop" if c["finish_reason"] == "stop" else "length", c["text"]) for c in choices]
-        return [rows[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]
+        return _per_prompt(rows, params.n)
 
     # -- weights --------------------------------------------------------------------------------------------------
     def _weights_states(self) -> list[dict]:

@@ -47,12 +47,9 @@ class ServerLimits:
         return int(self.max_body_mb * 1024 * 1024)
 
 
-class GenerateRequest(BaseModel):
-    """TRL's /generate/ body. Unknown TRL fields (images, generation_kwargs) are accepted only when empty."""
+class SamplingFields(BaseModel):
+    """The sampling fields `/generate/` and `/v1/completions` share, with the same bounds."""
 
-    model_config = ConfigDict(extra="ignore")
-
-    prompts: list[str] | list[list[int]] = Field(min_length=1)
     n: int = Field(1, ge=1)
     repetition_penalty: float = Field(1.0, gt=0)
     temperature: float = Field(1.0, ge=0)
@@ -61,9 +58,17 @@ class GenerateRequest(BaseModel):
     """-1 or 0 disables top-k."""
     min_p: float = Field(0.0, ge=0, le=1)
     max_tokens: int = Field(16, ge=1)
-    stop: list[str] | None = None
     stop_token_ids: list[int] | None = None
     seed: int | None = None
+
+
+class GenerateRequest(SamplingFields):
+    """TRL's /generate/ body. Unknown TRL fields (images, generation_kwargs) are accepted only when empty."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompts: list[str] | list[list[int]] = Field(min_length=1)
+    stop: list[str] | None = None
     logprobs: int | None = Field(0, ge=0, le=0)
     """0: return the sampled token's log-prob; null: none (top-k alternatives are not supported)."""
     images: list[Any] | None = None
@@ -85,7 +90,7 @@ ALWAYS_ON_COMPLETION_FIELDS = ("include_stop_str_in_output", "skip_special_token
 """What this server always does: stop strings stay in the completion (as in HFEngine); `text` skips special tokens."""
 
 
-class CompletionsRequest(BaseModel):
+class CompletionsRequest(SamplingFields):
     """The part of vLLM's OpenAI-style `/v1/completions` body that TRL >= 1.16's `VLLMClient.generate` sends.
 
     Any other field is refused (`unsupported_fields`) rather than silently ignored: penalties, prompt log-probs or
@@ -96,16 +101,7 @@ class CompletionsRequest(BaseModel):
 
     model: str | None = None
     prompt: str | list[str] | list[int] | list[list[int]]
-    n: int = Field(1, ge=1)
-    repetition_penalty: float = Field(1.0, gt=0)
-    temperature: float = Field(1.0, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(-1, ge=-1)
-    min_p: float = Field(0.0, ge=0, le=1)
-    max_tokens: int = Field(16, ge=1)
     stop: str | list[str] | None = None
-    stop_token_ids: list[int] | None = None
-    seed: int | None = None
     logprobs: int | None = Field(None, ge=0, le=0)
     """0: the sampled token's log-prob; null: none (top-k alternatives are not supported)."""
     return_token_ids: bool = False
@@ -125,9 +121,9 @@ class CompletionsRequest(BaseModel):
         prompts: Any = self.prompt
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
-        fields = self.model_dump(include={"n", "repetition_penalty", "temperature", "top_p", "top_k", "min_p",
-                                          "max_tokens", "stop_token_ids", "seed", "logprobs"})
-        return GenerateRequest(prompts=prompts, stop=[self.stop] if isinstance(self.stop, str) else self.stop, **fields)
+        fields = self.model_dump(include=set(SamplingFields.model_fields))
+        return GenerateRequest(prompts=prompts, stop=[self.stop] if isinstance(self.stop, str) else self.stop,
+                               logprobs=self.logprobs, **fields)
 
 
 class InitCommunicatorRequest(BaseModel):

@@ -187,11 +187,8 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
         return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
 
     @app.get("/health/")
+    @app.get("/health", include_in_schema=False)  # vLLM's spelling, which TRL >= 1.16 polls
     async def health():
-        return {"status": "ok"}
-
-    @app.get("/health", include_in_schema=False)
-    async def health_without_slash():
         return {"status": "ok"}
 
     @app.get("/v1/models")
