@@ -55,11 +55,19 @@ def run_evaluate(tmp_path: Path, config: dict, *flags: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def other_model(tmp_path_factory, models_dir) -> str:
-    """A second tiny model with other weights, as a local HF folder."""
-    from rcl.tiny_models import build_model
+def other_model(tmp_path_factory, tiny_model_dir) -> str:
+    """A second model as a local HF folder: tiny-1m with a large random output layer, so that it samples other
+    tokens (a freshly initialised tiny model is so close to uniform that another seed's weights sample the same)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    return str(build_model("tiny-1m", tmp_path_factory.mktemp("other") / "model", seed=1))
+    out = tmp_path_factory.mktemp("other") / "model"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    torch.manual_seed(1)
+    model.get_output_embeddings().weight.data.normal_(0.0, 1.0)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
+    return str(out)
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +131,10 @@ def test_generation_lines_carry_what_the_issue_lists(evaluated):
     assert {(line["row_id"], line["sample_index"]) for line in lines} == {(f"test-{i}", j) for i in range(6)
                                                                           for j in range(2)}
     assert len({line["seed"] for line in lines}) == 2  # one per chunk of 4 rows
+    other = [json.loads(line) for line in
+             (evaluated / "generations" / f"other__{TEST_TASK}__adaptive_teaching.jsonl").read_text().splitlines()]
+    assert [o["baseline_completion"] for o in other] == [line["baseline_completion"] for line in lines]
+    assert [o["teacher_completion"] for o in other] != [line["teacher_completion"] for line in lines]
 
 
 def test_report_and_plots_are_written(evaluated):

@@ -63,24 +63,30 @@ def accuracy_plot(results: dict, path: Path) -> Path:
 
 
 def pass_at_k_plot(results: dict, path: Path) -> Path:
-    """pass@k against k, one panel per task, one line per system (band: bootstrap interval)."""
+    """pass@k against k, one panel per task, one line per system, whiskers from the bootstrap over problems."""
     plt = _pyplot()
     entries = results["results"]
     tasks = list(dict.fromkeys(e["task"] for e in entries))
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
-        for e in (e for e in entries if e["task"] == task):
-            ks = sorted((int(k) for k, v in e["pass_at_k"].items() if v is not None))
+        mine = [e for e in entries if e["task"] == task]
+        offset = 0.06
+        all_ks: set[int] = set()
+        for s, e in enumerate(mine):
+            ks = sorted(int(k) for k, v in e["pass_at_k"].items() if v is not None)
             if not ks:
                 continue
+            all_ks.update(ks)
             values = [e["pass_at_k"][str(k)] for k in ks]
-            line, = ax.plot(ks, values, "o-", label=system_name(e))
-            ax.fill_between(ks, [e["pass_at_k_ci"][str(k)][0] for k in ks],
-                            [e["pass_at_k_ci"][str(k)][1] for k in ks], color=line.get_color(), alpha=0.15)
-            ax.set_xticks(ks)
+            shift = (s - (len(mine) - 1) / 2) * offset
+            ax.errorbar([k + shift for k in ks], values, capsize=3, fmt="o-", label=system_name(e),
+                        yerr=_whiskers(values, [e["pass_at_k_ci"][str(k)][0] for k in ks],
+                                       [e["pass_at_k_ci"][str(k)][1] for k in ks]))
+        ax.set_xticks(sorted(all_ks))
         ax.set_ylim(0, 1)
         ax.set_xlabel("k (samples per problem)")
-        ax.set_ylabel("pass@k")
+        level = int(round(100 * results["stats"]["ci_level"]))
+        ax.set_ylabel(f"pass@k ({level}% bootstrap interval)")
         ax.set_title(f"pass@k: {task}")
         ax.legend(fontsize=8, loc="best")
     return _save(fig, path)
@@ -104,7 +110,7 @@ def teaching_plot(results: dict, path: Path) -> Path | None:
            yerr=_whiskers(taught, [e["ci_low"] for e in entries], [e["ci_high"] for e in entries]), capsize=4)
     for i, e in enumerate(entries):
         top = max(e["baseline_ci_high"], e["ci_high"])
-        ax.annotate(f"Δ {e['delta']:+.3f}", (x[i], min(top + 0.03, 0.95)), ha="center", fontsize=8)
+        ax.annotate(f"Δ {e['delta']:+.3f} (paired)", (x[i], min(top + 0.03, 0.95)), ha="center", fontsize=8)
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_xlabel("teacher and task")
@@ -121,13 +127,20 @@ def pareto_plot(points: Mapping[str, tuple[float, float]], path: Path, title: st
     plt = _pyplot()
     frontier = token_frontier(points)
     fig, ax = plt.subplots(figsize=(6, 4))
+    at: dict[tuple[float, float], list[str]] = {}
     for name, (acc, tokens) in points.items():
-        on = name in frontier
-        ax.scatter([tokens], [acc], marker="o" if on else "x", s=50, color="C0" if on else "C7")
-        ax.annotate(name, (tokens, acc), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    if frontier:
+        at.setdefault((tokens, acc), []).append(name)
+    labelled: set[bool] = set()
+    for (tokens, acc), names in at.items():  # systems at one point share one label
+        on = any(n in frontier for n in names)
+        ax.scatter([tokens], [acc], marker="o" if on else "x", s=50, color="C0" if on else "C7",
+                   label=None if on in labelled else ("on the frontier" if on else "dominated"))
+        labelled.add(on)
+        ax.annotate("\n".join(names), (tokens, acc), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    if len(frontier) > 1:
         ax.plot([points[n][1] for n in frontier], [points[n][0] for n in frontier], "-", color="C0",
                 label="Pareto frontier")
+    if points:
         ax.legend(fontsize=8, loc="lower right")
     ax.set_xlabel("mean generated tokens per sample (the evaluated model)")
     ax.set_ylabel("accuracy (weighted over tasks)")
