@@ -89,9 +89,22 @@ def test_trl_style_per_tensor_update_over_gloo(served, policy):
     model, _ = policy
     train_one_step(model, seed=3)
     version = requests.get(f"{served}/weights_version/").json()["weights_version"]
-    trl_style_push(served, iter_full_state(model), free_port())
+    assert trl_style_push(served, iter_full_state(model), free_port()).status_code == 200
     assert requests.get(f"{served}/weights_version/").json()["weights_version"] == version + 1
     assert requests.get(f"{served}/weights_checksum/").json()["checksum"] == checksum_of(model)
+
+
+def test_trl_style_update_with_a_failed_tensor_fails_and_keeps_the_version(served, policy):
+    model, _ = policy
+    version = requests.get(f"{served}/weights_version/").json()["weights_version"]
+    named = [*iter_full_state(model)][:2] + [("no_such.weight", torch.zeros(3))]
+    reset = trl_style_push(served, named, free_port())
+    assert reset.status_code == 500
+    assert "1 of 3 per-tensor updates failed" in reset.json()["detail"] and "no_such.weight" in reset.json()["detail"]
+    assert requests.get(f"{served}/weights_version/").json()["weights_version"] == version
+    # the next complete update goes through
+    assert trl_style_push(served, iter_full_state(model), free_port()).status_code == 200
+    assert requests.get(f"{served}/weights_version/").json()["weights_version"] == version + 1
 
 
 class RecordingLogger(Logger):

@@ -117,11 +117,18 @@ class GlooGroup:
     def __init__(self, host: str, port: int, rank: int, world_size: int, timeout_s: float = 300.0):
         timeout = datetime.timedelta(seconds=timeout_s)
         self.rank, self.world_size = rank, world_size
-        self._listener = listening_socket(host, port) if rank == 0 else None
-        self._store = torch.distributed.TCPStore(
-            host, port, world_size, is_master=rank == 0, timeout=timeout,
-            master_listen_fd=self._listener.fileno() if self._listener else None,
-        )
+        listener = listening_socket(host, port) if rank == 0 else None
+        try:
+            self._store = torch.distributed.TCPStore(
+                host, port, world_size, is_master=rank == 0, timeout=timeout,
+                master_listen_fd=listener.fileno() if listener else None,
+            )
+        except BaseException:
+            if listener is not None:
+                listener.close()
+            raise
+        if listener is not None:
+            listener.detach()  # the store owns the descriptor now and closes it with itself
         options = torch.distributed.ProcessGroupGloo._Options()
         options._timeout = timeout
         options._devices = [torch.distributed.ProcessGroupGloo.create_device(hostname=host)]
@@ -138,9 +145,6 @@ class GlooGroup:
             self._group.barrier().wait()
             self._group = None
             self._store = None
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
 
 
 class NcclGroup:
