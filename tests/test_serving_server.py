@@ -203,3 +203,13 @@ def test_body_size_limit_holds_with_and_without_content_length(small_body_server
                                   data=iter([b'{"prompts": ["Hi"], ', b'"max_tokens": 2}']),
                                   headers={"Content-Type": "application/json"}, timeout=30)
     assert small_chunked.status_code == 200, small_chunked.text
+
+
+def test_serving_without_an_api_key_warns_about_weight_pushes():
+    from rcl.serving.server import security_warnings
+
+    assert security_warnings("127.0.0.1", "secret") == []
+    (local,) = security_warnings("127.0.0.1", None)
+    assert "any local user can push weights" in local and "--api-key" in local
+    (remote,) = security_warnings("0.0.0.0", None)
+    assert "anyone who can reach 0.0.0.0" in remote

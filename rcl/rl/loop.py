@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
+import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,10 @@ from callbacks.sample_logging import SampleLogger
 from callbacks.teaching_metrics import TeachingMetrics
 from callbacks.weight_sync import WeightSync
 from rcl.engines import HFEngine, SamplingParams
-from rcl.grpo import completion_logprobs, completion_mask, grpo_loss, mask_truncated
+from rcl.grpo import completion_logprobs, completion_mask, group_advantages, grpo_loss, mask_truncated
 from rcl.optim import OptimizerArgs, build_optimizer, build_scheduler
 from rcl.prompts import PromptTemplates
-from rcl.rewards import get_reward
+from rcl.rewards import get_reward, teaching_reward_inversions
 from rcl.rl.args import (
     EngineArgs,
     EnginesArgs,
@@ -87,6 +88,7 @@ def setup(
         ckpt_path: Resume from this Fabric checkpoint.
     """
     validate_config(trainer, grpo, engines)
+    warn_reward_inversions(grpo, reward)
     fabric = build_fabric(trainer, default_callbacks(grpo, logging, engines) + list(callbacks or []), ckpt_path)
     fabric.launch(
         main, data, trainer, teacher, student, grpo, generation, reward, optimizer, templates, eval, engines, ckpt_path,
@@ -153,6 +155,19 @@ def validate_config(trainer: TrainerArgs, grpo: GRPOArgs, engines: EnginesArgs) 
     if engines.teacher.backend == "server" and engines.teacher.api == "openai":
         raise ConfigError("engines.teacher.api is 'openai', but OpenAI-style servers take no weight pushes, so the "
                           "teacher would generate with its initial weights: serve it with `rcl serve` (api: rcl)")
+
+
+def warn_reward_inversions(grpo: GRPOArgs, reward: RewardArgs) -> list:
+    """Warn (and return the cases) when the recipe's (k, m) let the adaptive reward rank a worse teaching higher."""
+    if grpo.protocol != "adaptive_teaching" or "adaptive_teaching" not in reward.functions:
+        return []
+    cases = teaching_reward_inversions(grpo.baseline_samples, grpo.student_samples)
+    if cases:
+        shown = ", ".join(f"p_base {float(b):.2f} kept beats p_with {float(w):.2f}" for b, w in cases[:3])
+        warnings.warn(f"grpo.baseline_samples={grpo.baseline_samples} with grpo.student_samples={grpo.student_samples} "
+                      f"lets the adaptive_teaching reward rank a better teaching lower inside a group ({shown}); "
+                      "the shipped recipes' (4, 1) and (4, 2) do not", stacklevel=2)
+    return cases
 
 
 def default_callbacks(grpo: GRPOArgs, logging: LoggingArgs, engines: EnginesArgs) -> list[FabricCallback]:
@@ -268,6 +283,11 @@ def main(
     ckpt_path: str | None,
     command: str = "fit",
 ) -> dict:
+    if grpo.prompts_per_step % fabric.world_size:  # devices "auto", -1 or a list are only counted here
+        raise ConfigError(
+            f"grpo.prompts_per_step={grpo.prompts_per_step} must be divisible by the {fabric.world_size} training "
+            f"processes; use a multiple of {fabric.world_size}"
+        )
     out_dir = Path(trainer.out_dir)
     if fabric.global_rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -317,11 +337,13 @@ def main(
         "prompts_seen": 0,
         "ref_model": reference,
         "out_dir": str(out_dir),
+        "pending": None,
     }
     if ckpt_path:
         view = _checkpoint_view(state)
         remainder = fabric.load(ckpt_path, view)
-        state.update(step=view["step"], prompts_seen=view["prompts_seen"])
+        state.update(step=view["step"], prompts_seen=view["prompts_seen"],
+                     pending=PendingRollout.from_state(view["pending"], fabric.device))
         if "rng" in remainder:
             torch.set_rng_state(remainder["rng"])
         fabric.call("on_load_checkpoint", fabric=fabric, state=state, checkpoint=remainder)
@@ -362,18 +384,27 @@ def fit(
         _record(fabric, history_path, evaluate(fabric, state, runner, val_rows, settings, eval_args, trainer.seed), 0)
     local_prompts = grpo.prompts_per_step // fabric.world_size
     while state["step"] < trainer.max_steps:
-        rows = next_prompts(train_rows, state, grpo.prompts_per_step, trainer.seed, fabric.global_rank, local_prompts)
-        fabric.call("on_train_batch_start", fabric=fabric, state=state, rows=rows)
-        rollout = runner.run(rows, step_seed(trainer.seed, state["step"], fabric.global_rank), settings)
-        old_logps = None
-        for iteration in range(grpo.num_iterations):
+        if state["pending"] is None:  # a resumed run first finishes the rollout its checkpoint was taken in
+            rows = next_prompts(train_rows, state, grpo.prompts_per_step, trainer.seed, fabric.global_rank,
+                                local_prompts)
+            fabric.call("on_train_batch_start", fabric=fabric, state=state, rows=rows)
+            rollout = runner.run(rows, step_seed(trainer.seed, state["step"], fabric.global_rank), settings)
+            if settings.scale_rewards == "batch" and fabric.world_size > 1:
+                rescale_by_global_std(fabric, rollout)
+            state["pending"] = PendingRollout(rollout, next_iteration=0, old_logps=None)
+        pending = state["pending"]
+        rollout = pending.rollout
+        for iteration in range(pending.next_iteration, grpo.num_iterations):
             if state["step"] >= trainer.max_steps:
                 break
-            if grpo.num_iterations > 1 and old_logps is None:
-                old_logps = behaviour_logprobs(state["model"], rollout, grpo, generation, fabric)
+            if grpo.num_iterations > 1 and pending.old_logps is None:
+                pending.old_logps = behaviour_logprobs(state["model"], rollout, grpo, generation, fabric)
             start = time.perf_counter()
-            stats = train_step(fabric, state, rollout, grpo, generation, optimizer_args, stop_ids, old_logps)
+            stats = train_step(fabric, state, rollout, grpo, generation, optimizer_args, stop_ids, pending.old_logps)
             state["step"] += 1
+            pending.next_iteration = iteration + 1
+            if pending.next_iteration == grpo.num_iterations:
+                state["pending"] = None
             metrics = step_metrics(fabric, rollout, stats, state, time.perf_counter() - start, grpo)
             fabric.call("on_train_batch_end", fabric=fabric, state=state, rollout=rollout, metrics=metrics,
                         engines=engines, iteration=iteration)
@@ -392,6 +423,37 @@ def fit(
     fabric.call("on_train_end", fabric=fabric, state=state)
     for logger in fabric.loggers:
         logger.finalize("success")
+
+
+@dataclass
+class PendingRollout:
+    """A rollout with optimizer passes still to come (`grpo.num_iterations > 1`): checkpointed with the state, so a
+    run resumed between two passes finishes them on the same rollout instead of drawing a new one."""
+
+    rollout: Rollout
+    next_iteration: int
+    old_logps: list[torch.Tensor] | None
+    """The behaviour log-probs of the first pass, per micro-batch (the PPO ratio's denominator)."""
+
+    def state_dict(self) -> dict:
+        return {"rollout": self.rollout.state_dict(), "next_iteration": self.next_iteration,
+                "old_logps": [t.cpu() for t in self.old_logps] if self.old_logps is not None else None}
+
+    @classmethod
+    def from_state(cls, state: dict, device) -> "PendingRollout | None":
+        if not state:
+            return None
+        old = state["old_logps"]
+        return cls(Rollout.from_state(state["rollout"]), int(state["next_iteration"]),
+                   [t.to(device) for t in old] if old is not None else None)
+
+
+def rescale_by_global_std(fabric, rollout: Rollout) -> None:
+    """`scale_rewards: batch` over several processes: divide by the std of the whole gathered batch (as TRL does),
+    not by each process's own, so the advantages do not depend on the process count."""
+    gathered = fabric.all_gather(rollout.rewards.to(fabric.device)).reshape(-1).cpu()
+    rollout.advantages, _ = group_advantages(rollout.rewards, rollout.num_generations, "batch",
+                                             batch_std=float(gathered.std()))
 
 
 def next_prompts(rows, state: dict, per_step: int, seed: int, rank: int, local: int) -> list[dict]:
@@ -464,7 +526,10 @@ def train_step(fabric, state, rollout, grpo, generation, optimizer_args, stop_id
     model, optimizer = state["model"], state["optimizer"]
     reference = state["ref_model"]
     pad = unwrap(model).config.pad_token_id or 0
-    rows = trained_rows(rollout, grpo, fabric.world_size, old_logps is not None)
+    # Every advantage zero: one micro-batch still runs, so gradients are exact zeros on exactly the parameters a
+    # full pass reaches (None elsewhere) and a mixed-precision GradScaler sees a scaled backward before unscale_.
+    rows = trained_rows(rollout, grpo, fabric.world_size, old_logps is not None) or list(
+        range(min(grpo.micro_batch_size, len(rollout))))
     batches = [rows[i : i + grpo.micro_batch_size] for i in range(0, len(rows), grpo.micro_batch_size)]
     local_tokens = sum(
         0 if grpo.mask_truncated_completions and _truncated(c) else len(c.token_ids)
@@ -499,11 +564,6 @@ def train_step(fabric, state, rollout, grpo, generation, optimizer_args, stop_id
         totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
         for name, value in stats.items():
             totals[name] = totals.get(name, 0.0) + float(value) / len(batches)
-    if not batches:  # every advantage is zero: a full pass would have produced exactly zero gradients
-        totals["loss"] = 0.0
-        for p in model.parameters():
-            if p.requires_grad:
-                p.grad = torch.zeros_like(p)
     fabric.call("on_before_optimizer_step", fabric=fabric, state=state, optimizer=optimizer)
     if optimizer_args.max_grad_norm and not is_deepspeed(fabric):
         totals["grad_norm"] = float(fabric.clip_gradients(model, optimizer, max_norm=optimizer_args.max_grad_norm))
@@ -555,6 +615,8 @@ def evaluate(fabric, state, runner: RolloutRunner, val_rows, settings, eval_args
     if 0 < n < fabric.world_size:  # a process without prompts would miss the collectives the others wait in
         raise ConfigError(f"evaluation has {n} prompts for {fabric.world_size} processes, and every process needs at "
                           "least one: raise eval.num_prompts (or the validation split)")
+    fabric.call("on_validation_start", fabric=fabric, state=state,
+                engines={"teacher": runner.policy, "student": runner.student})
     index = list(range(n))[fabric.global_rank :: fabric.world_size]
     rows = [val_rows[i] for i in index]
     metrics: dict[str, float] = {}
@@ -591,6 +653,8 @@ def _record(fabric, path: Path, metrics: dict, step: int) -> None:
 
 def _checkpoint_view(state: dict) -> dict:
     view = {k: state[k] for k in ("model", "optimizer", "scheduler", "step", "prompts_seen")}
+    # the rollout whose remaining num_iterations passes are still to come, so a resume finishes it exactly
+    view["pending"] = state["pending"].state_dict() if state.get("pending") is not None else {}
     if state.get("ref_model") is not None:
         view["ref_model"] = state["ref_model"]
     return view

@@ -412,6 +412,15 @@ def build_backend(args: argparse.Namespace) -> ServingBackend:
     return HFBackend(args.model, dtype=args.dtype, device=args.device, seed=args.seed)
 
 
+def security_warnings(host: str, api_key: str | None) -> list[str]:
+    """What `rcl serve` warns about at start: without a key, anyone who reaches the port can replace the weights."""
+    if api_key:
+        return []
+    who = "any local user" if host in ("127.0.0.1", "localhost", "::1") else f"anyone who can reach {host}"
+    return [f"no API key: {who} can push weights (/update_weights/, /init_communicator/) and generate; "
+            f"set --api-key or ${API_KEY_ENV} (`rcl launch` always sets one)"]
+
+
 def _exit_cleanly(signum: int, frame: Any) -> None:
     raise SystemExit(0)
 
@@ -422,6 +431,8 @@ def cli_main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    for warning in security_warnings(args.host, api_key):
+        log.warning("%s", warning)
     limits = ServerLimits(**{f.name: getattr(args, f.name) for f in fields(ServerLimits)})
     try:
         backend = build_backend(args)
