@@ -124,6 +124,13 @@ def is_deepspeed(fabric) -> bool:
     return isinstance(fabric.strategy, DeepSpeedStrategy)
 
 
+def deepspeed_engine(fabric, model):
+    """The DeepSpeedEngine inside Fabric's wrapper under a DeepSpeed strategy, else None."""
+    if not is_deepspeed(fabric):
+        return None
+    return getattr(model, "_forward_module", model)
+
+
 def validate_config(trainer: TrainerArgs, grpo: GRPOArgs, engines: EnginesArgs) -> None:
     if grpo.num_generations < 2:
         raise ConfigError(f"grpo.num_generations must be >= 2 for group advantages, got {grpo.num_generations}")
@@ -539,9 +546,14 @@ def train_step(fabric, state, rollout, grpo, generation, optimizer_args, stop_id
     tokens_per_process = max(float(global_tokens) / fabric.world_size, 1.0)
     advantages = rollout.advantages.to(fabric.device)
     totals: dict[str, float] = {}
+    engine = deepspeed_engine(fabric, model)
     for k, index in enumerate(batches):
         ids, attn, comp = _pack(rollout, index, pad, fabric.device)
         mask = _mask(rollout, index, comp, stop_ids, grpo)
+        if engine is not None:
+            # DeepSpeed's config says one micro-batch per step, so ZeRO-1/2 would treat every backward as a step
+            # boundary and keep only the last micro-batch's gradient: mark the boundary ourselves.
+            engine.set_gradient_accumulation_boundary(k == len(batches) - 1)
         with fabric.no_backward_sync(model, enabled=k < len(batches) - 1):
             logp = completion_logprobs(model, ids, attn, comp.shape[1], generation.temperature)
             ref_logp = None
