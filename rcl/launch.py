@@ -363,7 +363,7 @@ def run(plan: LaunchPlan, api_key: str, health_timeout_s: float = 600.0, grace_s
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m rcl launch", description=__doc__.splitlines()[0],
+    p = argparse.ArgumentParser(prog="python -m rcl launch", description=__doc__.splitlines()[0], allow_abbrev=False,
                                 epilog="Other --group.key value flags are recipe overrides, passed to training.")
     p.add_argument("--config", action="append", required=True, help="RL recipe YAML (repeat to merge several)")
     p.add_argument("--teacher-gpus", required=True, help="GPUs for teacher servers: 0,1 / 0-3 / none, cpu, cpu:N")

@@ -7,6 +7,7 @@ model). The default loggers are CSV + TensorBoard; add W&B with `--config lightn
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from data_modules import DataError, TeacherStudentDataModule
+from rcl.cli import explain_parse_error, help_defaults, show_class_keys_in_help
 from rcl.sft import SFTModule
 
 DEFAULT_ROOT_DIR = "runs/sft"
@@ -61,32 +63,60 @@ def run_layout(config: dict[str, Any], callbacks: list[Callback]) -> None:
 
 
 class RCLLightningCLI(LightningCLI):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        given = kwargs.get("args")
+        self._argv = [str(a) for a in given] if isinstance(given, list) else sys.argv[1:]  # for --help
+        super().__init__(*args, **kwargs)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # One tokenizer for data and model; one clipping setting for every strategy (DeepSpeed reads the Trainer's).
         parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer_name_or_path")
         parser.link_arguments("model.init_args.optimizer.max_grad_norm", "trainer.gradient_clip_val")
+
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
+        super()._add_subcommands(parser, **kwargs)
+        for name, subparser in self._subcommand_parsers.items():
+            subparser.prog = f"python -m rcl {name}"
+            show_class_keys_in_help(subparser, self._argv, {"model": SFTModule, "data": TeacherStudentDataModule})
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except argparse.ArgumentError as err:
+            parsers = [parser, *getattr(self, "_subcommand_parsers", {}).values()]
+            options = [flag for p in parsers for action in p._actions for flag in action.option_strings]
+            raise argparse.ArgumentError(None, explain_parse_error(str(err), options)) from None
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         run_layout(config, callbacks)
         return super()._instantiate_trainer(config, callbacks)
 
 
-def build_cli(command: str, argv: list[str], run: bool = True) -> RCLLightningCLI:
+def build_cli(command: str, argv: list[str], run: bool = True, args_from_sys_argv: bool = False) -> RCLLightningCLI:
+    """`args_from_sys_argv`: the command line is `sys.argv` itself (LightningCLI then reads it, rather than being
+    handed the same arguments again as if from Python)."""
+    # Flags must be spelled in full; errors come back as exceptions, for one line that names the fix. Subcommand
+    # parsers inherit both settings from the main parser.
+    main = {"prog": "python -m rcl", "description": "rcl SFT phase (LightningCLI)", "allow_abbrev": False,
+            "exit_on_error": False}
     return RCLLightningCLI(
         SFTModule,
         TeacherStudentDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_callback=SaveConfigToRunDir,
-        args=[command, *argv] if run else argv,
+        args=None if args_from_sys_argv else [command, *argv] if run else argv,
         run=run,
-        parser_kwargs={"description": "rcl SFT phase (LightningCLI)"},
+        parser_kwargs={**main, command: help_defaults(argv)} if run else {**main, **help_defaults(argv)},
     )
 
 
 def cli_main(command: str, argv: list[str]) -> None:
     try:
-        build_cli(command, argv)
+        build_cli(command, argv, args_from_sys_argv=sys.argv[1:] == [command, *argv])
+    except argparse.ArgumentError as e:
+        print(f"rcl: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     except DataError as e:
         print(f"rcl: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -8,7 +8,9 @@ what an uninterrupted one would have done.
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -630,19 +632,31 @@ def export_hf(fabric, model, tokenizer, out: Path) -> None:
 def parse_recipe(command: str, argv: list[str], exit_on_error: bool = True) -> dict[str, Any]:
     """`setup`'s arguments from an RL recipe's command line (several --config merged, dotted overrides).
 
-    With `exit_on_error=False` a bad recipe raises `argparse.ArgumentError` instead of exiting (the launcher checks a
-    recipe this way before it starts any server).
+    Flags must be spelled in full (`--grpo.num_generation` is refused, not read as `num_generations`). With
+    `exit_on_error=False` a bad recipe raises `argparse.ArgumentError` with a one-line message instead of exiting
+    (the CLI prints it; the launcher checks a recipe this way before it starts any server).
     """
     from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
 
+    from rcl.cli import explain_parse_error, help_defaults, show_class_keys_in_help
+
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     parser = ArgumentParser(prog=f"python -m rcl {command}", description=__doc__.splitlines()[0],
-                            exit_on_error=exit_on_error)
+                            exit_on_error=False, allow_abbrev=False, **help_defaults(argv))
     parser.add_argument("--config", action=ActionConfigFile, help="Recipe YAML (repeat to merge in order).")
     parser.add_function_arguments(setup, skip={"command"})
     # One set of prompt templates per run: the data module's copy follows the loop's.
     parser.link_arguments("templates", "data.init_args.templates")
-    init = parser.instantiate_classes(parser.parse_args(argv))
+    show_class_keys_in_help(parser, argv, {"data": TeacherStudentDataModule})
+    try:
+        init = parser.instantiate_classes(parser.parse_args(argv))
+    except argparse.ArgumentError as err:
+        options = [flag for action in parser._actions for flag in action.option_strings]
+        message = explain_parse_error(str(err), options)
+        if exit_on_error:
+            print(f"rcl: {message}", file=sys.stderr)
+            raise SystemExit(2) from None
+        raise argparse.ArgumentError(None, message) from None
     return {k: v for k, v in vars(init).items() if k not in ("config", "__path__")}
 
 
