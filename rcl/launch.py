@@ -156,11 +156,13 @@ def _check_shared_gpus(transport: str, args: argparse.Namespace, shared: dict[st
 def _parse_recipe(train_args: list[str]) -> dict[str, Any]:
     """The recipe as training will parse it, checked as training will check it: errors are found before any server
     starts."""
-    from rcl.rl.loop import ConfigError, parse_recipe, validate_config
+    from rcl.rl.loop import ConfigError, parse_recipe, preflight, validate_config
 
     try:
         recipe = parse_recipe("fit", train_args, exit_on_error=False)
         validate_config(recipe["trainer"], recipe["grpo"], recipe["engines"])
+        preflight(recipe["data"], recipe["trainer"], recipe["teacher"], recipe["student"], recipe["grpo"],
+                  recipe["ckpt_path"], recipe["overwrite"], "fit")
     except argparse.ArgumentError as exc:
         raise LaunchError(f"the recipe does not parse: {exc}") from None
     except ConfigError as exc:
