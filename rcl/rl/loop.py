@@ -12,7 +12,8 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
+import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,10 @@ from callbacks.sample_logging import SampleLogger
 from callbacks.teaching_metrics import TeachingMetrics
 from callbacks.weight_sync import WeightSync
 from rcl.engines import HFEngine, SamplingParams
-from rcl.grpo import completion_logprobs, completion_mask, grpo_loss, mask_truncated
+from rcl.grpo import completion_logprobs, completion_mask, group_advantages, grpo_loss, mask_truncated
 from rcl.optim import OptimizerArgs, build_optimizer, build_scheduler
 from rcl.prompts import PromptTemplates
-from rcl.rewards import get_reward
+from rcl.rewards import get_reward, teaching_reward_inversions
 from rcl.rl.args import (
     EngineArgs,
     EnginesArgs,
@@ -101,6 +102,7 @@ def setup(
             holds a run is refused (resume that run with `ckpt_path`, or pick another `trainer.out_dir`).
     """
     validate_config(trainer, grpo, engines)
+    warn_reward_inversions(grpo, reward)
     preflight(data, trainer, teacher, student, grpo, ckpt_path, overwrite, command)
     fabric = build_fabric(trainer, default_callbacks(grpo, logging, engines) + list(callbacks or []), ckpt_path,
                           command)
@@ -177,6 +179,13 @@ def is_deepspeed(fabric) -> bool:
     return isinstance(fabric.strategy, DeepSpeedStrategy)
 
 
+def deepspeed_engine(fabric, model):
+    """The DeepSpeedEngine inside Fabric's wrapper under a DeepSpeed strategy, else None."""
+    if not is_deepspeed(fabric):
+        return None
+    return getattr(model, "_forward_module", model)
+
+
 def validate_config(trainer: TrainerArgs, grpo: GRPOArgs, engines: EnginesArgs) -> None:
     if grpo.num_generations < 2:
         raise ConfigError(f"grpo.num_generations must be >= 2 for group advantages, got {grpo.num_generations}")
@@ -208,6 +217,19 @@ def validate_config(trainer: TrainerArgs, grpo: GRPOArgs, engines: EnginesArgs) 
     if engines.teacher.backend == "server" and engines.teacher.api == "openai":
         raise ConfigError("engines.teacher.api is 'openai', but OpenAI-style servers take no weight pushes, so the "
                           "teacher would generate with its initial weights: serve it with `rcl serve` (api: rcl)")
+
+
+def warn_reward_inversions(grpo: GRPOArgs, reward: RewardArgs) -> list:
+    """Warn (and return the cases) when the recipe's (k, m) let the adaptive reward rank a worse teaching higher."""
+    if grpo.protocol != "adaptive_teaching" or "adaptive_teaching" not in reward.functions:
+        return []
+    cases = teaching_reward_inversions(grpo.baseline_samples, grpo.student_samples)
+    if cases:
+        shown = ", ".join(f"p_base {float(b):.2f} kept beats p_with {float(w):.2f}" for b, w in cases[:3])
+        warnings.warn(f"grpo.baseline_samples={grpo.baseline_samples} with grpo.student_samples={grpo.student_samples} "
+                      f"lets the adaptive_teaching reward rank a better teaching lower inside a group ({shown}); "
+                      "the shipped recipes' (4, 1) and (4, 2) do not", stacklevel=2)
+    return cases
 
 
 def default_callbacks(grpo: GRPOArgs, logging: LoggingArgs, engines: EnginesArgs) -> list[FabricCallback]:
@@ -323,6 +345,11 @@ def main(
     ckpt_path: str | None,
     command: str = "fit",
 ) -> dict:
+    if grpo.prompts_per_step % fabric.world_size:  # devices "auto", -1 or a list are only counted here
+        raise ConfigError(
+            f"grpo.prompts_per_step={grpo.prompts_per_step} must be divisible by the {fabric.world_size} training "
+            f"processes; use a multiple of {fabric.world_size}"
+        )
     out_dir = Path(trainer.out_dir)
     fabric.seed_everything(trainer.seed)
 
@@ -366,11 +393,13 @@ def main(
         "prompts_seen": 0,
         "ref_model": reference,
         "out_dir": str(out_dir),
+        "pending": None,
     }
     if ckpt_path:
         view = _checkpoint_view(state)
         remainder = fabric.load(ckpt_path, view)
-        state.update(step=view["step"], prompts_seen=view["prompts_seen"])
+        state.update(step=view["step"], prompts_seen=view["prompts_seen"],
+                     pending=PendingRollout.from_state(view["pending"], fabric.device))
         if "rng" in remainder:
             torch.set_rng_state(remainder["rng"])
         fabric.call("on_load_checkpoint", fabric=fabric, state=state, checkpoint=remainder)
@@ -413,18 +442,27 @@ def fit(
         _record(fabric, history_path, evaluate(fabric, state, runner, val_rows, settings, eval_args, trainer.seed), 0)
     local_prompts = grpo.prompts_per_step // fabric.world_size
     while state["step"] < trainer.max_steps:
-        rows = next_prompts(train_rows, state, grpo.prompts_per_step, trainer.seed, fabric.global_rank, local_prompts)
-        fabric.call("on_train_batch_start", fabric=fabric, state=state, rows=rows)
-        rollout = runner.run(rows, step_seed(trainer.seed, state["step"], fabric.global_rank), settings)
-        old_logps = None
-        for iteration in range(grpo.num_iterations):
+        if state["pending"] is None:  # a resumed run first finishes the rollout its checkpoint was taken in
+            rows = next_prompts(train_rows, state, grpo.prompts_per_step, trainer.seed, fabric.global_rank,
+                                local_prompts)
+            fabric.call("on_train_batch_start", fabric=fabric, state=state, rows=rows)
+            rollout = runner.run(rows, step_seed(trainer.seed, state["step"], fabric.global_rank), settings)
+            if settings.scale_rewards == "batch" and fabric.world_size > 1:
+                rescale_by_global_std(fabric, rollout)
+            state["pending"] = PendingRollout(rollout, next_iteration=0, old_logps=None)
+        pending = state["pending"]
+        rollout = pending.rollout
+        for iteration in range(pending.next_iteration, grpo.num_iterations):
             if state["step"] >= trainer.max_steps:
                 break
-            if grpo.num_iterations > 1 and old_logps is None:
-                old_logps = behaviour_logprobs(state["model"], rollout, grpo, generation, fabric)
+            if grpo.num_iterations > 1 and pending.old_logps is None:
+                pending.old_logps = behaviour_logprobs(state["model"], rollout, grpo, generation, fabric)
             start = time.perf_counter()
-            stats = train_step(fabric, state, rollout, grpo, generation, optimizer_args, stop_ids, old_logps)
+            stats = train_step(fabric, state, rollout, grpo, generation, optimizer_args, stop_ids, pending.old_logps)
             state["step"] += 1
+            pending.next_iteration = iteration + 1
+            if pending.next_iteration == grpo.num_iterations:
+                state["pending"] = None
             metrics = step_metrics(fabric, rollout, stats, state, time.perf_counter() - start, grpo)
             fabric.call("on_train_batch_end", fabric=fabric, state=state, rollout=rollout, metrics=metrics,
                         engines=engines, iteration=iteration)
@@ -443,6 +481,37 @@ def fit(
     fabric.call("on_train_end", fabric=fabric, state=state)
     for logger in fabric.loggers:
         logger.finalize("success")
+
+
+@dataclass
+class PendingRollout:
+    """A rollout with optimizer passes still to come (`grpo.num_iterations > 1`): checkpointed with the state, so a
+    run resumed between two passes finishes them on the same rollout instead of drawing a new one."""
+
+    rollout: Rollout
+    next_iteration: int
+    old_logps: list[torch.Tensor] | None
+    """The behaviour log-probs of the first pass, per micro-batch (the PPO ratio's denominator)."""
+
+    def state_dict(self) -> dict:
+        return {"rollout": self.rollout.state_dict(), "next_iteration": self.next_iteration,
+                "old_logps": [t.cpu() for t in self.old_logps] if self.old_logps is not None else None}
+
+    @classmethod
+    def from_state(cls, state: dict, device) -> "PendingRollout | None":
+        if not state:
+            return None
+        old = state["old_logps"]
+        return cls(Rollout.from_state(state["rollout"]), int(state["next_iteration"]),
+                   [t.to(device) for t in old] if old is not None else None)
+
+
+def rescale_by_global_std(fabric, rollout: Rollout) -> None:
+    """`scale_rewards: batch` over several processes: divide by the std of the whole gathered batch (as TRL does),
+    not by each process's own, so the advantages do not depend on the process count."""
+    gathered = fabric.all_gather(rollout.rewards.to(fabric.device)).reshape(-1).cpu()
+    rollout.advantages, _ = group_advantages(rollout.rewards, rollout.num_generations, "batch",
+                                             batch_std=float(gathered.std()))
 
 
 def next_prompts(rows, state: dict, per_step: int, seed: int, rank: int, local: int) -> list[dict]:
@@ -515,7 +584,10 @@ def train_step(fabric, state, rollout, grpo, generation, optimizer_args, stop_id
     model, optimizer = state["model"], state["optimizer"]
     reference = state["ref_model"]
     pad = unwrap(model).config.pad_token_id or 0
-    rows = trained_rows(rollout, grpo, fabric.world_size, old_logps is not None)
+    # Every advantage zero: one micro-batch still runs, so gradients are exact zeros on exactly the parameters a
+    # full pass reaches (None elsewhere) and a mixed-precision GradScaler sees a scaled backward before unscale_.
+    rows = trained_rows(rollout, grpo, fabric.world_size, old_logps is not None) or list(
+        range(min(grpo.micro_batch_size, len(rollout))))
     batches = [rows[i : i + grpo.micro_batch_size] for i in range(0, len(rows), grpo.micro_batch_size)]
     local_tokens = sum(
         0 if grpo.mask_truncated_completions and _truncated(c) else len(c.token_ids)
@@ -525,9 +597,14 @@ def train_step(fabric, state, rollout, grpo, generation, optimizer_args, stop_id
     tokens_per_process = max(float(global_tokens) / fabric.world_size, 1.0)
     advantages = rollout.advantages.to(fabric.device)
     totals: dict[str, float] = {}
+    engine = deepspeed_engine(fabric, model)
     for k, index in enumerate(batches):
         ids, attn, comp = _pack(rollout, index, pad, fabric.device)
         mask = _mask(rollout, index, comp, stop_ids, grpo)
+        if engine is not None:
+            # DeepSpeed's config says one micro-batch per step, so ZeRO-1/2 would treat every backward as a step
+            # boundary and keep only the last micro-batch's gradient: mark the boundary ourselves.
+            engine.set_gradient_accumulation_boundary(k == len(batches) - 1)
         with fabric.no_backward_sync(model, enabled=k < len(batches) - 1):
             logp = completion_logprobs(model, ids, attn, comp.shape[1], generation.temperature)
             ref_logp = None
@@ -550,11 +627,6 @@ def train_step(fabric, state, rollout, grpo, generation, optimizer_args, stop_id
         totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
         for name, value in stats.items():
             totals[name] = totals.get(name, 0.0) + float(value) / len(batches)
-    if not batches:  # every advantage is zero: a full pass would have produced exactly zero gradients
-        totals["loss"] = 0.0
-        for p in model.parameters():
-            if p.requires_grad:
-                p.grad = torch.zeros_like(p)
     fabric.call("on_before_optimizer_step", fabric=fabric, state=state, optimizer=optimizer)
     if optimizer_args.max_grad_norm and not is_deepspeed(fabric):
         totals["grad_norm"] = float(fabric.clip_gradients(model, optimizer, max_norm=optimizer_args.max_grad_norm))
@@ -606,6 +678,8 @@ def evaluate(fabric, state, runner: RolloutRunner, val_rows, settings, eval_args
     if 0 < n < fabric.world_size:  # a process without prompts would miss the collectives the others wait in
         raise ConfigError(f"evaluation has {n} prompts for {fabric.world_size} processes, and every process needs at "
                           "least one: raise eval.num_prompts (or the validation split)")
+    fabric.call("on_validation_start", fabric=fabric, state=state,
+                engines={"teacher": runner.policy, "student": runner.student})
     index = list(range(n))[fabric.global_rank :: fabric.world_size]
     rows = [val_rows[i] for i in index]
     metrics: dict[str, float] = {}
@@ -642,6 +716,8 @@ def _record(fabric, path: Path, metrics: dict, step: int) -> None:
 
 def _checkpoint_view(state: dict) -> dict:
     view = {k: state[k] for k in ("model", "optimizer", "scheduler", "step", "prompts_seen")}
+    # the rollout whose remaining num_iterations passes are still to come, so a resume finishes it exactly
+    view["pending"] = state["pending"].state_dict() if state.get("pending") is not None else {}
     if state.get("ref_model") is not None:
         view["ref_model"] = state["ref_model"]
     return view
