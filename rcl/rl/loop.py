@@ -8,7 +8,9 @@ what an uninterrupted one would have done.
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -19,6 +21,7 @@ import torch
 from lightning.fabric.strategies import DeepSpeedStrategy
 
 from callbacks.base import FabricCallback
+from data_modules import DataError
 from data_modules.teacher_student import TeacherStudentDataModule
 from callbacks.degradation import DegradationTracker
 from callbacks.ref_sync import RefModelSync
@@ -42,9 +45,17 @@ from rcl.rl.args import (
     TrainerArgs,
 )
 from rcl.rl.rollout import Rollout, RolloutRunner, RolloutSettings
-from rcl.tiny_models import resolve_model
+from rcl.run_dir import (
+    RL_OUTPUTS,
+    STEP_LOGS,
+    RunFolderInUse,
+    log_version,
+    refuse_to_replace,
+    remove_outputs,
+    truncate_to_step,
+)
+from rcl.tiny_models import ModelNotFound, check_model, resolve_model
 
-RUN_LOGS = ("history.jsonl", "degradations.jsonl", "samples.jsonl")
 DEFAULT_OPTIMIZER = OptimizerArgs(learning_rate=1e-6, schedule="constant", max_grad_norm=1.0)
 
 
@@ -67,6 +78,7 @@ def setup(
     logging: LoggingArgs = LoggingArgs(),
     callbacks: list[FabricCallback] | None = None,
     ckpt_path: str | None = None,
+    overwrite: bool = False,
     command: str = "fit",
 ) -> None:
     """Train (or, with command=validate, evaluate) a policy with GRPO.
@@ -86,21 +98,64 @@ def setup(
         logging: Samples and degradation tracking.
         callbacks: Extra Fabric callbacks (subclasses of callbacks.base.FabricCallback).
         ckpt_path: Resume from this Fabric checkpoint.
+        overwrite: Replace an earlier run's outputs in `trainer.out_dir`. Without it, a fresh `fit` into a folder that
+            holds a run is refused (resume that run with `ckpt_path`, or pick another `trainer.out_dir`).
     """
     validate_config(trainer, grpo, engines)
     warn_reward_inversions(grpo, reward)
-    fabric = build_fabric(trainer, default_callbacks(grpo, logging, engines) + list(callbacks or []), ckpt_path)
+    preflight(data, trainer, teacher, student, grpo, ckpt_path, overwrite, command)
+    fabric = build_fabric(trainer, default_callbacks(grpo, logging, engines) + list(callbacks or []), ckpt_path,
+                          command)
     fabric.launch(
         main, data, trainer, teacher, student, grpo, generation, reward, optimizer, templates, eval, engines, ckpt_path,
         command,
     )
 
 
-def build_fabric(trainer: TrainerArgs, callbacks: list[FabricCallback], ckpt_path: str | None = None):
+def preflight(data, trainer: TrainerArgs, teacher: ModelArgs, student: ModelArgs, grpo: GRPOArgs,
+              ckpt_path: str | None, overwrite: bool, command: str) -> None:
+    """What can be checked before any process starts or any folder is made: the models, the data, the checkpoint
+    and the run folder. Raises ConfigError with a one-line message."""
+    roles = [("teacher", teacher)] + ([("student", student)] if grpo.protocol == "adaptive_teaching" else [])
+    for role, args in roles:
+        try:
+            check_model(args.model_name_or_path)
+        except ModelNotFound as exc:
+            raise ConfigError(f"{role}.model_name_or_path: {exc}") from None
+    try:
+        data.rl_dataset("train"), data.rl_dataset("val")
+    except DataError as exc:
+        raise ConfigError(f"data: {exc}") from None
+    if ckpt_path and not Path(ckpt_path).exists():
+        raise ConfigError(f"ckpt_path {ckpt_path} does not exist")
+    if command == "fit" and not ckpt_path and not overwrite:
+        try:
+            refuse_to_replace(Path(trainer.out_dir), RL_OUTPUTS, "trainer.out_dir")
+        except RunFolderInUse as exc:
+            raise ConfigError(str(exc)) from None
+
+
+def prepare_run_folder(fabric, out_dir: Path, fresh: bool, resumed_step: int | None) -> None:
+    """Rank 0 makes the run folder once the run is known to start. A fresh run replaces an earlier run's outputs
+    (`preflight` refused them without `overwrite`); a resumed one cuts its step logs back to the checkpoint's step, so
+    the steps it replays are not listed twice."""
+    if fabric.global_rank == 0:
+        if fresh:
+            remove_outputs(out_dir, RL_OUTPUTS)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if resumed_step is not None:
+            dropped = {name: truncate_to_step(out_dir / name, resumed_step) for name in STEP_LOGS}
+            if any(dropped.values()):
+                fabric.print(f"resumed at step {resumed_step}: removed the rows logged after it by the earlier run ("
+                             + ", ".join(f"{n} {name}" for name, n in dropped.items() if n) + ")")
+    fabric.barrier()
+
+
+def build_fabric(trainer: TrainerArgs, callbacks: list[FabricCallback], ckpt_path: str | None = None,
+                 command: str = "fit"):
     import lightning as L
 
-    # A resumed run logs into its own version folder: the CSV logger would otherwise delete the first run's file.
-    version = f"resumed-{Path(ckpt_path).stem}" if ckpt_path else ""
+    version = log_version(command, ckpt_path)
     return L.Fabric(
         accelerator=trainer.accelerator,
         strategy=trainer.strategy,
@@ -296,12 +351,6 @@ def main(
             f"processes; use a multiple of {fabric.world_size}"
         )
     out_dir = Path(trainer.out_dir)
-    if fabric.global_rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if not ckpt_path and command == "fit":  # a fresh run starts fresh logs; a resumed one appends
-            for name in RUN_LOGS:
-                (out_dir / name).unlink(missing_ok=True)
-    fabric.barrier()
     fabric.seed_everything(trainer.seed)
 
     teacher_tok = load_tokenizer(teacher)
@@ -362,6 +411,8 @@ def main(
         raise ConfigError(
             f"the training split has {len(train_rows)} prompts, fewer than grpo.prompts_per_step={grpo.prompts_per_step}"
         )
+    prepare_run_folder(fabric, out_dir, fresh=not ckpt_path and command == "fit",
+                       resumed_step=state["step"] if ckpt_path and command == "fit" else None)
 
     history_path = out_dir / "history.jsonl"
     try:
@@ -706,19 +757,31 @@ def export_hf(fabric, model, tokenizer, out: Path) -> None:
 def parse_recipe(command: str, argv: list[str], exit_on_error: bool = True) -> dict[str, Any]:
     """`setup`'s arguments from an RL recipe's command line (several --config merged, dotted overrides).
 
-    With `exit_on_error=False` a bad recipe raises `argparse.ArgumentError` instead of exiting (the launcher checks a
-    recipe this way before it starts any server).
+    Flags must be spelled in full (`--grpo.num_generation` is refused, not read as `num_generations`). With
+    `exit_on_error=False` a bad recipe raises `argparse.ArgumentError` with a one-line message instead of exiting
+    (the CLI prints it; the launcher checks a recipe this way before it starts any server).
     """
     from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
 
+    from rcl.cli import explain_parse_error, help_defaults, show_class_keys_in_help
+
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     parser = ArgumentParser(prog=f"python -m rcl {command}", description=__doc__.splitlines()[0],
-                            exit_on_error=exit_on_error)
+                            exit_on_error=False, allow_abbrev=False, **help_defaults(argv))
     parser.add_argument("--config", action=ActionConfigFile, help="Recipe YAML (repeat to merge in order).")
     parser.add_function_arguments(setup, skip={"command"})
     # One set of prompt templates per run: the data module's copy follows the loop's.
     parser.link_arguments("templates", "data.init_args.templates")
-    init = parser.instantiate_classes(parser.parse_args(argv))
+    show_class_keys_in_help(parser, argv, {"data": TeacherStudentDataModule})
+    try:
+        init = parser.instantiate_classes(parser.parse_args(argv))
+    except argparse.ArgumentError as err:
+        options = [flag for action in parser._actions for flag in action.option_strings]
+        message = explain_parse_error(str(err), options)
+        if exit_on_error:
+            print(f"rcl: {message}", file=sys.stderr)
+            raise SystemExit(2) from None
+        raise argparse.ArgumentError(None, message) from None
     return {k: v for k, v in vars(init).items() if k not in ("config", "__path__")}
 
 

@@ -373,7 +373,8 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m rcl serve", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m rcl serve", description=__doc__.splitlines()[0],
+                                allow_abbrev=False)
     p.add_argument("--model", required=True, help="HF folder, hub id or tiny preset (tiny-1m, tiny-10m)")
     p.add_argument("--engine", choices=("hf", "vllm"), default="hf")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: local only)")
