@@ -244,4 +244,6 @@ def test_abbreviated_flags_are_refused(tmp_path, capsys):
     models = [{"name": "a", "model": {"model_name_or_path": "tiny-1m"}, "protocols": ["direct"]}]
     with pytest.raises(SystemExit):
         run_evaluate(tmp_path, recipe(tmp_path / "out", models), "--run.out_d", "x")
-    assert not (tmp_path / "x").exists()
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --run.out_d x" in err and "did you mean --run.out_dir?" in err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "out").exists()

@@ -31,8 +31,10 @@ def evaluate(
     config: dict | None = None,
     command: str = "",
 ) -> dict | None:
-    """Evaluate models on tasks with intervals: generate completions (resumable), score them, and write
-    results.json, samples.jsonl, report.md and plots under run.out_dir.
+    """Evaluate models on tasks, with intervals, pass@k and paired teaching effects.
+
+    Generates completions (resumably), scores them, and writes results.json, samples.jsonl, report.md and plots
+    under run.out_dir.
 
     Args:
         models: The evaluated models, each with its protocols.
@@ -145,24 +147,39 @@ def generate(jobs, student, templates, generation, teaching, run: EvalRun) -> in
         return run_jobs(jobs, student, templates, generation, teaching, run, loader, lambda n: progress.advance(bar, n))
 
 
-def build_parser(exit_on_error: bool = True):
+def build_parser(argv: list[str] = ()):
     from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
+
+    from rcl.cli import help_defaults
 
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     parser = ArgumentParser(prog="python -m rcl evaluate", description=evaluate.__doc__.splitlines()[0],
-                            allow_abbrev=False, exit_on_error=exit_on_error)
+                            allow_abbrev=False, exit_on_error=False, **help_defaults(list(argv)))
     parser.add_argument("--config", action=ActionConfigFile, help="Eval recipe YAML (repeat to merge in order).")
     parser.add_function_arguments(evaluate, skip={"config", "command"})
     return parser
 
 
 def parse_recipe(argv: list[str], exit_on_error: bool = True) -> dict[str, Any]:
-    """`evaluate`'s arguments from an eval recipe's command line, with `config` the resolved recipe."""
-    parser = build_parser(exit_on_error)
-    namespace = parser.parse_args(argv)
-    resolved = yaml.safe_load(parser.dump(namespace, skip_none=False))
+    """`evaluate`'s arguments from an eval recipe's command line, with `config` the resolved recipe. Flags must be
+    spelled in full; a bad recipe is one line (raised as `argparse.ArgumentError` with `exit_on_error=False`)."""
+    import argparse
+
+    from rcl.cli import explain_parse_error
+
+    parser = build_parser(argv)
+    try:
+        namespace = parser.parse_args(argv)
+        resolved = yaml.safe_load(parser.dump(namespace, skip_none=False))
+        init = parser.instantiate(namespace) if hasattr(parser, "instantiate") else parser.instantiate_classes(namespace)
+    except argparse.ArgumentError as err:
+        options = [flag for action in parser._actions for flag in action.option_strings]
+        message = explain_parse_error(str(err), options)
+        if exit_on_error:
+            print(f"rcl evaluate: {message}", file=sys.stderr)
+            raise SystemExit(2) from None
+        raise argparse.ArgumentError(None, message) from None
     resolved.pop("config", None)
-    init = parser.instantiate(namespace) if hasattr(parser, "instantiate") else parser.instantiate_classes(namespace)
     kwargs = {k: v for k, v in vars(init).items() if k not in ("config", "__path__")}
     return {**kwargs, "config": resolved}
 

@@ -42,6 +42,12 @@ def jeffreys_interval(successes: float, n: int, level: float = DEFAULT_LEVEL) ->
     return float(low), float(high)
 
 
+def interval_metrics(name: str, successes: float, n: int, level: float = DEFAULT_LEVEL) -> dict[str, float]:
+    """`{name}_ci_low` and `{name}_ci_high`: the Jeffreys interval as logged metrics (the RL loop's `eval/*`)."""
+    low, high = jeffreys_interval(successes, n, level)
+    return {f"{name}_ci_low": low, f"{name}_ci_high": high}
+
+
 def pass_at_k(n: int, c: int, k: int) -> float:
     """The unbiased pass@k of one problem with c correct out of n samples, 1 - C(n-c, k)/C(n, k), as the product
     1 - prod_{i = n-c+1}^{n} (1 - k/i), which never forms the (huge) binomial coefficients."""

@@ -29,6 +29,7 @@ from callbacks.sample_logging import SampleLogger
 from callbacks.teaching_metrics import TeachingMetrics
 from callbacks.weight_sync import WeightSync
 from rcl.engines import HFEngine, SamplingParams
+from rcl.eval.stats import interval_metrics
 from rcl.grpo import completion_logprobs, completion_mask, group_advantages, grpo_loss, mask_truncated
 from rcl.optim import OptimizerArgs, build_optimizer, build_scheduler
 from rcl.prompts import PromptTemplates
@@ -686,11 +687,15 @@ def evaluate(fabric, state, runner: RolloutRunner, val_rows, settings, eval_args
     if rows:
         rollout = runner.run(rows, step_seed(seed, 0, fabric.global_rank, salt=1), eval_settings(settings, eval_args))
         fabric.call("on_validation_end", fabric=fabric, state=state, rollout=rollout, metrics=metrics)
-        # a sum and a count per process, so processes with one prompt fewer do not weigh more
-        totals = torch.tensor([sum(i.p_with for i in rollout.interactions), len(rollout.interactions)],
-                              dtype=torch.float64, device=fabric.device)
-        correct, count = fabric.all_reduce(totals, reduce_op="sum").tolist()
+        # sums and a count per process, so processes with one prompt fewer do not weigh more
+        totals = torch.tensor([sum(i.p_with for i in rollout.interactions), sum(i.p_base for i in rollout.interactions),
+                               len(rollout.interactions)], dtype=torch.float64, device=fabric.device)
+        correct, base_correct, count = fabric.all_reduce(totals, reduce_op="sum").tolist()
         metrics["eval/accuracy"] = correct / count
+        metrics.update(interval_metrics("eval/accuracy", correct, count))
+        if "eval/with_teaching_accuracy" in metrics:
+            metrics.update(interval_metrics("eval/with_teaching_accuracy", correct, count))
+            metrics.update(interval_metrics("eval/baseline_accuracy", base_correct, count))
     fabric.print(f"eval @ step {state['step']}: " + ", ".join(f"{k[5:]} {v:.3f}" for k, v in sorted(metrics.items())))
     return metrics
 
