@@ -9,7 +9,6 @@ import yaml
 
 import rcl.eval.cli
 from rcl.__main__ import main
-from rcl.eval.generate import EvalError
 from rcl.tasks import Score, Task, available_tasks, register_task
 
 TEST_TASK = "eval_test_parity"
@@ -247,3 +246,21 @@ def test_abbreviated_flags_are_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unrecognized arguments: --run.out_d x" in err and "did you mean --run.out_dir?" in err
     assert not (tmp_path / "x").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_run_folder_stands_for_its_export_and_a_retrained_model_is_refused(tmp_path, other_model):
+    import os
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(other_model, run / "hf_model")
+    models = [{"name": "m", "model": {"model_name_or_path": str(run)}, "protocols": ["direct"]}]
+    config = recipe(tmp_path / "out", models, samples=1, num_rows=2, rows_per_chunk=2, pass_k=(1,))
+    config["run"]["phase"] = "generate"
+    run_evaluate(tmp_path, config)
+    meta = json.loads((tmp_path / "out" / "generations" / f"m__{TEST_TASK}__direct.meta.json").read_text())
+    assert [w[0] for w in meta["model"]["weights"]] == ["config.json", "model.safetensors"]
+    weights = run / "hf_model" / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # "retrained"
+    with pytest.raises(SystemExit, match="generated with other settings"):
+        run_evaluate(tmp_path, config)

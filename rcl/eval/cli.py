@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from rcl.eval.args import EvalModel, EvalRun, EvalStats, EvalTask, EvalTeaching
-from rcl.eval.generate import EvalError, iter_generations, plan, run_jobs, sha256_json
+from rcl.eval.generate import EvalError, iter_generations, plan, resolve_model_path, run_jobs, sha256_json
 from rcl.prompts import PromptTemplates
 from rcl.rl.args import GenerationArgs
 
@@ -108,14 +108,6 @@ def check(models: list[EvalModel], tasks: list[EvalTask], student: EvalModel | N
         raise EvalError("run.rows_per_chunk must be >= 1")
 
 
-def resolve_model_path(path: str) -> str:
-    """A run folder (one with an `hf_model/` export and no model of its own) stands for its export."""
-    folder = Path(path).expanduser()
-    if (folder / "hf_model").is_dir() and not (folder / "config.json").exists():
-        return str(folder / "hf_model")
-    return path
-
-
 def load_engine(model: EvalModel, device: str) -> Any:
     from rcl.rl.loop import build_engine, load_causal_lm, load_tokenizer
 
@@ -165,7 +157,7 @@ def parse_recipe(argv: list[str], exit_on_error: bool = True) -> dict[str, Any]:
     spelled in full; a bad recipe is one line (raised as `argparse.ArgumentError` with `exit_on_error=False`)."""
     import argparse
 
-    from rcl.cli import explain_parse_error
+    from rcl.cli import refuse_parse_error
 
     parser = build_parser(argv)
     try:
@@ -173,12 +165,7 @@ def parse_recipe(argv: list[str], exit_on_error: bool = True) -> dict[str, Any]:
         resolved = yaml.safe_load(parser.dump(namespace, skip_none=False))
         init = parser.instantiate(namespace) if hasattr(parser, "instantiate") else parser.instantiate_classes(namespace)
     except argparse.ArgumentError as err:
-        options = [flag for action in parser._actions for flag in action.option_strings]
-        message = explain_parse_error(str(err), options)
-        if exit_on_error:
-            print(f"rcl evaluate: {message}", file=sys.stderr)
-            raise SystemExit(2) from None
-        raise argparse.ArgumentError(None, message) from None
+        refuse_parse_error(parser, err, exit_on_error, "rcl evaluate")
     resolved.pop("config", None)
     kwargs = {k: v for k, v in vars(init).items() if k not in ("config", "__path__")}
     return {**kwargs, "config": resolved}

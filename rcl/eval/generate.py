@@ -6,8 +6,9 @@ run keeps every whole chunk already written (a line cut by the kill, and a chunk
 regenerated), so no finished sample is generated twice, and a regenerated chunk is the same request with the same
 seed. The seed does not depend on the model: with one student, every teacher's student-alone samples are identical.
 
-Each file has a `.meta.json` beside it with what its samples depend on (models, sampling, templates, rows); a run
-whose settings differ is refused instead of mixing samples of two settings in one file.
+Each file has a `.meta.json` beside it with what its samples depend on (models and their weight files' sizes and
+times, sampling, templates, rows); a run whose settings differ is refused instead of mixing samples of two settings,
+or of a model and its retrained successor, in one file.
 
 One line per (row, sample): `model`, `task`, `protocol`, `row_id`, `sample_index`, `chunk`, `seed`, `tokens` (what
 the evaluated model generated: the answer, or the teacher's whole completion), `row` (the task's row), `completion`
@@ -76,10 +77,29 @@ def generation_path(out_dir: Path, model: str, task: str, protocol: str) -> Path
     return out_dir / "generations" / f"{safe_name(model)}__{safe_name(task)}__{protocol}.jsonl"
 
 
+def resolve_model_path(path: str) -> str:
+    """A run folder (one with an `hf_model/` export and no model of its own) stands for its export."""
+    folder = Path(path).expanduser()
+    if (folder / "hf_model").is_dir() and not (folder / "config.json").exists():
+        return str(folder / "hf_model")
+    return path
+
+
+def weights_signature(path: str) -> list:
+    """(name, bytes, mtime) of a local model folder's config and weight files: a retrained model in the same folder
+    changes it, without reading gigabytes of weights. Empty for hub ids and tiny presets."""
+    folder = Path(resolve_model_path(path)).expanduser()
+    if not folder.is_dir():
+        return []
+    files = sorted(f for f in folder.iterdir() if f.name == "config.json" or f.suffix in (".safetensors", ".bin"))
+    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
 def _engine_identity(model: EvalModel) -> dict:
     """What a model's samples depend on: not its URLs, timeout or key (the same model behind other servers)."""
     engine = {k: v for k, v in asdict(model.engine).items() if k not in ("urls", "api_key", "timeout_s")}
-    return {"model": asdict(model.model), "engine": engine}
+    return {"model": asdict(model.model), "engine": engine,
+            "weights": weights_signature(model.model.model_name_or_path)}
 
 
 def fingerprint(model: EvalModel, student: EvalModel | None, spec: EvalTask, protocol: Protocol,

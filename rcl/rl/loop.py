@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -768,7 +767,7 @@ def parse_recipe(command: str, argv: list[str], exit_on_error: bool = True) -> d
     """
     from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
 
-    from rcl.cli import explain_parse_error, help_defaults, show_class_keys_in_help
+    from rcl.cli import help_defaults, refuse_parse_error, show_class_keys_in_help
 
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     parser = ArgumentParser(prog=f"python -m rcl {command}", description=__doc__.splitlines()[0],
@@ -781,12 +780,7 @@ def parse_recipe(command: str, argv: list[str], exit_on_error: bool = True) -> d
     try:
         init = parser.instantiate_classes(parser.parse_args(argv))
     except argparse.ArgumentError as err:
-        options = [flag for action in parser._actions for flag in action.option_strings]
-        message = explain_parse_error(str(err), options)
-        if exit_on_error:
-            print(f"rcl: {message}", file=sys.stderr)
-            raise SystemExit(2) from None
-        raise argparse.ArgumentError(None, message) from None
+        refuse_parse_error(parser, err, exit_on_error)
     return {k: v for k, v in vars(init).items() if k not in ("config", "__path__")}
 
 
