@@ -31,9 +31,11 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _whiskers(values, lows, highs) -> np.ndarray:
-    v = np.asarray(values, dtype=float)
-    return np.vstack([v - np.asarray(lows, dtype=float), np.asarray(highs, dtype=float) - v])
+def interval_bars(ax, xs, lows, highs, color=None, capsize: float = 4) -> None:
+    """Whiskers from each low to each high. Drawn around their midpoints, not the estimates: at 0 or n successes an
+    equal-tailed Jeffreys interval does not contain the observed share."""
+    low, high = np.asarray(lows, dtype=float), np.asarray(highs, dtype=float)
+    ax.errorbar(xs, (low + high) / 2, yerr=(high - low) / 2, fmt="none", capsize=capsize, color=color)
 
 
 def accuracy_plot(results: dict, path: Path) -> Path:
@@ -48,9 +50,8 @@ def accuracy_plot(results: dict, path: Path) -> Path:
         mine = {e["task"]: e for e in entries if system_name(e) == name}
         xs = [t + (s - (len(systems) - 1) / 2) * width for t, task in enumerate(tasks) if task in mine]
         es = [mine[task] for task in tasks if task in mine]
-        ax.errorbar(xs, [e["accuracy"] for e in es],
-                    yerr=_whiskers([e["accuracy"] for e in es], [e["ci_low"] for e in es], [e["ci_high"] for e in es]),
-                    fmt="o", capsize=4, label=name)
+        points, = ax.plot(xs, [e["accuracy"] for e in es], "o", label=name)
+        interval_bars(ax, xs, [e["ci_low"] for e in es], [e["ci_high"] for e in es], points.get_color())
     level = int(round(100 * results["stats"]["ci_level"]))
     ax.set_xticks(range(len(tasks)), tasks)
     ax.set_xlim(-0.6, len(tasks) - 0.4)
@@ -79,9 +80,9 @@ def pass_at_k_plot(results: dict, path: Path) -> Path:
             all_ks.update(ks)
             values = [e["pass_at_k"][str(k)] for k in ks]
             shift = (s - (len(mine) - 1) / 2) * offset
-            ax.errorbar([k + shift for k in ks], values, capsize=3, fmt="o-", label=system_name(e),
-                        yerr=_whiskers(values, [e["pass_at_k_ci"][str(k)][0] for k in ks],
-                                       [e["pass_at_k_ci"][str(k)][1] for k in ks]))
+            line, = ax.plot([k + shift for k in ks], values, "o-", label=system_name(e))
+            interval_bars(ax, [k + shift for k in ks], [e["pass_at_k_ci"][str(k)][0] for k in ks],
+                          [e["pass_at_k_ci"][str(k)][1] for k in ks], line.get_color(), capsize=3)
         ax.set_xticks(sorted(all_ks))
         ax.set_ylim(0, 1)
         ax.set_xlabel("k (samples per problem)")
@@ -103,11 +104,10 @@ def teaching_plot(results: dict, path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(max(5.0, 1.5 * len(entries) + 2), 3.8))
     alone = [e["baseline_accuracy"] for e in entries]
     taught = [e["with_teaching_accuracy"] for e in entries]
-    ax.bar(x - 0.2, alone, 0.4, label="student alone",
-           yerr=_whiskers(alone, [e["baseline_ci_low"] for e in entries], [e["baseline_ci_high"] for e in entries]),
-           capsize=4)
-    ax.bar(x + 0.2, taught, 0.4, label="teacher + student",
-           yerr=_whiskers(taught, [e["ci_low"] for e in entries], [e["ci_high"] for e in entries]), capsize=4)
+    ax.bar(x - 0.2, alone, 0.4, label="student alone")
+    ax.bar(x + 0.2, taught, 0.4, label="teacher + student")
+    interval_bars(ax, x - 0.2, [e["baseline_ci_low"] for e in entries], [e["baseline_ci_high"] for e in entries], "k")
+    interval_bars(ax, x + 0.2, [e["ci_low"] for e in entries], [e["ci_high"] for e in entries], "k")
     for i, e in enumerate(entries):
         top = max(e["baseline_ci_high"], e["ci_high"])
         ax.annotate(f"Δ {e['delta']:+.3f} (paired)", (x[i], min(top + 0.03, 0.95)), ha="center", fontsize=8)

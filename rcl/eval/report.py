@@ -95,6 +95,8 @@ def print_tables(results: dict) -> None:
     from rich.table import Table
 
     console = Console()
+    if not console.is_terminal:  # a log file: no reason to squeeze intervals into 80 columns
+        console = Console(width=200)
     for title, build in SECTIONS:
         header, rows = build(results)
         if not rows:

@@ -29,7 +29,8 @@ def jeffreys_interval(successes: float, n: int, level: float = DEFAULT_LEVEL) ->
     """Equal-tailed interval of a success rate: the (1 - level)/2 and (1 + level)/2 quantiles of
     Beta(1/2 + s, 1/2 + n - s), with s = `successes` clamped to [0, n] (scores may be partial credit, or negative).
 
-    n = 0 gives (0, 1): nothing was observed, so every rate is possible.
+    n = 0 gives (0, 1): nothing was observed, so every rate is possible. At s = 0 (or n) the interval is the
+    posterior's central mass, so it lies just above 0 (below 1) and does not contain the observed share.
     """
     _check_level(level)
     if n < 0:
