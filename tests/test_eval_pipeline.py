@@ -83,7 +83,8 @@ def evaluated(tmp_path_factory, tiny_model_dir, other_model) -> Path:
 def test_results_json_follows_the_schema(evaluated):
     results = json.loads((evaluated / "results.json").read_text())
     assert results["schema_version"] == 1
-    assert results["git_sha"] and len(results["templates_sha256"]) == 64 and len(results["rows_sha256"][TEST_TASK]) == 64
+    assert results["git_sha"] and len(results["templates_sha256"]) == 64
+    assert len(results["rows_sha256"][TEST_TASK]) == 64
     assert results["config"]["models"][0]["name"] == "tiny" and results["config"]["run"]["rows_per_chunk"] == 4
     keys = [(e["model"], e["task"], e["protocol"]) for e in results["results"]]
     assert keys == [("tiny", TEST_TASK, "direct"), ("tiny", TEST_TASK, "adaptive_teaching"),
@@ -173,7 +174,8 @@ def test_compare_two_results_files(evaluated, tmp_path, capsys):
         assert a.split(": ", 1)[1] != b.split(": ", 1)[1]
     twin = [d for d in result["deltas"] if d["system"] == "run_b: tiny (direct)"]
     assert twin[0]["delta"] == 0 and twin[0]["ci_low"] < 0 < twin[0]["ci_high"]
-    assert (tmp_path / "cmp" / "pareto.png").exists() and "Pareto dominance" in (tmp_path / "cmp" / "compare.md").read_text()
+    assert (tmp_path / "cmp" / "pareto.png").exists()
+    assert "Pareto dominance" in (tmp_path / "cmp" / "compare.md").read_text()
     with pytest.raises(SystemExit):
         main(["evaluate", "compare", str(tmp_path / "missing.json")])
 

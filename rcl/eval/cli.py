@@ -163,7 +163,7 @@ def parse_recipe(argv: list[str], exit_on_error: bool = True) -> dict[str, Any]:
     try:
         namespace = parser.parse_args(argv)
         resolved = yaml.safe_load(parser.dump(namespace, skip_none=False))
-        init = parser.instantiate(namespace) if hasattr(parser, "instantiate") else parser.instantiate_classes(namespace)
+        init = parser.instantiate(namespace)
     except argparse.ArgumentError as err:
         refuse_parse_error(parser, err, exit_on_error, "rcl evaluate")
     resolved.pop("config", None)

@@ -1,7 +1,8 @@
 """`python -m rcl evaluate compare results_a.json results_b.json ...`: systems of several evaluations side by side.
 
 A system is one (model, protocol) of a results file; when two files name the same one, each is prefixed with its
-file's folder name (and the file's position when folders repeat too). Prints and (with --out_dir) writes compare.json, compare.md and pareto.png.
+file's folder name (and the file's position when folders repeat too). Prints and (with --out_dir) writes
+compare.json, compare.md and pareto.png.
 """
 
 from __future__ import annotations

@@ -105,7 +105,7 @@ def _engine_identity(model: EvalModel) -> dict:
 def fingerprint(model: EvalModel, student: EvalModel | None, spec: EvalTask, protocol: Protocol,
                 generation: GenerationArgs, teaching: EvalTeaching, templates: PromptTemplates, run: EvalRun,
                 rows_sha256: str) -> dict:
-    return {
+    return json.loads(json.dumps({  # as it reads back from .meta.json (tuples as lists)
         "model": _engine_identity(model),
         "student": _engine_identity(student) if protocol == "adaptive_teaching" and student else None,
         "task": {"name": spec.name, "kwargs": spec.kwargs, "samples": spec.samples},
@@ -116,7 +116,7 @@ def fingerprint(model: EvalModel, student: EvalModel | None, spec: EvalTask, pro
         "seed": run.seed,
         "rows_per_chunk": run.rows_per_chunk,
         "rows_sha256": rows_sha256,
-    }
+    }))
 
 
 def read_jsonl(path: Path, tolerate_cut_end: bool = False) -> list[dict]:
@@ -280,8 +280,8 @@ def rows_sha256(rows: list[tuple[str, dict]]) -> str:
 
 
 def run_jobs(jobs: list[Job], student: EvalModel | None, templates: PromptTemplates, generation: GenerationArgs,
-             teaching: EvalTeaching, run: EvalRun, load_engine: Callable[[EvalModel], Any], on_samples: Callable[[int], None] = lambda n: None
-             ) -> int:
+             teaching: EvalTeaching, run: EvalRun, load_engine: Callable[[EvalModel], Any],
+             on_samples: Callable[[int], None] = lambda n: None) -> int:
     """Generate every missing chunk, one model loaded at a time (the student once). Returns the samples generated."""
     generated = 0
     student_engine = None

@@ -22,7 +22,8 @@ def results_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     rows = []
     for e in results["results"]:
         rows.append([e["model"], e["task"], e["protocol"], str(e["n"]), fmt(e["accuracy"], e["ci_low"], e["ci_high"]),
-                     *[fmt(e["pass_at_k"][str(k)]) for k in ks], fmt(e["success_rate"]), fmt(e["mean_tokens"], digits=1)])
+                     *[fmt(e["pass_at_k"][str(k)]) for k in ks], fmt(e["success_rate"]),
+                     fmt(e["mean_tokens"], digits=1)])
     return header, rows
 
 
@@ -34,7 +35,8 @@ def teaching_rows(results: dict) -> tuple[list[str], list[list[str]]]:
         if e["protocol"] != "adaptive_teaching":
             continue
         rows.append([
-            e["model"], e["student"], e["task"], fmt(e["baseline_accuracy"], e["baseline_ci_low"], e["baseline_ci_high"]),
+            e["model"], e["student"], e["task"],
+            fmt(e["baseline_accuracy"], e["baseline_ci_low"], e["baseline_ci_high"]),
             fmt(e["with_teaching_accuracy"], e["ci_low"], e["ci_high"]),
             fmt(e["delta"], e["delta_ci_low"], e["delta_ci_high"]), fmt(e["ndr"], e["ndr_ci_low"], e["ndr_ci_high"]),
             fmt(e["tes"], digits=2), fmt(e["improvement_rate"]), fmt(e["degradation_rate"]),
@@ -75,7 +77,8 @@ def markdown_report(results: dict, command: str, plots: Sequence[str]) -> str:
     level = int(round(100 * results["stats"]["ci_level"]))
     parts = [
         "# Evaluation report",
-        f"Command: `{command}`  \ngit: `{results['git_sha']}`{' (with uncommitted changes)' if results['git_dirty'] else ''}"
+        f"Command: `{command}`  \ngit: `{results['git_sha']}`"
+        f"{' (with uncommitted changes)' if results['git_dirty'] else ''}"
         f"  \nScored samples: `{results['samples_file']}`",
         f"Intervals are {level}%: Jeffreys (Beta) intervals for accuracies, bootstrap over problems for pass@k, "
         "paired deltas and NDR.",
