@@ -266,3 +266,25 @@ def test_a_run_folder_stands_for_its_export_and_a_retrained_model_is_refused(tmp
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # "retrained"
     with pytest.raises(SystemExit, match="generated with other settings"):
         run_evaluate(tmp_path, config)
+
+
+def test_models_behind_servers_evaluate_like_in_process_ones(tmp_path, tiny_model_dir):
+    from serving_support import server_env, start_server, stop_server
+
+    proc, url = start_server(tiny_model_dir, server_env())
+    try:
+        models = [{"name": "local", "model": {"model_name_or_path": "tiny-1m"}, "protocols": ["direct"]}]
+        for api in ("rcl", "openai"):
+            models.append({"name": f"served_{api}", "model": {"model_name_or_path": tiny_model_dir},
+                           "engine": {"backend": "server", "urls": [url], "api": api}, "protocols": ["direct"]})
+        run_evaluate(tmp_path, recipe(tmp_path / "out", models, samples=2, num_rows=3, rows_per_chunk=3))
+    finally:
+        stop_server(proc)
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [e["model"] for e in results["results"]] == ["local", "served_rcl", "served_openai"]
+    texts = {}
+    for name in ("local", "served_rcl", "served_openai"):
+        path = tmp_path / "out" / "generations" / f"{name}__{TEST_TASK}__direct.jsonl"
+        texts[name] = [json.loads(line)["completion"] for line in path.read_text().splitlines()]
+        assert len(texts[name]) == 6
+    assert texts["served_rcl"] == texts["local"] == texts["served_openai"]  # one seed per request, one sampler
