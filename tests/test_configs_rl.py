@@ -32,8 +32,8 @@ def print_config(capsys, *args: str) -> dict:
 def test_rl_recipe_pins_every_default(recipe, capsys):
     resolved = print_config(capsys, "--config", str(recipe))
     written = yaml.safe_load(recipe.read_text())
-    for group in ("trainer", "teacher", "student", "grpo", "generation", "reward", "optimizer", "eval", "engines",
-                  "logging"):
+    for group in ("task", "trainer", "teacher", "student", "grpo", "generation", "reward", "optimizer", "eval",
+                  "engines", "logging"):
         missing = set(resolved[group]) - set(written.get(group, {}))
         assert not missing, f"{recipe.name}: {group} leaves {sorted(missing)} to code defaults"
     assert resolved["data"]["class_path"] == "data_modules.TeacherStudentDataModule"

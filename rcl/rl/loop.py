@@ -41,6 +41,8 @@ from rcl.rl.args import (
     TrainerArgs,
 )
 from rcl.rl.rollout import Rollout, RolloutRunner, RolloutSettings
+from rcl.tasks import Task, TaskArgs
+from rcl.tasks.self_test import RewardSelfTestError, reward_self_test, summary
 from rcl.tiny_models import resolve_model
 
 RUN_LOGS = ("history.jsonl", "degradations.jsonl", "samples.jsonl")
@@ -53,6 +55,7 @@ class ConfigError(ValueError):
 
 def setup(
     data: TeacherStudentDataModule,
+    task: TaskArgs = TaskArgs(),
     trainer: TrainerArgs = TrainerArgs(),
     teacher: ModelArgs = ModelArgs(),
     student: ModelArgs = ModelArgs(),
@@ -72,6 +75,7 @@ def setup(
 
     Args:
         data: The TeacherStudentDataModule; the loop reads its `rl_dataset("train"|"val")`.
+        task: What the rows are and how answers are scored (rcl.tasks): every correctness signal comes from it.
         trainer: Fabric runtime and loop length.
         teacher: The policy (the teacher in adaptive teaching).
         student: The student (unused by the direct protocol).
@@ -90,7 +94,7 @@ def setup(
     fabric = build_fabric(trainer, default_callbacks(grpo, logging, engines) + list(callbacks or []), ckpt_path)
     fabric.launch(
         main, data, trainer, teacher, student, grpo, generation, reward, optimizer, templates, eval, engines, ckpt_path,
-        command,
+        command, task=task,
     )
 
 
@@ -204,6 +208,13 @@ def load_tokenizer(args: ModelArgs):
     return AutoTokenizer.from_pretrained(resolve_model(args.model_name_or_path), padding_side="left")
 
 
+def build_task(args: TaskArgs) -> Task:
+    task = args.build()
+    if not isinstance(task, Task):
+        raise ConfigError(f"task {args.name!r} is a multi-turn environment, which the RL loop does not run yet")
+    return task
+
+
 def build_engine(args: EngineArgs, model: torch.nn.Module | None, tokenizer: Any, **server_kwargs: Any):
     """`server_kwargs` go to a `ServerEngine` only (the teacher's weight transport)."""
     if args.backend == "in_process":
@@ -222,6 +233,7 @@ def rollout_settings(grpo: GRPOArgs, gen: GenerationArgs) -> RolloutSettings:
         top_k=gen.top_k,
         min_p=gen.min_p,
         repetition_penalty=gen.repetition_penalty,
+        stop=list(gen.stop),
     )
     student = SamplingParams(max_tokens=gen.student_max_tokens, temperature=gen.student_temperature)
     return RolloutSettings(
@@ -267,6 +279,7 @@ def main(
     engines_args: EnginesArgs,
     ckpt_path: str | None,
     command: str = "fit",
+    task: TaskArgs = TaskArgs(),
 ) -> dict:
     out_dir = Path(trainer.out_dir)
     if fabric.global_rank == 0:
@@ -276,6 +289,16 @@ def main(
                 (out_dir / name).unlink(missing_ok=True)
     fabric.barrier()
     fabric.seed_everything(trainer.seed)
+    the_task = build_task(task)
+    train_rows, val_rows = data.rl_dataset("train", the_task.fields), data.rl_dataset("val", the_task.fields)
+    rewards = {name: get_reward(name, **reward.kwargs.get(name, {})) for name in reward.functions}
+    if command == "fit":  # before any model is loaded: a recipe that cannot learn fails in seconds
+        try:
+            table = reward_self_test(the_task, rewards, dict(reward.functions), train_rows.select(range(min(4, len(
+                train_rows)))).to_list(), grpo.protocol)
+        except RewardSelfTestError as err:
+            raise ConfigError(str(err)) from None
+        fabric.print(summary(table))
 
     teacher_tok = load_tokenizer(teacher)
     adaptive = grpo.protocol == "adaptive_teaching"
@@ -304,8 +327,7 @@ def main(
         student_engine = build_engine(engines_args.student, student_model, student_tok)
     engines = {"teacher": policy_engine, "student": student_engine}
 
-    rewards = {name: get_reward(name, **reward.kwargs.get(name, {})) for name in reward.functions}
-    runner = RolloutRunner(policy_engine, student_engine, templates, rewards, dict(reward.functions))
+    runner = RolloutRunner(policy_engine, student_engine, templates, rewards, dict(reward.functions), the_task)
     settings = rollout_settings(grpo, generation)
     stop_ids = [teacher_tok.eos_token_id]
 
@@ -327,8 +349,6 @@ def main(
         fabric.call("on_load_checkpoint", fabric=fabric, state=state, checkpoint=remainder)
         fabric.print(f"resumed from {ckpt_path} at step {state['step']}")
 
-    train_rows = data.rl_dataset("train")
-    val_rows = data.rl_dataset("val")
     if len(train_rows) < grpo.prompts_per_step:
         raise ConfigError(
             f"the training split has {len(train_rows)} prompts, fewer than grpo.prompts_per_step={grpo.prompts_per_step}"
@@ -543,7 +563,7 @@ def step_metrics(fabric, rollout: Rollout, stats: dict, state: dict, train_secon
     local["time/training"] = train_seconds
     metrics = _mean_over_processes(fabric, local)
     metrics["lr"] = state["scheduler"].get_last_lr()[0]
-    tokens = {f"tokens/{k}": float(v) for k, v in rollout.generated_tokens.items()}
+    tokens = {f"tokens/{k}": float(v) for k, v in rollout.generated_tokens.items()} | rollout.verifier  # summed
     metrics.update({k: v * fabric.world_size for k, v in _mean_over_processes(fabric, tokens).items()})
     return metrics
 
