@@ -131,8 +131,8 @@ def to_messages_rows(problems: Iterable[dict]) -> list[dict]:
 
 def to_messages_rl_rows(problems: Iterable[dict]) -> list[dict]:
     """Chat RL schema: the user turn as `messages`, and `ground_truth`."""
-    return [{"messages": [{"role": "user", "content": p["question"]}], "ground_truth": p.get("ground_truth", p["answer"])}
-            for p in problems]
+    return [{"messages": [{"role": "user", "content": row["question"]}], "ground_truth": row["ground_truth"]}
+            for row in to_task_rows(problems)]
 
 
 def write_jsonl(rows: Iterable[dict], path: str | Path) -> Path:

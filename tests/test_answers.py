@@ -28,7 +28,8 @@ EXTRACT_CASES = [
     ("<solution>3 apples and 4 pears</solution>", True, "4", "tag"),  # GSM8K: the last number
     ("steps\n#### 1,000", True, "1,000", "hashes"),
     ("\\boxed{255}\nThe final answer is $10,455$.", False, "10,455", "final_answer"),
-    ("Final Answer: The final answer is $\\frac{5}{12}$. I hope it is correct.", False, "\\frac{5}{12}", "final_answer"),
+    ("Final Answer: The final answer is $\\frac{5}{12}$. I hope it is correct.", False, "\\frac{5}{12}",
+     "final_answer"),
     ("**Final Answer**\n\\[\n\\boxed{6}\n\\]", False, "6", "final_answer"),
     ("The answer is 42. Check: 42 * 2 = 84.", False, "42", "answer_phrase"),
     ("Final answer: 7 apples, so 3 are left over", False, "7 apples", "final_answer"),
@@ -93,7 +94,8 @@ def test_normalize_gold(ground_truth, expected):
         ("1,000", 1000, False), ("1\\,000", 1000, False), ("1 000", 1000, False), ("-$15", -15, False),
         ("$-15", -15, False), ("\\$42.50", Fraction(85, 2), False), ("+7", 7, False), ("18.00", 18, False),
         (".5", Fraction(1, 2), False), ("1e3", 1000, False), ("50%", 50, True), ("3/4", Fraction(3, 4), False),
-        ("\\frac{3}{4}", Fraction(3, 4), False), ("\\frac34", Fraction(3, 4), False), ("-\\frac{1}{2}", Fraction(-1, 2), False),
+        ("\\frac{3}{4}", Fraction(3, 4), False), ("\\frac34", Fraction(3, 4), False),
+        ("-\\frac{1}{2}", Fraction(-1, 2), False),
     ],
 )
 def test_parse_number(text, value, percent):

@@ -61,8 +61,8 @@ def test_rl_rows_carry_the_tasks_own_fields_through_unchanged_and_mapped(tmp_pat
     rows = [{"prompt": f"Write f{i}", "ground_truth": "", "test_list": [f"assert f{i}() == {i}"], "entry": f"f{i}"}
             for i in range(10)]
     path = write_jsonl(tmp_path / "code.jsonl", rows)
-    dm = TeacherStudentDataModule(dataset=path, schema="atlas_rl", columns={"tests": "test_list", "entry_point": "entry"},
-                                  val_size=2, seed=0)
+    dm = TeacherStudentDataModule(dataset=path, schema="atlas_rl", val_size=2, seed=0,
+                                  columns={"tests": "test_list", "entry_point": "entry"})
     plain = dm.rl_dataset("train")
     train = dm.rl_dataset("train", fields=("tests", "entry_point"))
     assert train.column_names == ["question", "ground_truth", "tests", "entry_point"]

@@ -313,3 +313,14 @@ def test_the_process_count_fabric_launched_must_divide_the_prompts(tmp_path):
         loop.main(fabric, None, TrainerArgs(out_dir=str(tmp_path / "run")), None, None, GRPOArgs(prompts_per_step=10),
                   None, None, None, None, None, None, None)
     assert not (tmp_path / "run").exists()
+
+
+def test_gsm8k_quickstart_trains_on_the_task_and_logs_verifier_counts(models_dir, tmp_path):
+    out = tmp_path / "gsm8k"
+    cli_main("fit", ["--config", str(ROOT / "lightning_configs" / "quickstart_gsm8k.yaml"), *tiny_overrides(
+        out, "--trainer.max_steps", "1", "--eval.at_start", "false")])
+    train = [r for r in history(out) if "reward" in r]
+    assert train[0]["verifier/checks"] == 2 * 3, "every policy answer was checked by the task"
+    assert train[0]["verifier/errors"] == 0 and train[0]["verifier/timeouts"] == 0
+    assert 0.0 <= train[0]["accuracy"] <= 1.0
+    assert any("eval/accuracy" in r for r in history(out))

@@ -165,7 +165,7 @@ class RolloutRunner:
             prompt_ids, completions, interactions, timings, tokens, scores = self._adaptive(rows, seed, settings)
         else:
             prompt_ids, completions, interactions, timings, tokens, scores = self._direct(rows, seed, settings)
-        counts = self.health.record(scores, f"task {self.task.name!r}'s verifier")
+        counts = self.health.record(scores, f"the verifier of task {self.task.name!r}")
         start = time.perf_counter()
         samples = [_to_sample(i, c) for i, c in zip(interactions, completions)]
         rewards, components = combine_rewards(samples, self.reward_functions, self.reward_weights)

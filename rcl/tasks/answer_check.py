@@ -50,8 +50,9 @@ _NUMBER_CORE = re.compile(
     r"(?P<pct>\s*(?:\\%|%|\s+percent))?"
 )
 _SLASH_FRACTION = re.compile(r"(?P<sign>[-+]?)(?P<num>\d+(?:\.\d+)?)/(?P<den>\d+(?:\.\d+)?)")
-_LATEX_FRACTION = re.compile(
-    r"(?P<sign>[-+]?)\\frac(?:\{\s*(?P<num>\d+(?:\.\d+)?)\s*\}|(?P<num1>\d))(?:\{\s*(?P<den>\d+(?:\.\d+)?)\s*\}|(?P<den1>\d))"
+_LATEX_FRACTION = re.compile(  # \frac{3}{4} or \frac34
+    r"(?P<sign>[-+]?)\\frac"
+    r"(?:\{\s*(?P<num>\d+(?:\.\d+)?)\s*\}|(?P<num1>\d))(?:\{\s*(?P<den>\d+(?:\.\d+)?)\s*\}|(?P<den1>\d))"
 )
 _ASSIGNMENT = re.compile(r"^(?:[A-Za-z](?:_\{?\w+\}?)?|\\[a-zA-Z]+)\s*=\s*(?P<rhs>[^=]+)$")
 _CHOICE = re.compile(r"^\(?([A-Ea-e])\)?$")
@@ -110,7 +111,8 @@ def parse_number(text: str) -> Number | None:
         match = pattern.fullmatch(text)
         if match:
             groups = match.groupdict()
-            num, den = Fraction(groups.get("num") or groups.get("num1")), Fraction(groups.get("den") or groups.get("den1"))
+            num = Fraction(groups.get("num") or groups.get("num1"))
+            den = Fraction(groups.get("den") or groups.get("den1"))
             if den == 0:
                 return None
             return Number(-num / den if match.group("sign") == "-" else num / den)

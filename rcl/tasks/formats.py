@@ -23,8 +23,9 @@ FormatStyle = Literal["none", "reasoning_answer", "think", "think_answer"]
 FormatMode = Literal["gate", "additive"]
 
 _PATTERNS: dict[str, re.Pattern] = {
-    "reasoning_answer": re.compile(r"\s*<reasoning>(?P<reasoning>.+?)</reasoning>\s*<answer>(?P<answer>.+?)</answer>\s*",
-                                   re.DOTALL),
+    "reasoning_answer": re.compile(
+        r"\s*<reasoning>(?P<reasoning>.+?)</reasoning>\s*<answer>(?P<answer>.+?)</answer>\s*", re.DOTALL
+    ),
     "think": re.compile(r"\s*(?:<think>)?(?P<reasoning>(?:(?!<think>).)+?)</think>\s*(?P<answer>\S.*?)\s*", re.DOTALL),
     "think_answer": re.compile(
         r"\s*(?:<think>)?(?P<reasoning>(?:(?!<think>).)+?)</think>\s*<answer>(?P<answer>.+?)</answer>\s*", re.DOTALL
@@ -32,7 +33,8 @@ _PATTERNS: dict[str, re.Pattern] = {
 }
 _INSTRUCTIONS = {
     "none": "",
-    "reasoning_answer": "Reason inside <reasoning></reasoning>, then give only the final answer inside <answer></answer>.",
+    "reasoning_answer": "Reason inside <reasoning></reasoning>, then give only the final answer inside "
+                        "<answer></answer>.",
     "think": "Think inside <think></think>, then give the final answer.",
     "think_answer": "Think inside <think></think>, then give only the final answer inside <answer></answer>.",
 }

@@ -77,7 +77,8 @@ class MathTask(Task):
         if verdict.error:
             outcome = "timeout" if verdict.timed_out else "error"
             return Score(0.0, False, {**details, "outcome": outcome, "error": verdict.error})
-        return Score(float(verdict.equal), verdict.equal, {**details, "outcome": "correct" if verdict.equal else "wrong"})
+        outcome = "correct" if verdict.equal else "wrong"
+        return Score(float(verdict.equal), verdict.equal, {**details, "outcome": outcome})
 
     def gold_completion(self, row: dict) -> str:
         return self.format.wrap("I work it out step by step.", normalize_gold(row["ground_truth"]))
