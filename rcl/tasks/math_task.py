@@ -5,7 +5,7 @@ Rows: `question` and `ground_truth` (plain, `\\boxed{}`, GSM8K's `… #### 42`, 
 number of a response is its answer when nothing else marks one, and it ships a synthetic word-problem set.
 
 Score: reward 1.0 for a right answer, else 0.0; `details` hold `extracted` (the answer read, or None), `rule` (which
-extraction rule found it), `gold`, `match` (what decided), `outcome` (correct, wrong, no_answer, bad_format, error,
+extraction rule found it, `format:<rule>` inside a reasoning format's answer part), `gold`, `match` (what decided), `outcome` (correct, wrong, no_answer, bad_format, error,
 timeout), `format_ok` when the task has a reasoning format, and `error` when the check could not be made.
 """
 
@@ -60,16 +60,16 @@ class MathTask(Task):
     def score(self, completion: str, row: dict) -> Score:
         gold = row["ground_truth"]
         details: dict[str, Any] = {"gold": normalize_gold(gold)}
-        text: str | None = completion
+        text, where = completion, ""
         if self.format.style != "none":
             part = self.format.answer_part(completion)
             details["format_ok"] = part is not None
             if part is not None:
-                text = part
+                text, where = part, "format:"  # the rules read the format's answer part
             elif self.format_mode == "gate":
                 return Score(0.0, False, {**details, "extracted": None, "rule": None, "outcome": "bad_format"})
         extraction = extract_answer(text, last_number=self.last_number_fallback, strict=self.strict)
-        details.update(extracted=extraction.answer, rule=extraction.rule)
+        details.update(extracted=extraction.answer, rule=extraction.rule and where + extraction.rule)
         if extraction.answer is None:
             return Score(0.0, False, {**details, "outcome": "no_answer"})
         verdict = compare(extraction.answer, gold, strict=self.strict, timeout=self.timeout_s)
