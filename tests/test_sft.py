@@ -2,7 +2,6 @@
 
 import csv
 import math
-import shutil
 from pathlib import Path
 
 import pytest
@@ -103,7 +102,9 @@ def tiny_args(root: Path, model_dir: str, steps: int, *extra: str) -> list[str]:
 
 
 def read_metrics(root: Path) -> list[dict]:
-    return list(csv.DictReader((root / "csv" / "metrics.csv").open()))
+    """A run folder's (or a logger version folder's) CSV metrics."""
+    return list(csv.DictReader((root / "metrics.csv" if (root / "metrics.csv").exists() else
+                                root / "csv" / "metrics.csv").open()))
 
 
 def test_tiny_sft_run_learns_logs_and_exports(tmp_path, tiny_model_dir):
@@ -143,15 +144,49 @@ def test_resume_continues_at_the_checkpoint_step(tmp_path, tiny_model_dir):
     build_cli("fit", tiny_args(root, tiny_model_dir, 6))
     ckpt = root / "checkpoints" / "last.ckpt"
     assert torch.load(ckpt, weights_only=False)["global_step"] == 6
-    shutil.rmtree(root / "csv")  # so the metrics below come from the resumed session only
+    first_session = (root / "csv" / "metrics.csv").read_text()
     cli = build_cli("fit", tiny_args(root, tiny_model_dir, 10, "--ckpt_path", str(ckpt)))
     assert cli.trainer.global_step == 10
     scheduler = cli.trainer.lr_scheduler_configs[0].scheduler
     assert scheduler.last_epoch == 10  # the schedule continues from the restored step
     args = cli.model.optimizer_args
     assert scheduler.get_last_lr()[0] == pytest.approx(args.learning_rate * lr_factor(10, 10, args))
-    steps = [int(r["step"]) for r in read_metrics(root) if r.get("train/loss")]
+    # the resumed session logs into a version folder of its own; the first session's log is kept as it was
+    assert (root / "csv" / "metrics.csv").read_text() == first_session
+    steps = [int(r["step"]) for r in read_metrics(root / "csv" / "resumed-last") if r.get("train/loss")]
     assert steps and min(steps) >= 5  # 4 resumed steps log only late steps; a restart from 0 would log 1 and 3
+    assert (root / "config-resumed-last.yaml").is_file() and "overwrite: false" in (root / "config.yaml").read_text()
+
+
+def test_a_rerun_refuses_to_replace_the_earlier_run_unless_told(tmp_path, tiny_model_dir):
+    from rcl.run_dir import RunFolderInUse
+
+    root = tmp_path / "run"
+    build_cli("fit", tiny_args(root, tiny_model_dir, 2))
+    before = (root / "csv" / "metrics.csv").read_text()
+    with pytest.raises(RunFolderInUse, match=r"holds an earlier run \(config\.yaml, checkpoints/, csv/, tensorboard/, "
+                                             r"hf_model/\): resume it with --ckpt_path .*last\.ckpt, replace it with "
+                                             r"--overwrite true, or write this run elsewhere with "
+                                             r"--trainer\.default_root_dir DIR"):
+        build_cli("fit", tiny_args(root, tiny_model_dir, 4))
+    assert (root / "csv" / "metrics.csv").read_text() == before
+    cli = build_cli("fit", tiny_args(root, tiny_model_dir, 4, "--overwrite", "true"))
+    assert cli.trainer.global_step == 4
+    assert max(int(r["step"]) for r in read_metrics(root)) == 3  # the new run's log (logged every 2 steps: 1, 3)
+
+
+def test_a_bad_model_path_is_one_line_and_makes_no_folder(tmp_path, tiny_model_dir, capsys):
+    from rcl.sft_cli import cli_main
+
+    root = tmp_path / "run"
+    missing = str(tmp_path / "runs" / "sft" / "hf_model")
+    with pytest.raises(SystemExit) as stop:
+        cli_main("fit", tiny_args(root, missing, 2))
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"rcl: model.init_args.model_name_or_path: model folder not found: {missing}")
+    assert not any("Traceback" in line for line in err)
+    assert not root.exists()
 
 
 @pytest.mark.gpu
