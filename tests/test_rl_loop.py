@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from callbacks.base import FabricCallback
 from rcl.rewards import available_rewards, register_reward
 from rcl.rl.loop import cli_main
 from rcl.tiny_models import resolve_model
@@ -362,13 +363,50 @@ def test_resume_from_an_earlier_checkpoint_cuts_the_logs_back_to_its_step(models
         "--trainer.keep_last_checkpoints", "5", "--logging.sample_every_n_steps", "1", "--eval.every_n_steps", "2")]
     cli_main("fit", args)
     first = history(out)
-    samples = lambda: [json.loads(line)["step"] for line in (out / "samples.jsonl").read_text().splitlines()]  # noqa: E731
+    def samples() -> list[int]:
+        return [json.loads(line)["step"] for line in (out / "samples.jsonl").read_text().splitlines()]
+
     assert sorted(set(samples())) == [1, 2, 3, 4]
     # resumed from step 2 of a run that went on to step 4: steps 3 and 4 are logged once, by the resumed run
     cli_main("fit", [*args, "--ckpt_path", str(out / "checkpoints" / "step-000002.ckpt")])
     again = history(out)
     assert train_rows(again) == [1, 2, 3, 4]
     assert [r["step"] for r in again if "eval/accuracy" in r] == [0, 2, 4]
-    untimed = lambda rows: [{k: v for k, v in r.items() if not k.startswith(("time/", "sync/"))} for r in rows]  # noqa: E731
+    def untimed(rows: list[dict]) -> list[dict]:
+        return [{k: v for k, v in r.items() if not k.startswith(("time/", "sync/"))} for r in rows]
+
     assert untimed(again) == untimed(first), "an exact resume logs what the uninterrupted run logged"
     assert samples() == sorted(samples()) and len(samples()) == 4 * len(set(samples()))
+
+
+def test_sigint_saves_a_checkpoint_that_resumes_to_the_uninterrupted_result(models_dir, tmp_path, repo_env):
+    from interrupt_support import interrupt_once_stepping, resume_argv
+
+    common = ["--reward.functions", "{test_char_sum: 1.0}", "--reward.kwargs", "{}", "--eval.at_start", "false",
+              "--optimizer.learning_rate", "0.001", "--callbacks", "[{class_path: test_rl_loop.RegisterTestReward}]"]
+    out = tmp_path / "interrupted"
+    repo_env["RCL_MODELS_DIR"] = str(models_dir)
+    repo_env["PYTHONPATH"] = str(ROOT / "tests") + ":" + repo_env["PYTHONPATH"]
+    # a run far too long to end by itself, interrupted once it has logged a step
+    code, stderr = interrupt_once_stepping(
+        ["--config", DIRECT, *tiny_overrides(out, *common, "--trainer.max_steps", "100000")], repo_env,
+        started=lambda: (out / "history.jsonl").exists() and "reward" in (out / "history.jsonl").read_text(),
+        log_dir=tmp_path / "logs")
+    assert code == 130, stderr[-3000:]
+    assert "Traceback" not in stderr
+    line, argv = resume_argv(stderr)
+    step = int(line.split("after step ")[1].split(";")[0])
+    assert argv[-2:] == ["--ckpt_path", str(out / "checkpoints" / f"step-{step:06d}.ckpt")]
+    assert not (out / "hf_model").exists(), "an interrupted run is not exported as if it had finished"
+    # resumed two steps further, it ends exactly where an uninterrupted run of that length ends
+    cli_main("fit", [*argv, "--trainer.max_steps", str(step + 2)])
+    full = tmp_path / "full"
+    cli_main("fit", ["--config", DIRECT, *tiny_overrides(full, *common, "--trainer.max_steps", str(step + 2))])
+    rewards = lambda run: {r["step"]: (r["reward"], r["loss"]) for r in history(run) if "reward" in r}  # noqa: E731
+    assert rewards(out) == rewards(full)
+    a, b = load_file(full / "hf_model" / "model.safetensors"), load_file(out / "hf_model" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+class RegisterTestReward(FabricCallback):
+    """Importing this module (for this callback) registers `test_char_sum` in a training subprocess too."""

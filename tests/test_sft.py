@@ -201,3 +201,53 @@ def test_tiny_sft_run_on_gpu_bf16(tmp_path, tiny_model_dir):
     trained = AutoModelForCausalLM.from_pretrained(root / "hf_model")
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert not torch.equal(base.model.embed_tokens.weight, trained.model.embed_tokens.weight)
+
+
+def test_a_run_whose_output_is_not_a_terminal_prints_progress_lines(tmp_path, tiny_model_dir, capsys):
+    build_cli("fit", tiny_args(tmp_path / "run", tiny_model_dir, 6, "--trainer.enable_progress_bar", "true"))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("sft step ")]
+    # one line every log_every_n_steps (2) optimizer steps
+    assert [line.split(" | ")[0] for line in lines] == ["sft step 2/6", "sft step 4/6", "sft step 6/6"]
+    loss, speed, elapsed, eta = lines[0].split(" | ")[1:]
+    assert loss.startswith("loss ") and float(loss.split()[1]) > 0
+    assert speed.endswith(" tokens/s") and float(speed.split()[0]) > 0
+    assert elapsed.startswith("elapsed ") and eta.startswith("eta ")
+    assert lines[-1].endswith("eta 0s")
+
+
+def test_a_step_labelled_bar_on_a_terminal(monkeypatch):
+    from types import SimpleNamespace
+
+    import rcl.progress
+
+    monkeypatch.setattr(rcl.progress, "is_terminal", lambda stream=None: True)
+    bar = rcl.progress.sft_progress_bar(10)
+    monkeypatch.setattr(type(bar), "trainer", property(lambda self: SimpleNamespace(max_epochs=-1)))
+    assert bar._get_train_description(0) == "Epoch 0"  # Lightning's own label: "Epoch 0/-2"
+
+
+def test_sigint_saves_a_checkpoint_that_resumes_to_the_uninterrupted_result(tmp_path, tiny_model_dir, repo_env):
+    from interrupt_support import interrupt_once_stepping, resume_argv
+
+    # one batch per epoch (24 training rows, batch 32) and a constant learning rate, so neither the data order inside
+    # an epoch nor the schedule's length depends on where the run was cut
+    common = ["--data.init_args.synthetic_size", "32", "--data.init_args.val_size", "8", "--data.init_args.batch_size",
+              "32", "--model.init_args.optimizer.schedule", "constant", "--model.init_args.optimizer.warmup_ratio", "0",
+              "--trainer.enable_progress_bar", "true", "--trainer.log_every_n_steps", "1"]
+    root = tmp_path / "interrupted"
+    code, stderr = interrupt_once_stepping(
+        tiny_args(root, tiny_model_dir, 100000, *common), repo_env,
+        started=lambda: "sft step 2/" in (tmp_path / "logs" / "stdout.txt").read_text(), log_dir=tmp_path / "logs")
+    assert code == 130, stderr[-3000:]
+    assert "Traceback" not in stderr
+    line, argv = resume_argv(stderr)
+    step = int(line.split("after step ")[1].split(";")[0])
+    assert argv[-2:] == ["--ckpt_path", str(root / "checkpoints" / "last.ckpt")]
+    assert torch.load(root / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == step
+    assert not (root / "hf_model").exists(), "an interrupted run is not exported as if it had finished"
+    resumed = build_cli("fit", [*argv, "--trainer.max_steps", str(step + 2)])
+    full = build_cli("fit", tiny_args(tmp_path / "full", tiny_model_dir, step + 2, *common))
+    assert resumed.trainer.global_step == full.trainer.global_step == step + 2
+    for name, value in full.model.model.state_dict().items():
+        # the rows of the one batch come in another order after the resume: the same sums, in another order
+        torch.testing.assert_close(resumed.model.model.state_dict()[name], value, rtol=1e-5, atol=1e-6)
