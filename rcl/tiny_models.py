@@ -152,6 +152,9 @@ def check_model(name_or_path: str) -> str:
     resolved path. Raises ModelNotFound with a one-line message."""
     from transformers import AutoConfig
 
+    if not name_or_path:
+        raise ModelNotFound(f"no model given: name a tiny preset ({', '.join(sorted(PRESETS))}), a local HF folder or "
+                            "a hub id")
     path = resolve_model(name_or_path)
     try:
         AutoConfig.from_pretrained(path)
