@@ -156,7 +156,8 @@ def write_generic_rows(path: Path, n: int) -> Path:
 def test_sixty_generic_rows_start_the_student_sft_in_one_command(tmp_path, tiny_model_dir):
     rows = write_generic_rows(tmp_path / "mine.jsonl", 60)
     cli = build_cli("fit", [
-        "--config", str(CONFIGS / "quickstart_student_sft.yaml"), "--config", str(CONFIGS / "data" / "generic_rows.yaml"),
+        "--config", str(CONFIGS / "quickstart_student_sft.yaml"),
+        "--config", str(CONFIGS / "data" / "generic_rows.yaml"),
         "--data.init_args.dataset", str(rows), "--trainer.default_root_dir", str(tmp_path / "run"),
         # only to keep the test short:
         "--model.init_args.model_name_or_path", tiny_model_dir, "--trainer.max_steps", "2",
