@@ -4,6 +4,7 @@ number. A second signal stops at once, without saving."""
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 import sys
@@ -41,8 +42,9 @@ class StopRequest:
         if self.signum is not None:
             raise KeyboardInterrupt
         self.signum = signum
-        print(f"rcl: {signal.Signals(signum).name}: stopping after this step to save a checkpoint "
-              "(a second one stops at once, without saving)", file=sys.stderr, flush=True)
+        if os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0":  # one notice, not one per process
+            print(f"rcl: {signal.Signals(signum).name}: stopping after this step to save a checkpoint "
+                  "(a second one stops at once, without saving)", file=sys.stderr, flush=True)
 
     @property
     def requested(self) -> bool:

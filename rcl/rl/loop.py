@@ -421,7 +421,7 @@ def main(
                        resumed_step=state["step"] if ckpt_path and command == "fit" else None)
 
     history_path = out_dir / "history.jsonl"
-    stop = StopRequest().install()
+    stop = StopRequest().install() if command == "fit" else StopRequest()  # validate: Ctrl-C just stops
     try:
         if command == "validate":
             metrics = evaluate(fabric, state, runner, val_rows, settings, eval_args, trainer.seed)
