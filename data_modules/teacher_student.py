@@ -10,6 +10,7 @@ import datasets
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from data_modules import synthetic
 from data_modules.schemas import Schema, canonicalize
@@ -270,7 +271,9 @@ class TeacherStudentDataModule(LightningDataModule):
         return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
     def _loader(self, data: datasets.Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(
+        # Stateful (torchdata): Lightning saves its position and sampler state in the checkpoint, so a run resumed
+        # mid-epoch continues with the next batch instead of replaying the epoch's first ones.
+        return StatefulDataLoader(
             data.with_format(columns=["input_ids", "labels"]),
             batch_size=self.batch_size,
             shuffle=shuffle,

@@ -3,6 +3,7 @@
 (The fragments in lightning_configs/strategies/ configure Lightning Trainer strategy objects for SFT recipes; the RL
 loop takes Fabric's strategy names, e.g. `--trainer.strategy deepspeed_stage_3`.)"""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,26 @@ def test_rl_recipes_sample_in_the_format_their_sft_recipes_trained():
     sft_data = yaml.safe_load((CONFIGS / "quickstart_gsm8k_sft.yaml").read_text())["data"]["init_args"]
     for key in ("dataset", "synthetic_size", "synthetic_seed", "synthetic_kind", "val_size", "seed"):
         assert gsm8k["data"]["init_args"][key] == sft_data[key], key
+
+
+def test_sixty_generic_rows_start_the_rl_quickstart_in_one_command(tmp_path, models_dir):
+    from test_configs_sft import write_generic_rows
+
+    from rcl.rl.loop import cli_main
+
+    rows = write_generic_rows(tmp_path / "mine.jsonl", 60)
+    out = tmp_path / "run"
+    cli_main("fit", [
+        "--config", str(CONFIGS / "quickstart_rcl.yaml"), "--config", str(CONFIGS / "data" / "generic_rows.yaml"),
+        "--data.init_args.dataset", str(rows), "--trainer.out_dir", str(out),
+        # only to keep the test short:
+        "--teacher.model_name_or_path", "tiny-1m", "--student.model_name_or_path", "tiny-1m",
+        "--trainer.max_steps", "1", "--grpo.prompts_per_step", "2", "--grpo.num_generations", "2",
+        "--generation.max_completion_length", "4", "--generation.student_max_tokens", "4", "--eval.num_prompts", "2",
+        "--trainer.loggers", "[csv]"])
+    steps = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in steps if "reward" in r] == [1]
+
 
 
 @pytest.mark.parametrize("recipe", RL_RECIPES, ids=lambda p: p.name)
