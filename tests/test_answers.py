@@ -139,6 +139,8 @@ MATCH_CASES = [
     ("A", "a", True),
     ("(B)", "B", True),
     ("\\text{(B)}", "B", True),
+    ("(D) 12", "D", True),
+    ("\\textbf{(D) } 12", "C", False),
     ("1, 2, 3", "3,2,1", True),
     ("1, 2", "1, 2, 3", False),
     ("1,2", "12", False),  # a list is not a thousands-separated number
@@ -160,7 +162,7 @@ def test_compare(pred, gold, expected):
 @pytest.mark.parametrize(
     ("pred", "gold", "lenient", "strict"),
     [("x = 5", "5", True, False), ("12 cookies", "12", True, False), ("50%", "0.5", True, False),
-     ("50%", "50", True, True), ("\\frac{3}{4}", "0.75", True, True)],
+     ("50%", "50", True, True), ("\\frac{3}{4}", "0.75", True, True), ("x > 3", "(3, \\infty)", True, False)],
 )
 def test_strict_mode_refuses_partial_matches(pred, gold, lenient, strict):
     assert compare(pred, gold).equal is lenient

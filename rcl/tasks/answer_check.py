@@ -15,8 +15,10 @@ Both sides are read whole, in this order:
      (same elements, in any order);
    - percent: `50%` equals 50 and (unless strict) 0.5;
    - decimals and fractions: `0.75`, `3/4`, `\\frac{3}{4}` and `\\frac34` are one value.
-4. Then a case-insensitive comparison of the canonical strings (`12:00`, `[0,1)`, `(B)` = `B`, text answers).
-5. Anything else goes to math-verify for symbolic equivalence (intervals, sets, radicals, expressions).
+4. Then a case-insensitive comparison of the canonical strings (`12:00`, `[0,1)`, `(B)` = `B`, text answers); a
+   choice given with its option's value (`(D) 12`) equals the letter D.
+5. Anything else goes to math-verify for symbolic equivalence (intervals, sets, radicals, expressions; unless strict,
+   an inequality equals its interval: `x > 3` is `(3, \\infty)`).
 
 The symbolic check runs in a helper process with its own timeout, because math-verify's timeout uses `signal.alarm`
 (main thread only) and a pathological expression (9^{9^{9^9}}) must not hang a rollout worker thread. A check that
@@ -56,6 +58,7 @@ _LATEX_FRACTION = re.compile(  # \frac{3}{4} or \frac34
 )
 _ASSIGNMENT = re.compile(r"^(?:[A-Za-z](?:_\{?\w+\}?)?|\\[a-zA-Z]+)\s*=\s*(?P<rhs>[^=]+)$")
 _CHOICE = re.compile(r"^\(?([A-Ea-e])\)?$")
+_CHOICE_WITH_VALUE = re.compile(r"^(?:\\text(?:bf)?\{\s*)?\(([A-Ea-e])\)")  # "(D) 12", "\textbf{(D) } 12"
 # Numbers separated by spaces only ("8 5", "5 5 85"): not one number, and math-verify would read them as a sum.
 _DIGIT_RUN = re.compile(r"[-+]?\d+(?:\.\d+)?(?:\s+[-+]?\d+(?:\.\d+)?)+")
 
@@ -185,11 +188,14 @@ def compare(pred: str | None, gold: str, strict: bool = False, timeout: float = 
             return Verdict(_same_multiset(*numbers, strict), "list")
     if _fold(guess) == _fold(truth):
         return Verdict(True, "string")
+    choice = _CHOICE_WITH_VALUE.match(guess)
+    if choice and _CHOICE.match(truth):  # a multiple-choice letter with its option's value: the letter decides
+        return Verdict(choice.group(1).casefold() == _fold(truth), "string")
     if _DIGIT_RUN.fullmatch(guess) or _DIGIT_RUN.fullmatch(truth):
         return Verdict(False, "number")
     if strict and (("=" in guess) != ("=" in truth) or not is_bare(guess)):
         return Verdict(False, "strict")  # math-verify would read an equation's right side, or a number in words
-    return _SYMBOLIC.check(guess, truth, timeout)
+    return _SYMBOLIC.check(guess, truth, timeout, relations=not strict)
 
 
 def balanced(text: str) -> bool:
@@ -224,11 +230,12 @@ class SymbolicChecker:
         self._process: subprocess.Popen | None = None
         self._owner_pid: int | None = None
 
-    def check(self, pred: str, gold: str, timeout: float) -> Verdict:
+    def check(self, pred: str, gold: str, timeout: float, relations: bool = False) -> Verdict:
+        """math-verify's verdict; `relations` lets an inequality equal an interval (x > 3 and (3, \\infty))."""
         with self._lock:
             process = self._ready_process()
             try:
-                process.stdin.write((json.dumps([pred, gold]) + "\n").encode())
+                process.stdin.write((json.dumps([pred, gold, relations]) + "\n").encode())
                 process.stdin.flush()
                 reply = _read_line(process, timeout)
             except OSError:  # the helper died (e.g. out of memory)

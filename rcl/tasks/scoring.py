@@ -1,5 +1,4 @@
-"""`python -m rcl score`: score saved completions with a task, and `score_records`, the scoring core an evaluation
-reuses.
+"""Score saved completions with a task (`python -m rcl score`); `score_records` is the scoring core, for evaluation.
 
 Input: JSON lines, each the task's row fields plus `completion` (math, gsm8k and arithmetic: `ground_truth`; other
 tasks: their `fields`). Output: each input line with `reward`, `correct` and `details` (the verifier's: the extracted

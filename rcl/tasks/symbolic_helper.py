@@ -1,6 +1,6 @@
 """The math-verify helper process (`python -m rcl.tasks.symbolic_helper`), driven by
-`rcl.tasks.answer_check.SymbolicChecker`: JSON lines `[pred, gold]` in, one JSON verdict per line out
-(`{"equal": bool}` or `{"error": message}`). Kept out of the package's imports so `-m` runs it cleanly."""
+`rcl.tasks.answer_check.SymbolicChecker`: JSON lines `[pred, gold, relations]` in, one JSON verdict per line out
+(`{"equal": bool}` or `{"error": message}`); the optional third item lets relations equal sets. Kept out of the package's imports so `-m` runs it cleanly."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import os
 import sys
 
 
-def _symbolic(pred: str, gold: str) -> dict:
+def _symbolic(pred: str, gold: str, relations: bool = False) -> dict:
     """math-verify's verdict on two bare answers (run inside the helper process)."""
     from math_verify import parse, verify
 
@@ -21,7 +21,8 @@ def _symbolic(pred: str, gold: str) -> dict:
         pred_parsed = parse(f"${pred}$", parsing_timeout=None)
         if not pred_parsed:
             return {"equal": False}
-        return {"equal": bool(verify(gold_parsed, pred_parsed, timeout_seconds=None, raise_on_error=True))}
+        return {"equal": bool(verify(gold_parsed, pred_parsed, timeout_seconds=None, raise_on_error=True,
+                                     allow_set_relation_comp=relations))}
     except Exception as err:  # noqa: BLE001 - any failure inside math-verify is a verifier error, reported as such
         return {"error": f"math-verify raised {type(err).__name__}: {str(err)[:200]}"}
 
@@ -35,8 +36,7 @@ def _serve() -> None:
 
     print("ready", file=protocol, flush=True)
     for line in sys.stdin:
-        pred, gold = json.loads(line)
-        print(json.dumps(_symbolic(pred, gold)), file=protocol, flush=True)
+        print(json.dumps(_symbolic(*json.loads(line))), file=protocol, flush=True)
 
 
 if __name__ == "__main__":
