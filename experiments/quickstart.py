@@ -5,6 +5,9 @@ before and after RL; a table and a plot at the end.
     python -m experiments.quickstart --skip-sft  # reuse the SFT outputs of an earlier run
     python -m experiments.quickstart --skip-eval # no evaluation after training
 
+Each run replaces the outputs of the quickstart's earlier run of it (`--overwrite true`); the plot is drawn from the
+RL history the same command wrote, and a fresh RL run removes an older plot with its history.
+
 Every step is an ordinary `python -m rcl fit|evaluate --config lightning_configs/<recipe>.yaml` run, so each can be
 re-run or changed on its own. The RL run's history (runs/quickstart_rcl/history.jsonl) feeds the table and the plot;
 the evaluation (runs/eval_quickstart/results.json) gives RL's change with a paired interval.
@@ -30,9 +33,15 @@ EVAL_RECIPE, EVAL_DIR = "lightning_configs/eval_quickstart.yaml", Path("runs/eva
 
 
 def run_step(name: str, recipe: str, overrides: list[str], command: str = "fit") -> float:
+    """One `python -m rcl fit|evaluate` run. The quickstart re-makes its own training runs, so it replaces their
+    earlier outputs."""
+    if command == "fit":
+        overrides = [*overrides, "--overwrite", "true"]
     print(f"\n=== {name}: python -m rcl {command} --config {recipe} {' '.join(overrides)}", flush=True)
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "rcl", command, "--config", recipe, *overrides], check=True)
+    code = subprocess.run([sys.executable, "-m", "rcl", command, "--config", recipe, *overrides]).returncode
+    if code:
+        raise SystemExit(f"quickstart: {name} stopped with exit status {code} (its output is above)")
     return time.perf_counter() - start
 
 

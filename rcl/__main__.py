@@ -1,5 +1,5 @@
-"""`python -m rcl <command>`: routes to the SFT LightningCLI, the RL Fabric loop, evaluation, the server or the
-launcher."""
+"""`python -m rcl <command>`: routes to the SFT LightningCLI, the RL Fabric loop, scoring, evaluation, the server
+or the launcher."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ Training (LightningCLI-style YAML; several --config files merge in order, dotted
   validate   evaluate a recipe's model on its validation data
   test       test (SFT recipes)
   predict    predict (SFT recipes)
+
+Scoring:
+  score      score saved completions with a task: --task math --input completions.jsonl --output scored.jsonl
 
 Evaluation:
   evaluate   models x tasks x protocols with intervals, pass@k and teaching effects: --config <eval recipe>
@@ -42,6 +45,10 @@ def main(argv: list[str] | None = None) -> None:
         run_training(command, rest)
     elif command == "evaluate":
         from rcl.eval.cli import cli_main
+
+        cli_main(rest)
+    elif command == "score":
+        from rcl.tasks.scoring import cli_main
 
         cli_main(rest)
     elif command == "serve":

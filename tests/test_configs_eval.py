@@ -42,7 +42,9 @@ def test_quickstart_recipe_samples_enough_for_pass_at_4_on_the_rl_held_out_rows(
     assert kwargs["generation"].temperature == 1.0 and kwargs["generation"].student_temperature == 1.0
     assert kwargs["run"].out_dir == "runs/eval_quickstart"
     rl = yaml.safe_load((CONFIGS / "quickstart_rcl.yaml").read_text())
-    assert yaml.safe_load((CONFIGS / "eval_quickstart.yaml").read_text())["tasks"][0]["data"] == rl["data"]
+    written = yaml.safe_load((CONFIGS / "eval_quickstart.yaml").read_text())["tasks"][0]
+    assert written["data"] == rl["data"]
+    assert {k: written[k] for k in ("name", "kwargs", "module")} == rl["task"]
     assert vars(kwargs["templates"]) == rl["templates"]
     protocols = {m.name: m.protocols for m in kwargs["models"]}
     assert protocols == {"student_sft": ["direct"], "teacher_sft": ["adaptive_teaching"],
@@ -53,3 +55,9 @@ def test_production_recipe_generates_through_servers():
     kwargs = parse_recipe(["--config", str(CONFIGS / "eval_gsm8k.yaml")], exit_on_error=False)
     assert all(m.engine.backend == "server" and m.engine.api == "openai" and m.engine.urls for m in kwargs["models"])
     assert kwargs["tasks"][0].name == "gsm8k" and kwargs["stats"].pass_k == [1, 2, 4, 8]
+
+
+def test_production_recipe_prompts_as_rlvr_trains():
+    kwargs = parse_recipe(["--config", str(CONFIGS / "eval_gsm8k.yaml")], exit_on_error=False)
+    rl = yaml.safe_load((CONFIGS / "rlvr_gsm8k.yaml").read_text())
+    assert vars(kwargs["templates"]) == rl["templates"]

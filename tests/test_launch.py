@@ -71,8 +71,10 @@ def test_gpu_plan_commands(tmp_path):
         (["--teacher-gpus", "0", "--train-gpus", "1-8"], "GPU(s) 8 requested but only 8 visible"),
         (["--teacher-gpus", "0", "--train-gpus", "1-3"], "grpo.prompts_per_step=2 must be divisible by the 3 training"),
         (["--teacher-gpus", "0", "--train-gpus", "1", "--grpo.num_generationz", "4"], "the recipe does not parse"),
-        (["--teacher-gpus", "0", "--train-gpus", "1", "--teacher.model_name_or_path", ""], "no teacher model"),
-        (["--teacher-gpus", "0", "--train-gpus", "1", "--teacher.model_name_or_path", "/no/such"], "does not exist"),
+        (["--teacher-gpus", "0", "--train-gpus", "1", "--teacher.model_name_or_path", ""],
+         "teacher.model_name_or_path: no model given"),
+        (["--teacher-gpus", "0", "--train-gpus", "1", "--teacher.model_name_or_path", "/no/such"],
+         "teacher.model_name_or_path: model folder not found: /no/such"),
         (["--teacher-gpus", "cpu", "--train-gpus", "none"], "CPU servers need --engine hf, or vLLM's CPU build"),
         (["--teacher-gpus", "0", "--train-gpus", "1", "--trainer.num_nodes", "2"], "launch starts one node"),
         (["--teacher-gpus", "0", "--train-gpus", "0"], "give each its own, or pass --share-gpus"),
@@ -217,7 +219,9 @@ def test_sigterm_stops_training_and_servers(tmp_path, tiny_model_dir, repo_env):
     proc.send_signal(signal.SIGTERM)
     log, _ = proc.communicate(timeout=90)
     assert proc.returncode == 130, log
-    assert "interrupted; stopping training and servers" in log
+    assert "interrupted; training gets up to 600 s to save a checkpoint" in log and "--ckpt_path" in log
+    # training was stopped first and could still use its servers while it finished its step
+    assert json.loads(Path(str(out) + ".stopped").read_text()) == {"generated_after_sigterm": 1}
     assert not listening(base)
 
 

@@ -34,6 +34,8 @@ class EvalTask:
     """Task registry name (rcl.tasks.get_task)."""
     kwargs: dict[str, Any] = field(default_factory=dict)
     """Task constructor arguments."""
+    module: str | None = None
+    """A module to import first, which registers the task (e.g. experiments.my_task)."""
     label: str | None = None
     """Name in results (default: `name`); two entries of one task need different labels."""
     split: str = "test"
@@ -52,6 +54,12 @@ class EvalTask:
     @property
     def key(self) -> str:
         return self.label or self.name
+
+    def build(self) -> Any:
+        """The task, built as the RL loop and `rcl score` build theirs."""
+        from rcl.tasks import TaskArgs
+
+        return TaskArgs(self.name, self.kwargs, self.module).build()
 
 
 @dataclass

@@ -15,6 +15,7 @@ from rcl.eval.args import EvalModel, EvalRun, EvalStats, EvalTask, EvalTeaching
 from rcl.eval.generate import EvalError, iter_generations, plan, resolve_model_path, run_jobs, sha256_json
 from rcl.prompts import PromptTemplates
 from rcl.rl.args import GenerationArgs
+from rcl.tasks.health import VerifierFailure
 
 SAMPLES_FILE = "samples.jsonl"
 
@@ -58,11 +59,9 @@ def evaluate(
             return None
     from rcl.eval.results import build_results
     from rcl.eval.score import score_lines, write_records
-    from rcl.tasks import get_task
-
     records = []
     for job, lines in iter_generations(jobs):
-        records += score_lines(get_task(job.spec.name, **job.spec.kwargs), lines)
+        records += score_lines(job.spec.build(), lines)
     write_records(out_dir / SAMPLES_FILE, records)
     rows_sha = {job.spec.key: job.meta["rows_sha256"] for job in jobs}
     results = build_results(records, stats, config or {}, sha256_json(asdict(templates)), rows_sha, SAMPLES_FILE)
@@ -180,7 +179,7 @@ def cli_main(argv: list[str]) -> None:
     kwargs = parse_recipe(argv)
     try:
         evaluate(**kwargs, command=shlex.join(["python", "-m", "rcl", "evaluate", *argv]))
-    except EvalError as err:
+    except (EvalError, VerifierFailure) as err:
         raise SystemExit(f"rcl evaluate: {err}") from None
 
 

@@ -32,7 +32,6 @@ from rcl.eval.args import EvalModel, EvalRun, EvalTask, EvalTeaching, Protocol
 from rcl.prompts import PromptTemplates
 from rcl.rl.args import GenerationArgs, GRPOArgs
 from rcl.rl.rollout import RolloutRunner, RolloutSettings
-from rcl.tasks import get_task
 
 
 class EvalError(ValueError):
@@ -49,14 +48,15 @@ def request_seed(seed: int, task: str, chunk: int) -> int:
 
 
 def load_rows(spec: EvalTask) -> list[tuple[str, dict]]:
-    """(row id, row) of the task's evaluated problems: from the data module when one is given, else the task's own
-    rows. A row's id is its `id` field when it has one, else its position."""
+    """(row id, row) of the task's evaluated problems: from the data module when one is given (with the fields the
+    task reads), else the task's own rows. A row's id is its `id` field when it has one, else its position."""
+    task = spec.build()
     if spec.data is not None:
-        table = spec.data.rl_dataset(spec.data_split)
+        table = spec.data.rl_dataset(spec.data_split, task.fields)
         count = len(table) if spec.num_rows is None else min(spec.num_rows, len(table))
         rows = table.select(range(count)).to_list()
     else:
-        rows = get_task(spec.name, **spec.kwargs).rows(spec.split, spec.num_rows, spec.seed)
+        rows = task.rows(spec.split, spec.num_rows, spec.seed)
     if not rows:
         raise EvalError(f"task {spec.key!r} has no rows to evaluate")
     ids = [str(row.get("id", i)) for i, row in enumerate(rows)]
@@ -108,7 +108,7 @@ def fingerprint(model: EvalModel, student: EvalModel | None, spec: EvalTask, pro
     return json.loads(json.dumps({  # as it reads back from .meta.json (tuples as lists)
         "model": _engine_identity(model),
         "student": _engine_identity(student) if protocol == "adaptive_teaching" and student else None,
-        "task": {"name": spec.name, "kwargs": spec.kwargs, "samples": spec.samples},
+        "task": {"name": spec.name, "kwargs": spec.kwargs, "module": spec.module, "samples": spec.samples},
         "protocol": protocol,
         "generation": asdict(generation),
         "teaching": asdict(teaching),
@@ -191,9 +191,8 @@ def generate_chunk(policy: Any, student: Any | None, templates: PromptTemplates,
                    rows: list[tuple[str, dict]], seed: int, settings: RolloutSettings) -> list[dict]:
     """One rollout over `rows`; one line per (row, sample), without the model/task/chunk labels."""
     student_rec = RecordingEngine(student) if student is not None else None
-    runner = RolloutRunner(policy, student_rec, templates, {}, {})
-    inputs = [{"question": task.prompt(row), "ground_truth": str(row.get("ground_truth", ""))} for _, row in rows]
-    rollout = runner.run(inputs, seed, settings)
+    runner = RolloutRunner(policy, student_rec, templates, {}, {}, task)
+    rollout = runner.run([row for _, row in rows], seed, settings)
     n = settings.num_generations
     out = []
     for j, (interaction, completion) in enumerate(zip(rollout.interactions, rollout.completions)):
@@ -292,7 +291,7 @@ def run_jobs(jobs: list[Job], student: EvalModel | None, templates: PromptTempla
             for job in todo:
                 if job.protocol == "adaptive_teaching" and student_engine is None:
                     student_engine = load_engine(student)
-                task = get_task(job.spec.name, **job.spec.kwargs)
+                task = job.spec.build()
                 settings = rollout_settings(job.protocol, job.spec.samples, generation, teaching)
                 job.path.parent.mkdir(parents=True, exist_ok=True)
                 job.path.with_suffix(".meta.json").write_text(json.dumps(job.meta, indent=1, sort_keys=True))

@@ -1,45 +1,52 @@
-"""The score phase: generation lines in, scored per-sample records out. Pure in its inputs, so scoring the same
-files twice gives the same records.
+"""The score phase: generation lines in, scored per-sample records out, through `rcl score`'s own scoring core
+(`rcl.tasks.scoring.score_records`, which also refuses a verifier that mostly fails). Pure in its inputs, so scoring
+the same files twice gives the same records.
 
 A scored record (one line of `samples.jsonl`): `model`, `task`, `protocol`, `row_id`, `sample_index`, `seed`,
-`correct`, `reward`, `tokens`, `completion_tokens`, `completed` (the answer ended by a stop and has a parseable
-answer: the RL loop's completion rate) and the verifier's `details`; adaptive teaching adds `student`,
+`correct`, `reward`, `tokens`, `completion_tokens`, `completed` (the answer ended by a stop and holds an answer the
+task could score: the RL loop's completion rate) and the verifier's `details`; adaptive teaching adds `student`,
 `baseline_correct`, `baseline_reward`, `baseline_details`, `baseline_tokens` and `teaching_tokens`.
 """
 
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterable
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from rcl.metrics import completion_share
 from rcl.tasks import Score
+from rcl.tasks.scoring import score_records, write_atomically
+
+LABELS = ("model", "task", "protocol", "row_id", "sample_index", "seed", "tokens", "completion_tokens")
 
 
-def score_completion(task: Any, completion: str, row: dict) -> Score:
-    """One completion through the task's verifier."""
-    return task.score(completion, row)
+def score_texts(task: Any, lines: Sequence[dict], field: str) -> list[dict]:
+    """`rcl score` on the lines' `field` texts: each as its row's fields plus `completion`."""
+    return score_records(task, [{**line["row"], "completion": line[field]} for line in lines])
 
 
-def score_lines(task: Any, lines: Iterable[dict]) -> list[dict]:
+def completed(scored: dict, finish_reason: str) -> float:
+    has_answer = Score(scored["reward"], scored["correct"], scored["details"]).has_answer
+    return completion_share([has_answer], [finish_reason == "stop"])
+
+
+def score_lines(task: Any, lines: Sequence[dict]) -> list[dict]:
+    lines = list(lines)
+    answers = score_texts(task, lines, "completion")
+    adaptive = [line for line in lines if line["protocol"] == "adaptive_teaching"]
+    alone = iter(score_texts(task, adaptive, "baseline_completion"))
     records = []
-    for line in lines:
-        score = score_completion(task, line["completion"], line["row"])
-        record = {k: line[k] for k in ("model", "task", "protocol", "row_id", "sample_index", "seed", "tokens",
-                                        "completion_tokens")}
-        record.update(
-            correct=bool(score.correct), reward=float(score.reward),
-            completed=completion_share([line["completion"]], [line["finish_reason"] == "stop"]),
-            details=score.details,
-        )
+    for line, scored in zip(lines, answers):
+        record = {k: line[k] for k in LABELS}
+        record.update(correct=bool(scored["correct"]), reward=float(scored["reward"]),
+                      completed=completed(scored, line["finish_reason"]), details=scored["details"])
         if line["protocol"] == "adaptive_teaching":
-            alone = score_completion(task, line["baseline_completion"], line["row"])
+            base = next(alone)
             record.update(
-                student=line["student"], baseline_correct=bool(alone.correct), baseline_reward=float(alone.reward),
-                baseline_details=alone.details, baseline_tokens=line["baseline_tokens"],
+                student=line["student"], baseline_correct=bool(base["correct"]), baseline_reward=float(base["reward"]),
+                baseline_details=base["details"], baseline_tokens=line["baseline_tokens"],
                 teaching_tokens=line["teaching_tokens"],
             )
         records.append(record)
@@ -47,8 +54,5 @@ def score_lines(task: Any, lines: Iterable[dict]) -> list[dict]:
 
 
 def write_records(path: Path, records: list[dict]) -> None:
-    """Whole or not at all: written beside `path`, then moved over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-    os.replace(tmp, path)
+    """Whole or not at all (`rcl score`'s atomic write)."""
+    write_atomically(path, (json.dumps(r, sort_keys=True) + "\n" for r in records))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import sys
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -31,6 +33,7 @@ from rcl.engines import HFEngine, SamplingParams
 from rcl.eval.stats import interval_metrics
 from rcl.grpo import completion_logprobs, completion_mask, group_advantages, grpo_loss, mask_truncated
 from rcl.optim import OptimizerArgs, build_optimizer, build_scheduler
+from rcl.progress import StepClock, format_duration
 from rcl.prompts import PromptTemplates
 from rcl.rewards import get_reward, teaching_reward_inversions
 from rcl.rl.args import (
@@ -45,15 +48,19 @@ from rcl.rl.args import (
     TrainerArgs,
 )
 from rcl.rl.rollout import Rollout, RolloutRunner, RolloutSettings
+from rcl.interrupt import StopRequest, TrainingInterrupted, report, resume_command
 from rcl.run_dir import (
     RL_OUTPUTS,
     STEP_LOGS,
     RunFolderInUse,
+    latest_checkpoint,
     log_version,
     refuse_to_replace,
     remove_outputs,
     truncate_to_step,
 )
+from rcl.tasks import Task, TaskArgs
+from rcl.tasks.self_test import RewardSelfTestError, reward_self_test, summary
 from rcl.tiny_models import ModelNotFound, check_model, resolve_model
 
 DEFAULT_OPTIMIZER = OptimizerArgs(learning_rate=1e-6, schedule="constant", max_grad_norm=1.0)
@@ -65,6 +72,7 @@ class ConfigError(ValueError):
 
 def setup(
     data: TeacherStudentDataModule,
+    task: TaskArgs = TaskArgs(),
     trainer: TrainerArgs = TrainerArgs(),
     teacher: ModelArgs = ModelArgs(),
     student: ModelArgs = ModelArgs(),
@@ -85,6 +93,7 @@ def setup(
 
     Args:
         data: The TeacherStudentDataModule; the loop reads its `rl_dataset("train"|"val")`.
+        task: What the rows are and how answers are scored (rcl.tasks): every correctness signal comes from it.
         trainer: Fabric runtime and loop length.
         teacher: The policy (the teacher in adaptive teaching).
         student: The student (unused by the direct protocol).
@@ -104,11 +113,12 @@ def setup(
     validate_config(trainer, grpo, engines)
     warn_reward_inversions(grpo, reward)
     preflight(data, trainer, teacher, student, grpo, ckpt_path, overwrite, command)
+    check_task(task, data, reward, grpo, command)
     fabric = build_fabric(trainer, default_callbacks(grpo, logging, engines) + list(callbacks or []), ckpt_path,
                           command)
     fabric.launch(
         main, data, trainer, teacher, student, grpo, generation, reward, optimizer, templates, eval, engines, ckpt_path,
-        command,
+        command, task=task,
     )
 
 
@@ -235,7 +245,9 @@ def warn_reward_inversions(grpo: GRPOArgs, reward: RewardArgs) -> list:
 def default_callbacks(grpo: GRPOArgs, logging: LoggingArgs, engines: EnginesArgs) -> list[FabricCallback]:
     callbacks: list[FabricCallback] = [
         TeachingMetrics(),
-        DegradationTracker(window=logging.degradation_window, ndr_threshold=logging.ndr_warn_threshold),
+        DegradationTracker(window=logging.degradation_window, ndr_threshold=logging.ndr_warn_threshold,
+                           warn_every_n_steps=logging.ndr_warn_every_n_steps,
+                           max_per_step=logging.degradations_per_step, max_file_mb=logging.degradations_max_mb),
         SampleLogger(every_n_steps=logging.sample_every_n_steps, num_samples=logging.samples_per_log),
     ]
     if grpo.sync_ref_model:
@@ -281,6 +293,36 @@ def load_tokenizer(args: ModelArgs):
     return AutoTokenizer.from_pretrained(resolve_model(args.model_name_or_path), padding_side="left")
 
 
+def check_task(args: TaskArgs, data, reward: RewardArgs, grpo: GRPOArgs, command: str) -> None:
+    """Build the task, read its rows, and (for fit) run the reward self-test on a few training rows, before any
+    process starts: a recipe whose rewards cannot tell a right answer from nothing fails in seconds."""
+    task = build_task(args)
+    try:
+        rows = data.rl_dataset("train", task.fields)
+        data.rl_dataset("val", task.fields)
+    except DataError as exc:
+        raise ConfigError(f"data: {exc}") from None
+    if command != "fit":
+        return
+    rewards = {name: get_reward(name, **reward.kwargs.get(name, {})) for name in reward.functions}
+    try:
+        table = reward_self_test(task, rewards, dict(reward.functions), rows.select(range(min(4, len(rows)))).to_list(),
+                                 grpo.protocol)
+    except RewardSelfTestError as err:
+        raise ConfigError(str(err)) from None
+    print(summary(table), flush=True)
+
+
+def build_task(args: TaskArgs) -> Task:
+    try:
+        task = args.build()
+    except (ValueError, TypeError, ImportError) as exc:
+        raise ConfigError(f"task: {exc}") from None
+    if not isinstance(task, Task):
+        raise ConfigError(f"task {args.name!r} is a multi-turn environment, which the RL loop does not run yet")
+    return task
+
+
 def build_engine(args: EngineArgs, model: torch.nn.Module | None, tokenizer: Any, **server_kwargs: Any):
     """`server_kwargs` go to a `ServerEngine` only (the teacher's weight transport)."""
     if args.backend == "in_process":
@@ -299,6 +341,7 @@ def rollout_settings(grpo: GRPOArgs, gen: GenerationArgs) -> RolloutSettings:
         top_k=gen.top_k,
         min_p=gen.min_p,
         repetition_penalty=gen.repetition_penalty,
+        stop=list(gen.stop),
     )
     student = SamplingParams(max_tokens=gen.student_max_tokens, temperature=gen.student_temperature)
     return RolloutSettings(
@@ -344,6 +387,7 @@ def main(
     engines_args: EnginesArgs,
     ckpt_path: str | None,
     command: str = "fit",
+    task: TaskArgs = TaskArgs(),
 ) -> dict:
     if grpo.prompts_per_step % fabric.world_size:  # devices "auto", -1 or a list are only counted here
         raise ConfigError(
@@ -352,6 +396,9 @@ def main(
         )
     out_dir = Path(trainer.out_dir)
     fabric.seed_everything(trainer.seed)
+    the_task = build_task(task)
+    train_rows, val_rows = data.rl_dataset("train", the_task.fields), data.rl_dataset("val", the_task.fields)
+    rewards = {name: get_reward(name, **reward.kwargs.get(name, {})) for name in reward.functions}
 
     teacher_tok = load_tokenizer(teacher)
     adaptive = grpo.protocol == "adaptive_teaching"
@@ -380,8 +427,7 @@ def main(
         student_engine = build_engine(engines_args.student, student_model, student_tok)
     engines = {"teacher": policy_engine, "student": student_engine}
 
-    rewards = {name: get_reward(name, **reward.kwargs.get(name, {})) for name in reward.functions}
-    runner = RolloutRunner(policy_engine, student_engine, templates, rewards, dict(reward.functions))
+    runner = RolloutRunner(policy_engine, student_engine, templates, rewards, dict(reward.functions), the_task)
     settings = rollout_settings(grpo, generation)
     stop_ids = [teacher_tok.eos_token_id]
 
@@ -405,8 +451,6 @@ def main(
         fabric.call("on_load_checkpoint", fabric=fabric, state=state, checkpoint=remainder)
         fabric.print(f"resumed from {ckpt_path} at step {state['step']}")
 
-    train_rows = data.rl_dataset("train")
-    val_rows = data.rl_dataset("val")
     if len(train_rows) < grpo.prompts_per_step:
         raise ConfigError(
             f"the training split has {len(train_rows)} prompts, fewer than grpo.prompts_per_step={grpo.prompts_per_step}"
@@ -415,14 +459,16 @@ def main(
                        resumed_step=state["step"] if ckpt_path and command == "fit" else None)
 
     history_path = out_dir / "history.jsonl"
+    stop = StopRequest().install() if command == "fit" else StopRequest()  # validate: Ctrl-C just stops
     try:
         if command == "validate":
             metrics = evaluate(fabric, state, runner, val_rows, settings, eval_args, trainer.seed)
             _record(fabric, history_path, metrics, state["step"])
             return metrics
         fit(fabric, state, runner, engines, train_rows, val_rows, settings, trainer, grpo, generation, eval_args,
-            optimizer_args, stop_ids, history_path)
+            optimizer_args, stop_ids, history_path, stop)
     finally:
+        stop.restore()
         for engine in engines.values():  # server clients leave their weight groups with the servers
             close = getattr(engine, "close", None)
             if callable(close):
@@ -435,12 +481,13 @@ def main(
 
 def fit(
     fabric, state, runner, engines, train_rows, val_rows, settings, trainer, grpo, generation, eval_args,
-    optimizer_args, stop_ids, history_path,
+    optimizer_args, stop_ids, history_path, stop: StopRequest | None = None,
 ) -> None:
     fabric.call("on_train_start", fabric=fabric, state=state, engines=engines)
     if eval_args.at_start and state["step"] == 0:
         _record(fabric, history_path, evaluate(fabric, state, runner, val_rows, settings, eval_args, trainer.seed), 0)
     local_prompts = grpo.prompts_per_step // fabric.world_size
+    clock = StepClock(state["step"])
     while state["step"] < trainer.max_steps:
         if state["pending"] is None:  # a resumed run first finishes the rollout its checkpoint was taken in
             rows = next_prompts(train_rows, state, grpo.prompts_per_step, trainer.seed, fabric.global_rank,
@@ -468,12 +515,14 @@ def fit(
                         engines=engines, iteration=iteration)
             if state["step"] % trainer.log_every_n_steps == 0 or state["step"] == trainer.max_steps:
                 _record(fabric, history_path, metrics, state["step"])
-                fabric.print(progress_line(state["step"], trainer.max_steps, metrics))
+                fabric.print(progress_line(state["step"], trainer.max_steps, metrics,
+                                           clock.eta(state["step"], trainer.max_steps)))
             if eval_args.every_n_steps and state["step"] % eval_args.every_n_steps == 0:
                 _record(fabric, history_path,
                         evaluate(fabric, state, runner, val_rows, settings, eval_args, trainer.seed), state["step"])
             if trainer.checkpoint_every_n_steps and state["step"] % trainer.checkpoint_every_n_steps == 0:
                 save_checkpoint(fabric, state, trainer.keep_last_checkpoints)
+            stop_if_signalled(fabric, state, trainer, stop)
     if not eval_args.every_n_steps or state["step"] % eval_args.every_n_steps:
         _record(fabric, history_path,
                 evaluate(fabric, state, runner, val_rows, settings, eval_args, trainer.seed), state["step"])
@@ -666,7 +715,7 @@ def step_metrics(fabric, rollout: Rollout, stats: dict, state: dict, train_secon
     local["time/training"] = train_seconds
     metrics = _mean_over_processes(fabric, local)
     metrics["lr"] = state["scheduler"].get_last_lr()[0]
-    tokens = {f"tokens/{k}": float(v) for k, v in rollout.generated_tokens.items()}
+    tokens = {f"tokens/{k}": float(v) for k, v in rollout.generated_tokens.items()} | rollout.verifier  # summed
     metrics.update({k: v * fabric.world_size for k, v in _mean_over_processes(fabric, tokens).items()})
     return metrics
 
@@ -699,13 +748,15 @@ def evaluate(fabric, state, runner: RolloutRunner, val_rows, settings, eval_args
     return metrics
 
 
-def progress_line(step: int, max_steps: int, m: dict) -> str:
+def progress_line(step: int, max_steps: int, m: dict, eta_s: float | None = None) -> str:
     parts = [f"step {step}/{max_steps}", f"reward {m['reward']:.3f}", f"acc {m['accuracy']:.3f}"]
     if "teaching/ndr" in m:
         parts += [f"base {m['teaching/baseline_accuracy']:.3f}", f"ndr {m['teaching/ndr']:.3f}"]
     parts.append(f"loss {m.get('loss', float('nan')):.4f}")
     gen = sum(v for k, v in m.items() if k.startswith("time/generation"))
     parts.append(f"gen {gen:.1f}s train {m['time/training']:.1f}s")
+    if eta_s is not None:
+        parts.append(f"eta {format_duration(eta_s)}")
     return " | ".join(parts)
 
 
@@ -727,9 +778,29 @@ def _checkpoint_view(state: dict) -> dict:
     return view
 
 
+def stop_if_signalled(fabric, state: dict, trainer: TrainerArgs, stop: StopRequest | None) -> None:
+    """At a step boundary: when any process got SIGINT/SIGTERM, save a checkpoint (unless this step's is already
+    written) and raise TrainingInterrupted on every process."""
+    requested = float(stop is not None and stop.requested)
+    if fabric.world_size > 1:
+        requested = float(fabric.all_reduce(torch.tensor(requested, device=fabric.device), reduce_op="max"))
+    if not requested:
+        return
+    path = checkpoint_path(state)
+    if not path.exists():
+        path = save_checkpoint(fabric, state, trainer.keep_last_checkpoints)
+    for logger in fabric.loggers:
+        logger.finalize("interrupted")
+    raise TrainingInterrupted(stop.signum or signal.SIGINT, state["step"], path, fabric.global_rank)
+
+
+def checkpoint_path(state: dict) -> Path:
+    return Path(state["out_dir"]) / "checkpoints" / f"step-{state['step']:06d}.ckpt"
+
+
 def save_checkpoint(fabric, state: dict, keep_last: int) -> Path:
-    folder = Path(state["out_dir"]) / "checkpoints"
-    path = folder / f"step-{state['step']:06d}.ckpt"
+    path = checkpoint_path(state)
+    folder = path.parent
     checkpoint = {**_checkpoint_view(state), "rng": torch.get_rng_state()}
     fabric.call("on_save_checkpoint", fabric=fabric, state=state, checkpoint=checkpoint)
     fabric.save(path, checkpoint)
@@ -793,3 +864,10 @@ def cli_main(command: str, argv: list[str]) -> None:
         setup(command=command, **kwargs)
     except ConfigError as err:
         raise SystemExit(f"rcl: {err}") from None
+    except TrainingInterrupted as err:
+        report(err, command, argv)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
+        latest = latest_checkpoint(Path(kwargs["trainer"].out_dir))
+        resume = f"; its last checkpoint resumes with: {resume_command(command, argv, latest)}" if latest else ""
+        print(f"rcl: stopped at once, without saving{resume}", file=sys.stderr)
+        raise SystemExit(130) from None
