@@ -288,3 +288,25 @@ def test_models_behind_servers_evaluate_like_in_process_ones(tmp_path, tiny_mode
         texts[name] = [json.loads(line)["completion"] for line in path.read_text().splitlines()]
         assert len(texts[name]) == 6
     assert texts["served_rcl"] == texts["local"] == texts["served_openai"]  # one seed per request, one sampler
+
+
+def test_the_quickstart_recipe_runs_on_tiny_models(tmp_path, tiny_model_dir):
+    """eval_quickstart.yaml as shipped (arithmetic task, its data module, both protocols), with tiny-1m in place of
+    the trained models, 3 problems and short budgets."""
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "lightning_configs" / "eval_quickstart.yaml")
+                            .read_text())
+    for model in [*config["models"], config["student"]]:
+        model["model"]["model_name_or_path"] = "tiny-1m"
+    config["tasks"][0]["num_rows"] = 3
+    config["generation"].update(max_completion_length=6, student_max_tokens=4)
+    config["teaching"]["max_probe_tokens"] = 2
+    config["run"].update(out_dir=str(tmp_path / "out"), progress=False)
+    run_evaluate(tmp_path, config)
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [(e["model"], e["protocol"], e["n"]) for e in results["results"]] == [
+        ("student_sft", "direct", 12), ("teacher_sft", "adaptive_teaching", 12), ("teacher_rl", "adaptive_teaching", 12)]
+    assert set(results["results"][0]["pass_at_k"]) == {"1", "2", "4"}
+    samples = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
+    assert all("outcome" in s["details"] for s in samples)  # scored by the arithmetic task's verifier
+    assert {p.name for p in (tmp_path / "out").glob("*.png")} == {"accuracy.png", "pass_at_k.png", "teaching.png",
+                                                                   "pareto.png"}
