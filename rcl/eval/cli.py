@@ -59,6 +59,7 @@ def evaluate(
             return None
     from rcl.eval.results import build_results
     from rcl.eval.score import score_lines, write_records
+
     records = []
     for job, lines in iter_generations(jobs):
         records += score_lines(job.spec.build(), lines)

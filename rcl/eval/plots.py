@@ -38,6 +38,15 @@ def interval_bars(ax, xs, lows, highs, color=None, capsize: float = 4) -> None:
     ax.errorbar(xs, (low + high) / 2, yerr=(high - low) / 2, fmt="none", capsize=capsize, color=color)
 
 
+def rate_axis(ax, highs) -> float:
+    """A 0-based rate axis that shows small rates' whiskers: up to a little above the highest interval (at most 1).
+    Returns the top."""
+    finite = [h for h in highs if h is not None and np.isfinite(h)]
+    top = min(1.0, 1.2 * max(finite, default=1.0) + 0.02)
+    ax.set_ylim(0, top)
+    return top
+
+
 def accuracy_plot(results: dict, path: Path) -> Path:
     """One marker per system and task, whiskers from ci_low to ci_high."""
     plt = _pyplot()
@@ -55,7 +64,7 @@ def accuracy_plot(results: dict, path: Path) -> Path:
     level = int(round(100 * results["stats"]["ci_level"]))
     ax.set_xticks(range(len(tasks)), tasks)
     ax.set_xlim(-0.6, len(tasks) - 0.4)
-    ax.set_ylim(0, 1)
+    rate_axis(ax, [e["ci_high"] for e in entries])
     ax.set_xlabel("task")
     ax.set_ylabel(f"accuracy ({level}% Jeffreys interval)")
     ax.set_title("accuracy per task")
@@ -84,7 +93,7 @@ def pass_at_k_plot(results: dict, path: Path) -> Path:
             interval_bars(ax, [k + shift for k in ks], [e["pass_at_k_ci"][str(k)][0] for k in ks],
                           [e["pass_at_k_ci"][str(k)][1] for k in ks], line.get_color(), capsize=3)
         ax.set_xticks(sorted(all_ks))
-        ax.set_ylim(0, 1)
+        rate_axis(ax, [hi for e in mine for lo_hi in e["pass_at_k_ci"].values() if lo_hi for hi in lo_hi[1:]])
         ax.set_xlabel("k (samples per problem)")
         level = int(round(100 * results["stats"]["ci_level"]))
         ax.set_ylabel(f"pass@k ({level}% bootstrap interval)")
@@ -108,11 +117,11 @@ def teaching_plot(results: dict, path: Path) -> Path | None:
     ax.bar(x + 0.2, taught, 0.4, label="teacher + student")
     interval_bars(ax, x - 0.2, [e["baseline_ci_low"] for e in entries], [e["baseline_ci_high"] for e in entries], "k")
     interval_bars(ax, x + 0.2, [e["ci_low"] for e in entries], [e["ci_high"] for e in entries], "k")
+    axis_top = rate_axis(ax, [max(e["baseline_ci_high"], e["ci_high"]) * 1.15 for e in entries])
     for i, e in enumerate(entries):
         top = max(e["baseline_ci_high"], e["ci_high"])
-        ax.annotate(f"Δ {e['delta']:+.3f} (paired)", (x[i], min(top + 0.03, 0.95)), ha="center", fontsize=8)
+        ax.annotate(f"Δ {e['delta']:+.3f} (paired)", (x[i], top + 0.03 * axis_top), ha="center", fontsize=8)
     ax.set_xticks(x, labels, fontsize=8)
-    ax.set_ylim(0, 1)
     ax.set_xlabel("teacher and task")
     ax.set_ylabel("student accuracy")
     ax.set_title("teaching: the same student, alone and taught")
@@ -131,20 +140,22 @@ def pareto_plot(points: Mapping[str, tuple[float, float]], path: Path, title: st
     for name, (acc, tokens) in points.items():
         at.setdefault((tokens, acc), []).append(name)
     labelled: set[bool] = set()
-    for (tokens, acc), names in at.items():  # systems at one point share one label
+    for i, ((tokens, acc), names) in enumerate(sorted(at.items(), key=lambda item: item[0][1])):
+        # systems at one point share one label; labels of points in accuracy order alternate above and below
         on = any(n in frontier for n in names)
         ax.scatter([tokens], [acc], marker="o" if on else "x", s=50, color="C0" if on else "C7",
                    label=None if on in labelled else ("on the frontier" if on else "dominated"))
         labelled.add(on)
-        ax.annotate("\n".join(names), (tokens, acc), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        ax.annotate("\n".join(names), (tokens, acc), textcoords="offset points", xytext=(6, 6 if i % 2 else -14),
+                    fontsize=8)
     if len(frontier) > 1:
         ax.plot([points[n][1] for n in frontier], [points[n][0] for n in frontier], "-", color="C0",
                 label="Pareto frontier")
     if points:
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="best")
     ax.set_xlabel("mean generated tokens per sample (the evaluated model)")
     ax.set_ylabel("accuracy (weighted over tasks)")
-    ax.set_ylim(0, 1)
+    rate_axis(ax, [acc for acc, _ in points.values()])
     ax.margins(x=0.25)
     ax.set_title(title)
     return _save(fig, path)

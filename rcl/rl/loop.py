@@ -30,6 +30,7 @@ from callbacks.sample_logging import SampleLogger
 from callbacks.teaching_metrics import TeachingMetrics
 from callbacks.weight_sync import WeightSync
 from rcl.engines import HFEngine, SamplingParams
+from rcl.eval.report import fmt
 from rcl.eval.stats import interval_metrics
 from rcl.grpo import completion_logprobs, completion_mask, group_advantages, grpo_loss, mask_truncated
 from rcl.optim import OptimizerArgs, build_optimizer, build_scheduler
@@ -744,7 +745,9 @@ def evaluate(fabric, state, runner: RolloutRunner, val_rows, settings, eval_args
         if "eval/with_teaching_accuracy" in metrics:
             metrics.update(interval_metrics("eval/with_teaching_accuracy", correct, count))
             metrics.update(interval_metrics("eval/baseline_accuracy", base_correct, count))
-    fabric.print(f"eval @ step {state['step']}: " + ", ".join(f"{k[5:]} {v:.3f}" for k, v in sorted(metrics.items())))
+    shown = sorted(k for k in metrics if not k.endswith(("_ci_low", "_ci_high")))  # intervals print with their value
+    fabric.print(f"eval @ step {state['step']}: " + ", ".join(
+        f"{k[5:]} {fmt(metrics[k], metrics.get(f'{k}_ci_low'), metrics.get(f'{k}_ci_high'))}" for k in shown))
     return metrics
 
 
