@@ -149,6 +149,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--eval-prompts", type=int, default=100, help="validation problems per evaluation")
     parser.add_argument("--test-problems", type=int, default=400, help="unseen problems of the final test")
     parser.add_argument("--out", default="runs/teaching_study")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep a seed's finished RL run in --out instead of training it again (a study split over "
+                             "several commands; the runs must come from the same settings)")
     parser.add_argument("--overrides", nargs=argparse.REMAINDER, default=[],
                         help="recipe overrides for every RL run (the fix under test), e.g. --grpo.student_samples 4")
     args = parser.parse_args(argv)
@@ -168,9 +171,12 @@ def main(argv: list[str] | None = None) -> dict:
         run_dir = out / f"seed_{seed}"
         command = rl_command(args.recipe, seed, args.steps, run_dir, args.teacher, args.student, args.eval_every,
                              args.eval_prompts, args.overrides)
-        print(f"\n=== RL seed {seed}: python -m rcl fit {' '.join(command)}", flush=True)
         start = time.perf_counter()
-        cli_main("fit", command)  # in this process: a fresh interpreter per seed would cost its imports each time
+        if args.reuse and (run_dir / "hf_model").is_dir() and (run_dir / "history.jsonl").exists():
+            print(f"\n=== RL seed {seed}: reusing {run_dir}", flush=True)
+        else:
+            print(f"\n=== RL seed {seed}: python -m rcl fit {' '.join(command)}", flush=True)
+            cli_main("fit", command)  # in this process: a fresh interpreter per seed would cost its imports each time
         seconds = time.perf_counter() - start
         history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines() if line.strip()]
         after_runner, _ = build_runner(str(run_dir / "hf_model"), args.student, recipe)
