@@ -54,14 +54,20 @@ def split_draws(values: Sequence[bool], per_draw: int) -> list[list[bool]]:
     return [list(values[i:i + per_draw]) for i in range(0, len(values), per_draw)]
 
 
-def draw_rewards(draw: TeachingDraw, reward: Callable[[RolloutSample], float]) -> list[float]:
-    """The teaching's reward at each of its R draws."""
-    return [reward(_sample(draw, base, with_)) for base, with_ in zip(draw.baseline, draw.with_teaching)]
+def draw_rewards(draw: TeachingDraw, reward: Callable[[RolloutSample], float], correctness_weight: float = 0.0
+                 ) -> list[float]:
+    """The teaching's reward at each of its R draws (plus `correctness_weight` when the teaching is correct, the
+    teaching_correctness reward's share of the total)."""
+    bonus = correctness_weight * (draw.verdict == "correct")
+    return [reward(_sample(draw, base, with_)) + bonus for base, with_ in zip(draw.baseline, draw.with_teaching)]
 
 
-def pooled_reward(draw: TeachingDraw, reward: Callable[[RolloutSample], float]) -> float:
+def pooled_reward(draw: TeachingDraw, reward: Callable[[RolloutSample], float], correctness_weight: float = 0.0
+                  ) -> float:
     """The reward from all R draws at once: k * R baseline and m * R with-teaching samples."""
-    return reward(_sample(draw, [b for d in draw.baseline for b in d], [w for d in draw.with_teaching for w in d]))
+    bonus = correctness_weight * (draw.verdict == "correct")
+    return reward(_sample(draw, [b for d in draw.baseline for b in d],
+                          [w for d in draw.with_teaching for w in d])) + bonus
 
 
 def _sample(draw: TeachingDraw, base: list[bool], with_: list[bool]) -> RolloutSample:
@@ -104,8 +110,10 @@ def variance_split(rewards: Sequence[Sequence[float]]) -> dict[str, float]:
     return {"noise": noise, "between": between, "signal": max(0.0, between - noise / repeats)}
 
 
-def diagnose(groups: Sequence[Sequence[TeachingDraw]], reward: Callable[[RolloutSample], float]) -> dict:
-    """The numbers in the module docstring, over `groups` (one list of G teachings per prompt)."""
+def diagnose(groups: Sequence[Sequence[TeachingDraw]], reward: Callable[[RolloutSample], float],
+             correctness_weight: float = 0.0) -> dict:
+    """The numbers in the module docstring, over `groups` (one list of G teachings per prompt), for the total reward
+    `reward + correctness_weight * teaching_correctness`."""
     ranking = {"single_draw": [0, 0, 0], "pooled": [0, 0, 0]}
     zero_single = zero_pooled = single_groups = 0
     splits = []
@@ -113,8 +121,8 @@ def diagnose(groups: Sequence[Sequence[TeachingDraw]], reward: Callable[[Rollout
     accuracy_given: dict[str, list[float]] = {v: [] for v in VERDICTS}
     for group in groups:
         correct = [d.verdict == "correct" for d in group]
-        per_draw = [draw_rewards(d, reward) for d in group]
-        pooled = torch.tensor([pooled_reward(d, reward) for d in group])
+        per_draw = [draw_rewards(d, reward, correctness_weight) for d in group]
+        pooled = torch.tensor([pooled_reward(d, reward, correctness_weight) for d in group])
         pooled_adv, pooled_zero = group_advantages(pooled, len(group))
         _add(ranking["pooled"], ranking_counts(pooled_adv.tolist(), correct))
         zero_pooled += int(pooled_zero.item())
@@ -190,12 +198,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=4, help="student draws R per teaching (>= 2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/teaching_diagnosis/diagnosis.json")
+    parser.add_argument("--overrides", nargs=argparse.REMAINDER, default=[],
+                        help="recipe overrides, e.g. --generation.student_temperature 0.0 (a greedy student)")
     args = parser.parse_args(argv)
 
     from experiments.teaching_runner import build_runner, recipe_args
     from rcl.rewards import AdaptiveTeachingReward
 
-    recipe = recipe_args(args.recipe)
+    recipe = recipe_args(args.recipe, tuple(args.overrides))
     grpo = recipe["grpo"]
     runner, settings = build_runner(args.teacher, args.student, recipe, {"adaptive_teaching": 1.0})
     k, m = settings.baseline_samples, settings.student_samples
@@ -205,10 +215,16 @@ def main(argv: list[str] | None = None) -> dict:
             [:args.prompts].tolist()]
     rollout = runner.run(rows, args.seed, wide)
     reward = AdaptiveTeachingReward(**recipe["reward"].kwargs.get("adaptive_teaching", {}))
-    result = diagnose(draws_from_rollout(rollout, grpo.num_generations, k, m), reward.score)
+    weights = dict(recipe["reward"].functions)
+    unknown = sorted(set(weights) - {"adaptive_teaching", "teaching_correctness"})
+    if unknown:
+        raise SystemExit(f"teaching_diagnosis knows adaptive_teaching and teaching_correctness, not {unknown}")
+    weighted = lambda sample: weights.get("adaptive_teaching", 0.0) * reward.score(sample)  # noqa: E731
+    result = diagnose(draws_from_rollout(rollout, grpo.num_generations, k, m), weighted,
+                      weights.get("teaching_correctness", 0.0))
     result["settings"] = {"recipe": args.recipe, "teacher": args.teacher, "student": args.student, "k": k, "m": m,
                           "num_generations": grpo.num_generations, "repeats": args.repeats, "prompts": args.prompts,
-                          "seed": args.seed}
+                          "seed": args.seed, "overrides": args.overrides, "reward": weights}
     result["examples"] = examples(rollout)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -90,3 +90,14 @@ def test_unseen_problems_are_new_to_the_data_module():
     seen = {p["question"] for p in synthetic.generate_problems(300, 0, (1, 2))}
     rows = unseen_problems(50, 300)
     assert len(rows) == 50 and not seen & {r["question"] for r in rows}
+
+
+def test_the_correctness_weight_separates_teachings_the_student_draws_tie():
+    base = [[False] * 4, [False] * 4]
+    good = TeachingDraw("correct", 5, True, base, [[False, False], [False, False]])
+    bad = TeachingDraw("wrong_digits", 5, True, base, [[False, False], [False, False]])
+    assert diagnose([[good, bad]], REWARD)["ranking"]["single_draw"]["tied"] == 1.0
+    weighted = diagnose([[good, bad]], REWARD, correctness_weight=0.5)
+    assert weighted["ranking"]["single_draw"]["correct_above_wrong"] == 1.0
+    assert weighted["zero_std_share"]["single_draw"] == 0.0
+    assert draw_rewards(good, REWARD, 0.5) == [0.5, 0.5] and pooled_reward(bad, REWARD, 0.5) == 0.0
