@@ -127,7 +127,7 @@ def report(study: dict) -> str:
              f"  before RL (SFT teacher) {b['with_teaching_accuracy']:.3f}  NDR {_fmt(b['ndr'])}  TES {b['tes']:.3f}"]
     for run, change in zip(study["runs"], study["rl_change"]["per_seed"]):
         a = run["after"]
-        lines.append(f"  seed {run['seed']}: after {a['with_teaching_accuracy']:.3f}  change {_fmt(change, '+')}  "
+        lines.append(f"  seed {run['seed']}: after (step {run['after_step']}) {a['with_teaching_accuracy']:.3f}  change {_fmt(change, '+')}  "
                      f"NDR {_fmt(a['ndr'])}  TES {a['tes']:.3f}  vs alone {a['teaching_gain']['value']:+.3f}  "
                      f"({run['seconds']:.0f}s)")
     lines.append(f"  pooled change over seeds: {_fmt(study['rl_change']['pooled'], '+')}")
@@ -179,10 +179,14 @@ def main(argv: list[str] | None = None) -> dict:
             cli_main("fit", command)  # in this process: a fresh interpreter per seed would cost its imports each time
         seconds = time.perf_counter() - start
         history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines() if line.strip()]
-        after_runner, _ = build_runner(str(run_dir / "hf_model"), args.student, recipe)
+        kept = run_dir / "best_hf_model"  # eval.keep_best: the policy of the best validation evaluation
+        model = kept if kept.is_dir() else run_dir / "hf_model"
+        after_runner, _ = build_runner(str(model), args.student, recipe)
         after = test_outcomes(after_runner, settings, rows)
         afters.append(after["with"])
-        runs.append({"seed": seed, "seconds": seconds, "after": outcome_summary(after),
+        best = json.loads((run_dir / "best.json").read_text()) if kept.is_dir() else None
+        runs.append({"seed": seed, "seconds": seconds, "after_model": str(model),
+                     "after_step": best["step"] if best else args.steps, "after": outcome_summary(after),
                      "reward_curve": reward_curve(history), "val_curve": val_curve(history)})
     study = {"settings": {k: v for k, v in vars(args).items()}, "before": outcome_summary(before), "runs": runs,
              "rl_change": rl_changes(before["with"], afters)}
