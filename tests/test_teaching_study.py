@@ -32,10 +32,10 @@ def test_a_miniature_study_writes_its_report_and_plot(tmp_path, models_dir):
         assert (out / f"seed_{run['seed']}" / "hf_model").is_dir()
         # keep_best: the test scores the policy of the best validation evaluation, which best.json names
         best = json.loads((out / f"seed_{run['seed']}" / "best.json").read_text())
-        assert run["after_model"].endswith("best_hf_model") and run["after_step"] == best["step"]
+        assert run["best_step"] == best["step"] and run["best"]["problems"] == 6
         assert best["value"] == max(acc for _, acc in run["val_curve"])
         assert best["step"] == next(step for step, acc in run["val_curve"] if acc == best["value"])
-    assert len(study["rl_change"]["per_seed"]) == 2
+    assert len(study["rl_change"]["per_seed"]) == len(study["rl_change_best"]["per_seed"]) == 2
     assert (out / "study.png").stat().st_size > 1000
     history = out / "seed_0" / "history.jsonl"
     written_at = history.stat().st_mtime_ns
