@@ -36,6 +36,10 @@ class TrainerArgs:
     """Delete older step checkpoints beyond this many."""
     export_hf: bool = True
     """Write the trained policy and its tokenizer to `<out_dir>/hf_model` at the end."""
+    num_threads: int = 0
+    """torch threads of each training process (0: $OMP_NUM_THREADS when set, else the cores this process may run on,
+    as `taskset` and cgroups allow, divided by the training processes on this node). More threads than cores, counting
+    other processes on the machine, makes every thread wait at each parallel region (see the contention benchmark)."""
 
 
 @dataclass

@@ -390,6 +390,24 @@ def eval_settings(train: RolloutSettings, eval_args: EvalArgs) -> RolloutSetting
     )
 
 
+def training_threads(requested: int, local_processes: int, environ: dict | None = None,
+                     cores: int | None = None) -> int:
+    """`trainer.num_threads`, resolved: the request, else $OMP_NUM_THREADS, else this process's share of the cores it
+    may run on."""
+    import os
+
+    if requested < 0:
+        raise ConfigError(f"trainer.num_threads must be >= 0, got {requested}")
+    if requested:
+        return requested
+    env = os.environ if environ is None else environ
+    if env.get("OMP_NUM_THREADS", "").isdigit() and int(env["OMP_NUM_THREADS"]) > 0:
+        return int(env["OMP_NUM_THREADS"])
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, local_processes))
+
+
 def step_seed(seed: int, step: int, rank: int, salt: int = 0) -> int:
     return (seed * 1_000_003 + step * 10_007 + rank * 101 + salt * 7) % (2**31 - 1)
 
@@ -417,6 +435,10 @@ def main(
             f"processes; use a multiple of {fabric.world_size}"
         )
     out_dir = Path(trainer.out_dir)
+    # an in-process async run computes on two threads of its own (training, the generation worker): each gets a share
+    computing = max(1, fabric.world_size // trainer.num_nodes) * (
+        2 if grpo.max_off_policy_steps > 0 and engines_args.teacher.backend == "in_process" else 1)
+    torch.set_num_threads(training_threads(trainer.num_threads, computing))
     fabric.seed_everything(trainer.seed)
     the_task = build_task(task)
     train_rows, val_rows = data.rl_dataset("train", the_task.fields), data.rl_dataset("val", the_task.fields)
@@ -551,6 +573,7 @@ def fit(
 
 def _fit_steps(fabric, state, runner, engines, val_rows, settings, trainer, grpo, generation, eval_args,
                optimizer_args, stop_ids, history_path, stop, clock, draw, pipeline) -> None:
+    last_step_end = time.perf_counter()
     while state["step"] < trainer.max_steps:
         if state["pending"] is None:  # a resumed run first finishes the rollout its checkpoint was taken in
             if pipeline is None:
@@ -577,6 +600,7 @@ def _fit_steps(fabric, state, runner, engines, val_rows, settings, trainer, grpo
             if pipeline is not None:
                 stats.update(pipeline.pop_timings())
             metrics = step_metrics(fabric, rollout, stats, state, time.perf_counter() - start, grpo)
+            metrics["time/step"], last_step_end = time.perf_counter() - last_step_end, time.perf_counter()
             fabric.call("on_train_batch_end", fabric=fabric, state=state, rollout=rollout, metrics=metrics,
                         engines=engines, iteration=iteration)
             if pipeline is not None:
