@@ -135,3 +135,31 @@ def test_an_async_run_resumes_exactly(models_dir, tmp_path):
     rows = lambda out: {r["step"]: tuple(r[k] for k in keys) for r in history(out) if "reward" in r}  # noqa: E731
     assert rows(resumed)[3] == rows(full)[3] and rows(resumed)[4] == rows(full)[4]
     assert rows(full)[4][2] == 2.0
+
+
+def test_async_against_a_server_pushing_every_second_step(tiny_model_dir, tmp_path):
+    """The server samples with weights at most N + sync_every_n_steps - 1 = 2 steps old; every push is checked."""
+    from serving_support import server_env, start_server, stop_server
+    from test_weight_sync import _rl_overrides
+
+    proc, url = start_server(tiny_model_dir, server_env())
+    out = tmp_path / "served"
+    try:
+        cli_main("fit", ["--config", DIRECT, *_rl_overrides(out, url, "--trainer.max_steps", "5",
+                                                            "--grpo.max_off_policy_steps", "1",
+                                                            "--engines.sync_every_n_steps", "2")])
+        versions = requests_version(url)
+    finally:
+        stop_server(proc)
+    train = [r for r in history(out) if "reward" in r]
+    # rollouts 0,1 sample step 0's weights; pushes after steps 2 and 4; rollout k waits for the push of step k - 1
+    assert [r["staleness/max"] for r in train] == [0.0, 1.0, 2.0, 1.0, 2.0]
+    assert [r["step"] for r in train if "sync/verify_max_abs_diff" in r] == [2, 4]
+    assert all(r["sync/verify_max_abs_diff"] < 1e-4 for r in train if "sync/verify_max_abs_diff" in r)
+    assert versions == 4, "the start push, the pushes after steps 2 and 4, and step 5's for the final evaluation"
+
+
+def requests_version(url: str) -> int:
+    import requests
+
+    return requests.get(f"{url}/weights_version/").json()["weights_version"]
