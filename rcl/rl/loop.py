@@ -593,6 +593,8 @@ def _fit_steps(fabric, state, runner, engines, val_rows, settings, trainer, grpo
                 pending.old_logps = behaviour_logprobs(state["model"], rollout, grpo, generation, fabric)
             start = time.perf_counter()
             stats = train_step(fabric, state, rollout, grpo, generation, optimizer_args, stop_ids, pending.old_logps)
+            ages = staleness(rollout, state["step"])
+            stats.update({"staleness/mean": float(ages.mean()), "staleness/max": float(ages.max())})
             state["step"] += 1
             pending.next_iteration = iteration + 1
             if pending.next_iteration == grpo.num_iterations:
@@ -778,8 +780,6 @@ def train_step(fabric, state, rollout, grpo, generation, optimizer_args, stop_id
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     state["scheduler"].step()
-    ages = staleness(rollout, state["step"])
-    totals.update({"staleness/mean": float(ages.mean()), "staleness/max": float(ages.max())})
     return totals
 
 
