@@ -9,6 +9,7 @@ keyword to every callback, so each hook takes `**kwargs` and picks what it needs
 - `on_train_batch_end(fabric, state, rollout, metrics, engines, iteration)`: after each optimizer step; callbacks may
   add scalars to `metrics` (logged by the loop right after) and see the `engines` dict {"teacher", "student"};
   `iteration` counts the passes over this rollout (0 first; `grpo.num_iterations > 1` trains on one rollout again)
+- `on_validation_start(fabric, state, engines)`: before an evaluation generates (a `validate` run's first act)
 - `on_validation_end(fabric, state, rollout, metrics)`: after an evaluation rollout; `metrics` as above
 - `on_train_end(fabric, state)`
 - `on_save_checkpoint(fabric, state, checkpoint)`: before a checkpoint is written; a callback with state of its own
@@ -34,6 +35,8 @@ class FabricCallback:
     def on_before_optimizer_step(self, **kwargs: Any) -> None: ...
 
     def on_train_batch_end(self, **kwargs: Any) -> None: ...
+
+    def on_validation_start(self, **kwargs: Any) -> None: ...
 
     def on_validation_end(self, **kwargs: Any) -> None: ...
 

@@ -27,12 +27,19 @@ class WeightSync(FabricCallback):
             raise ValueError(f"bucket_mb must be > 0, got {bucket_mb}")
         self.every_n_steps = every_n_steps
         self.bucket_bytes = max(1, int(bucket_mb * 1024 * 1024))
+        self._synced_step: int | None = None
+        """The step whose weights the servers hold (None before the first push)."""
 
     def on_train_start(self, fabric: Any = None, state: dict | None = None, engines: dict | None = None,
                        **kwargs: Any) -> None:
-        # A resumed run's servers still hold the weights they were launched with.
-        if fabric is not None and state is not None and state["step"] > 0:
-            self.sync(fabric, state["model"], (engines or {}).get("teacher"))
+        # Fresh or resumed, the servers hold whatever they were started with: push before the first rollout, so a
+        # hand-started server with other weights is overwritten (or refuses the push) instead of trained against.
+        self._sync_now(fabric, state, engines)
+
+    def on_validation_start(self, fabric: Any = None, state: dict | None = None, engines: dict | None = None,
+                            **kwargs: Any) -> None:
+        """`validate` evaluates a checkpoint: its weights reach the servers before they generate."""
+        self._sync_now(fabric, state, engines)
 
     def on_train_batch_end(self, fabric: Any = None, state: dict | None = None, engines: dict | None = None,
                            metrics: dict | None = None, **kwargs: Any) -> None:
@@ -41,21 +48,44 @@ class WeightSync(FabricCallback):
         stats = self.sync(fabric, state["model"], (engines or {}).get("teacher"))
         if stats is None:
             return
+        self._synced_step = state["step"]
         scalars = {f"sync/{k}": float(v) for k, v in stats.items()}
         if isinstance(metrics, dict):
             metrics.update(scalars)
         else:
             fabric.log_dict(scalars, step=state["step"])
 
+    def _sync_now(self, fabric: Any, state: dict | None, engines: dict | None) -> None:
+        if fabric is None or state is None or self._synced_step == state["step"]:
+            return
+        if self.sync(fabric, state["model"], (engines or {}).get("teacher")) is not None:
+            self._synced_step = state["step"]
+
     def sync(self, fabric: Any, model: Any, engine: Any) -> dict | None:
-        """Push `model`'s full weights to `engine` now; returns the stats (on every rank) or None if not a server."""
+        """Push `model`'s full weights to `engine` now; returns the stats (on every rank) or None if not a server.
+
+        A push that fails on rank 0 fails on every rank at once, with the server's error: the other ranks would
+        otherwise wait in the broadcast below until the collective times out.
+        """
         if not callable(getattr(engine, "update_weights", None)):
             return None
         named = iter_full_state(model, fabric)
+        outcome: dict = {}
         if fabric.global_rank == 0:
-            stats = engine.update_weights(named, bucket_bytes=self.bucket_bytes)
+            try:
+                outcome["stats"] = engine.update_weights(named, bucket_bytes=self.bucket_bytes)
+            except Exception as exc:  # noqa: BLE001 - re-raised on every rank below
+                outcome["error"] = f"{type(exc).__name__}: {exc}"
+                for _ in named:  # finish the gathers the other ranks are in
+                    pass
         else:
             for _ in named:  # join the gathers rank 0 is doing
                 pass
-            stats = None
-        return fabric.broadcast(stats, src=0)
+        outcome = fabric.broadcast(outcome, src=0)
+        if "error" in outcome:
+            raise WeightSyncError(f"pushing the policy's weights to the generation servers failed: {outcome['error']}")
+        return outcome["stats"]
+
+
+class WeightSyncError(RuntimeError):
+    """A weight push failed; raised on every process."""

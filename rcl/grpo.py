@@ -21,12 +21,13 @@ LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
 
 
 def group_advantages(
-    rewards: Tensor, group_size: int, scale: AdvantageScale = "group", eps: float = 1e-4
+    rewards: Tensor, group_size: int, scale: AdvantageScale = "group", eps: float = 1e-4,
+    batch_std: float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Group-relative advantages A = (r - mean_group) / (std + eps) over contiguous groups of `group_size`.
 
-    `scale`: "group" divides by each group's unbiased std, "batch" by the unbiased std of all N rewards, "none" only
-    centres. Returns `(advantages[N], zero_std[N // group_size])`; `zero_std` marks groups whose rewards are all equal
+    `scale`: "group" divides by each group's unbiased std, "batch" by the unbiased std of all N rewards (or by
+    `batch_std`, the std of the batch gathered from every process), "none" only centres. Returns `(advantages[N], zero_std[N // group_size])`; `zero_std` marks groups whose rewards are all equal
     (they carry no learning signal; logged as `frac_reward_zero_std`).
     """
     if group_size < 2:
@@ -42,7 +43,7 @@ def group_advantages(
     if scale == "group":
         advantages = centred / (group_std + eps)
     elif scale == "batch":
-        advantages = centred / (rewards.std() + eps)
+        advantages = centred / ((rewards.std() if batch_std is None else batch_std) + eps)
     elif scale == "none":
         advantages = centred
     else:

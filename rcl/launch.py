@@ -156,11 +156,13 @@ def _check_shared_gpus(transport: str, args: argparse.Namespace, shared: dict[st
 def _parse_recipe(train_args: list[str]) -> dict[str, Any]:
     """The recipe as training will parse it, checked as training will check it: errors are found before any server
     starts."""
-    from rcl.rl.loop import ConfigError, parse_recipe, validate_config
+    from rcl.rl.loop import ConfigError, parse_recipe, preflight, validate_config
 
     try:
         recipe = parse_recipe("fit", train_args, exit_on_error=False)
         validate_config(recipe["trainer"], recipe["grpo"], recipe["engines"])
+        preflight(recipe["data"], recipe["trainer"], recipe["teacher"], recipe["student"], recipe["grpo"],
+                  recipe["ckpt_path"], recipe["overwrite"], "fit")
     except argparse.ArgumentError as exc:
         raise LaunchError(f"the recipe does not parse: {exc}") from None
     except ConfigError as exc:
@@ -363,7 +365,7 @@ def run(plan: LaunchPlan, api_key: str, health_timeout_s: float = 600.0, grace_s
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m rcl launch", description=__doc__.splitlines()[0],
+    p = argparse.ArgumentParser(prog="python -m rcl launch", description=__doc__.splitlines()[0], allow_abbrev=False,
                                 epilog="Other --group.key value flags are recipe overrides, passed to training.")
     p.add_argument("--config", action="append", required=True, help="RL recipe YAML (repeat to merge several)")
     p.add_argument("--teacher-gpus", required=True, help="GPUs for teacher servers: 0,1 / 0-3 / none, cpu, cpu:N")

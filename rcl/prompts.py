@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 THINKING_RE = re.compile(r"<thinking>(.*?)</thinking>", re.DOTALL)
 TEACHING_RE = re.compile(r"<teaching>(.*?)</teaching>", re.DOTALL)
+_UNCLOSED_THINKING_RE = re.compile(r"<thinking>.*\Z", re.DOTALL)
+_TEACHING_TAG_RE = re.compile(r"</?teaching>")
 SOLUTION_INSTRUCTION = "Put the final answer in <solution></solution>."
 
 
@@ -81,12 +83,25 @@ class Teaching:
     """Whether the completion had a closed <teaching> block."""
 
 
+def private_reasoning_removed(completion: str) -> str:
+    """The completion without its `<thinking>` blocks. Reasoning is private until it is closed: an unclosed
+    `<thinking>` (a truncated thought, which may state the answer) hides everything after it."""
+    return _UNCLOSED_THINKING_RE.sub("", THINKING_RE.sub("", completion))
+
+
 def extract_teaching(completion: str, missing: MissingTeaching = "strip_thinking") -> Teaching:
-    """The first `<teaching>` block. Without one: `strip_thinking` shows the completion minus any `<thinking>` block
-    (the reasoning stays private either way); `empty` shows nothing."""
-    match = TEACHING_RE.search(completion)
+    """What the student is shown: the first `<teaching>` block outside the private reasoning.
+
+    The reasoning is removed first (see `private_reasoning_removed`), so neither a closed nor an unclosed
+    `<thinking>` block ever reaches the student, wherever it stands. Without a closed `<teaching>` block (none, or
+    one cut off by the token budget) `has_tags` is False and `missing` decides: `strip_thinking` shows the public
+    rest with any stray teaching tags removed (for a truncated teaching, the guidance written so far); `empty` shows
+    nothing.
+    """
+    public = private_reasoning_removed(completion)
+    match = TEACHING_RE.search(public)
     if match:
         return Teaching(match.group(1).strip(), True)
     if missing == "empty":
         return Teaching("", False)
-    return Teaching(THINKING_RE.sub("", completion).strip(), False)
+    return Teaching(_TEACHING_TAG_RE.sub("", public).strip(), False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 
 import torch
 from torch import Tensor
@@ -134,6 +135,17 @@ class AdaptiveTeachingReward:
         if delta < 0:
             return -self.degradation_penalty_multiplier * abs(delta)
         return 0.5 * bonus * p_with
+
+
+def teaching_reward_inversions(baseline_samples: int, student_samples: int) -> list[tuple[Fraction, Fraction]]:
+    """Where `AdaptiveTeachingReward` ranks a better teaching lower inside one group (same p_base, same teaching
+    length): the pairs (p_base, p_with) with p_base < p_with < 1.5 * p_base, when p_with = p_base can also happen.
+    Keeping p_base earns 0.5 * p_base * bonus, raising it to p_with only (p_with - p_base) * bonus. Empty when
+    the group ranking is monotone in p_with for k = `baseline_samples` and m = `student_samples`."""
+    k, m = baseline_samples, student_samples
+    reachable = {Fraction(j, m) for j in range(m + 1)}
+    return [(Fraction(i, k), p_with) for i in range(1, k + 1) if Fraction(i, k) in reachable
+            for p_with in sorted(reachable) if Fraction(i, k) < p_with < Fraction(3, 2) * Fraction(i, k)]
 
 
 @register_reward("correctness")

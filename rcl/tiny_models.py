@@ -143,15 +143,35 @@ def build_model(name: str, out_dir: str | Path, seed: int = 0, tokenizer_dir: st
     return out_dir
 
 
+class ModelNotFound(FileNotFoundError):
+    """A model that neither resolves to a folder nor loads from the hub; the message says what was looked for."""
+
+
+def check_model(name_or_path: str) -> str:
+    """Resolve a model and read its config (cheap: no weights), so a bad path fails before a run starts; returns the
+    resolved path. Raises ModelNotFound with a one-line message."""
+    from transformers import AutoConfig
+
+    path = resolve_model(name_or_path)
+    try:
+        AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:  # transformers' messages run over several lines; the first says it
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise ModelNotFound(f"{name_or_path} does not load: {first.strip()}") from None
+    return path
+
+
 def resolve_model(name_or_path: str, seed: int = 0) -> str:
     """A tiny preset name becomes the path of its built folder (built on first use); anything else is returned as is."""
     if name_or_path not in PRESETS:
         looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") >= 2
         local = Path(name_or_path).expanduser()
         if looks_local and not local.exists():
-            raise FileNotFoundError(
-                f"model folder not found: {name_or_path} (a tiny preset is one of {sorted(PRESETS)}; "
-                "a hub id looks like org/name or name)"
+            export = "the export of a run that has not run yet (run its recipe first), or " if local.name == "hf_model" \
+                else ""
+            raise ModelNotFound(
+                f"model folder not found: {name_or_path} (is it {export}a typo? a tiny preset is one of "
+                f"{sorted(PRESETS)}; a hub id looks like org/name or name)"
             )
         return str(local) if looks_local or local.exists() else name_or_path
     target = models_dir() / (name_or_path if seed == 0 else f"{name_or_path}-seed{seed}")

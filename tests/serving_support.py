@@ -78,9 +78,10 @@ def stop_server(proc: subprocess.Popen) -> int:
     return proc.returncode
 
 
-def trl_style_push(url: str, named, port: int) -> None:
+def trl_style_push(url: str, named, port: int) -> requests.Response:
     """Push weights the way TRL's client does: init_communicator, then per tensor update_named_param plus a broadcast
-    from the client rank, then reset_prefix_cache (which completes the update) and close_communicator."""
+    from the client rank, then reset_prefix_cache (which completes the update, and whose answer is returned) and
+    close_communicator."""
     from concurrent.futures import ThreadPoolExecutor
 
     from rcl.serving.collective import GlooGroup
@@ -95,8 +96,10 @@ def trl_style_push(url: str, named, port: int) -> None:
                           json={"name": name, "dtype": str(tensor.dtype), "shape": list(tensor.shape)})
         assert r.status_code == 200, r.text
         group.broadcast(tensor.contiguous(), src=world_size - 1)
-    assert requests.post(f"{url}/reset_prefix_cache/").status_code == 200
+    reset = requests.post(f"{url}/reset_prefix_cache/")
     with ThreadPoolExecutor(1) as pool:
         closing = pool.submit(requests.post, f"{url}/close_communicator/")
         group.close()
-        assert closing.result().status_code == 200
+        closed = closing.result()
+        assert closed.status_code == 200, closed.text
+    return reset

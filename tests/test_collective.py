@@ -63,6 +63,34 @@ def test_gloo_group_broadcasts_from_the_last_rank():
     assert received["server"] == [0, 1, 2, 3, 4, 5]
 
 
+def test_gloo_group_listens_on_the_requested_host_only():
+    """The store's port (and gloo's pair sockets) must not be reachable from other interfaces while a group is open:
+    a TCPStore master asked for 127.0.0.1 listened on every address."""
+    import psutil
+
+    port, opened, done = free_port(), threading.Event(), threading.Event()
+
+    def server() -> None:
+        group = GlooGroup("127.0.0.1", port, rank=0, world_size=2)
+        opened.set()
+        group.broadcast(torch.zeros(1), src=1)
+        done.wait(timeout=60)
+        group.close()
+
+    thread = threading.Thread(target=server)
+    thread.start()
+    client = GlooGroup("127.0.0.1", port, rank=1, world_size=2)
+    assert opened.wait(timeout=60)
+    client.broadcast(torch.ones(1), src=1)
+    listening = [c.laddr for c in psutil.Process().net_connections("tcp") if c.status == psutil.CONN_LISTEN]
+    done.set()
+    client.close()
+    thread.join(timeout=60)
+    store = [addr for addr in listening if addr.port == port]
+    assert len(store) == 1 and store[0].ip == "127.0.0.1", listening
+    assert all(addr.ip == "127.0.0.1" for addr in listening), f"a socket listens beyond loopback: {listening}"
+
+
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed")
 def test_nccl_group_without_vllm_names_the_extra_and_the_alternative():
     with pytest.raises(ImportError, match=r"pip install 'rcl\[vllm\]'.*http transport"):

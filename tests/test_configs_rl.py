@@ -15,9 +15,11 @@ CONFIGS = Path(__file__).resolve().parents[1] / "lightning_configs"
 RL_RECIPES = sorted(p for p in CONFIGS.glob("*.yaml") if "grpo" in (yaml.safe_load(p.read_text()) or {}))
 
 
-def test_the_rl_recipes_are_found():
-    assert {p.name for p in RL_RECIPES} == {"quickstart_rcl.yaml", "quickstart_direct.yaml", "teacher_rcl.yaml"}
+def test_recipes_route_by_their_grpo_section():
+    assert len(RL_RECIPES) >= 3
     assert all(is_rl_recipe(["--config", str(p)]) for p in RL_RECIPES)
+    sft = [p for p in CONFIGS.glob("*.yaml") if p not in RL_RECIPES]
+    assert sft and not any(is_rl_recipe(["--config", str(p)]) for p in sft)
     assert not is_rl_recipe(["--config", str(CONFIGS / "quickstart_sft.yaml")])
 
 

@@ -362,3 +362,23 @@ def test_bnpo_is_not_accumulation_invariant_with_unequal_tokens():
     _, full_grad = _accumulated_grad("bnpo", UNEQUAL_TOKENS, ONE_BATCH, tokens)
     _, split_grad = _accumulated_grad("bnpo", UNEQUAL_TOKENS, TWO_MICRO_BATCHES, tokens)
     assert not torch.allclose(split_grad, full_grad)
+
+
+def test_batch_scaling_over_processes_divides_by_the_gathered_std():
+    """TRL divides by the std of the whole gathered batch; each process used its own, so the advantages depended on
+    how the batch was split over processes."""
+    from types import SimpleNamespace
+
+    from rcl.rl.loop import rescale_by_global_std
+    from rcl.rl.rollout import Rollout
+
+    rank0, rank1 = torch.tensor([1.0, 0.0, 0.0, 0.0]), torch.tensor([10.0, 0.0, 10.0, 0.0])
+    fabric = SimpleNamespace(device=torch.device("cpu"), all_gather=lambda t: torch.stack([rank0, rank1]))
+    rollout = Rollout([], [], [], rank0, {}, torch.zeros(4), torch.zeros(2, dtype=torch.bool), {}, {}, 2)
+    rescale_by_global_std(fabric, rollout)
+    std = torch.cat([rank0, rank1]).std()  # sqrt((201 - 8 * 2.625**2) / 7) = 4.565 over all 8 rewards
+    expected = torch.tensor([0.5, -0.5, 0.0, 0.0]) / (std + 1e-4)
+    torch.testing.assert_close(rollout.advantages, expected)
+    assert abs(rollout.advantages[0].item() - 0.5 / 4.565) < 1e-3
+    local, _ = group_advantages(rank0, 2, "batch")
+    assert abs(local[0].item() - 1.0) < 1e-3, "a process's own std gives a different, process-count-dependent scale"

@@ -46,7 +46,18 @@ def test_render_prompt_uses_the_roles_tokenizer(tiny_model_dir):
         ("<teaching>first</teaching><teaching>second</teaching>", "strip_thinking", "first", True),
         ("<thinking>secret</thinking> shown", "strip_thinking", "shown", False),
         ("<thinking>secret</thinking> shown", "empty", "", False),
-        ("<teaching>unclosed", "strip_thinking", "<teaching>unclosed", False),
+        # a teaching cut off by the token budget: the guidance so far is shown, but it earns no tags
+        ("<teaching>unclosed", "strip_thinking", "unclosed", False),
+        ("<teaching>unclosed", "empty", "", False),
+        # an unclosed thought is private to the end of the completion, and may state the answer
+        ("<thinking>The answer is 42", "strip_thinking", "", False),
+        ("hint first <thinking>The answer is 42", "strip_thinking", "hint first", False),
+        ("<thinking>a</thinking><teaching>carry the one <thinking>so it is 42", "strip_thinking", "carry the one",
+         False),
+        # a teaching opened inside an unclosed thought is still private
+        ("<thinking>so 42 <teaching>x</teaching>", "strip_thinking", "", False),
+        # reasoning inside a teaching block is not shown either
+        ("<teaching>carry <thinking>42</thinking>the one</teaching>", "strip_thinking", "carry the one", True),
     ],
 )
 def test_extract_teaching_rules(completion, missing, text, tags):

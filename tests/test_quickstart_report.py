@@ -50,9 +50,25 @@ def test_history_without_training_steps_is_a_clear_error(tmp_path):
         load_history(tmp_path / "absent.jsonl")
 
 
-def test_plot_writes_a_png(tmp_path):
+def test_plot_draws_the_history_series(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    saved = []
+    real_savefig = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (saved.append(fig), real_savefig(fig, *a, **k))[1])
     out = plot(_history([0.1, 0.2, 0.3, 0.4], {0: (0.1, 0.3), 4: (0.1, 0.4)}), tmp_path / "quickstart.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (fig,) = saved
+    series = {(ax.get_title(), line.get_label()): ([int(x) for x in line.get_xdata()],
+                                                   pytest.approx([float(y) for y in line.get_ydata()]))
+              for ax in fig.axes for line in ax.get_lines()}
+    assert series[("reward", "reward (train)")] == ([1, 2, 3, 4], [0.1, 0.2, 0.3, 0.4])
+    assert series[("reward", "mean of last 1 steps")] == ([1, 2, 3, 4], [0.1, 0.2, 0.3, 0.4])
+    assert series[("non-degradation rate", "NDR (train)")] == ([1, 2, 3, 4], [0.8] * 4)
+    assert series[("non-degradation rate", "NDR (held-out)")] == ([0, 4], [0.9, 0.95])
+    assert series[("held-out accuracy", "student alone")] == ([0, 4], [0.1, 0.1])
+    assert series[("held-out accuracy", "teacher + student")] == ([0, 4], [0.3, 0.4])
+    assert all(ax.get_xlabel() == "optimizer step" for ax in fig.axes)
 
 
 def test_trailing_mean_is_the_mean_of_each_full_window():

@@ -165,3 +165,68 @@ def test_combine_rewards_rejects_mismatches():
         combine_rewards(samples, {"correctness": CorrectnessReward()}, {"typo": 1.0})
     with pytest.raises(ValueError, match="returned 2 values for 1 samples"):
         combine_rewards(samples, {"bad": lambda s: [0.0, 1.0]}, {})
+
+
+def _group_rewards(k: int, m: int, p_base, tokens: int = 20) -> dict:
+    from fractions import Fraction
+
+    reward = AdaptiveTeachingReward(efficiency_weight=1.0, degradation_penalty_multiplier=1.0)
+    base = [True] * int(p_base * k) + [False] * (k - int(p_base * k))
+    out = {}
+    for j in range(m + 1):
+        sample = RolloutSample("q", "1", "c", 5, teaching="t", teaching_tokens=tokens, has_teaching_tags=True,
+                               baseline_correct=base, with_teaching_correct=[True] * j + [False] * (m - j))
+        out[Fraction(j, m)] = reward.score(sample)
+    return out
+
+
+def _brute_force_inversions(k: int, m: int) -> set:
+    from fractions import Fraction
+
+    found = set()
+    for i in range(k + 1):
+        rewards = _group_rewards(k, m, Fraction(i, k))
+        for low in rewards:
+            for high in rewards:
+                if low < high and rewards[low] > rewards[high]:
+                    found.add((Fraction(i, k), high))
+    return found
+
+
+@pytest.mark.parametrize("k, m", [(1, 1), (4, 1), (4, 2), (2, 2), (4, 4), (3, 2), (8, 4), (4, 8)])
+def test_inversion_finder_agrees_with_brute_force_over_every_group(k, m):
+    from rcl.rewards import teaching_reward_inversions
+
+    assert set(teaching_reward_inversions(k, m)) == _brute_force_inversions(k, m)
+
+
+def test_shipped_recipes_rank_teachings_monotonically_and_others_warn():
+    """Every shipped adaptive recipe's (k, m): within a group the reward never decreases in p_with; (4, 4) can
+    invert (p_base 0.75 kept earns 0.375 * bonus, p_with 1.0 only 0.25 * bonus), and a run with it is warned."""
+    import warnings
+    from pathlib import Path
+
+    import yaml
+
+    from rcl.rl.args import GRPOArgs, RewardArgs
+    from rcl.rl.loop import warn_reward_inversions
+
+    root = Path(__file__).resolve().parents[1] / "lightning_configs"
+    checked = 0
+    for path in sorted(root.glob("*.yaml")):
+        grpo = (yaml.safe_load(path.read_text()) or {}).get("grpo")
+        if not grpo or grpo.get("protocol") != "adaptive_teaching":
+            continue
+        k, m = grpo["baseline_samples"], grpo["student_samples"]
+        assert _brute_force_inversions(k, m) == set(), path.name
+        checked += 1
+    assert checked >= 2
+    adaptive = RewardArgs(functions={"adaptive_teaching": 1.0})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert warn_reward_inversions(GRPOArgs(protocol="adaptive_teaching", baseline_samples=4, student_samples=2),
+                                      adaptive) == []
+    with pytest.warns(UserWarning, match="rank a better teaching lower"):
+        cases = warn_reward_inversions(GRPOArgs(protocol="adaptive_teaching", baseline_samples=4, student_samples=4),
+                                       adaptive)
+    assert cases and all(float(w) < 1.5 * float(b) for b, w in cases)

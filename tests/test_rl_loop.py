@@ -204,3 +204,112 @@ def test_several_iterations_per_rollout_use_the_clipped_ratio(models_dir, tmp_pa
     assert train[0]["reward"] == train[1]["reward"], "both optimizer steps train on the same rollout"
     assert train[0]["clip_ratio/region_mean"] == 0.0, "the first step is on-policy: ratio 1, nothing clipped"
     assert train[1]["clip_ratio/region_mean"] > 0.0, "after a large step the ratio leaves [1-eps, 1+eps]"
+
+
+if "test_constant" not in available_rewards():
+
+    @register_reward("test_constant")
+    class Constant:
+        """Every completion ties: every group has zero std, so every advantage is exactly 0."""
+
+        def __call__(self, samples):
+            return [1.0 for _ in samples]
+
+
+@pytest.mark.parametrize("stop_at", [1, 3], ids=["between_iterations", "max_steps_not_a_multiple"])
+def test_resume_between_two_passes_over_one_rollout_is_exact(models_dir, tmp_path, stop_at):
+    """With num_iterations 2 a checkpoint at an odd step lies inside a rollout: the resumed run must finish that
+    rollout's second pass instead of drawing a fresh rollout."""
+    common = ["--reward.functions", "{test_char_sum: 1.0}", "--reward.kwargs", "{}", "--eval.at_start", "false",
+              "--optimizer.learning_rate", "0.01", "--grpo.num_iterations", "2", "--trainer.keep_last_checkpoints", "5"]
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    cli_main("fit", ["--config", DIRECT, *tiny_overrides(full, *common, "--trainer.max_steps", "4")])
+    cli_main("fit", ["--config", DIRECT, *tiny_overrides(resumed, *common, "--trainer.max_steps", str(stop_at))])
+    assert checkpoint(resumed, stop_at)["pending"]["next_iteration"] == 1, "the checkpoint holds the open rollout"
+    cli_main("fit", ["--config", DIRECT, *tiny_overrides(
+        resumed, *common, "--trainer.max_steps", "4",
+        "--ckpt_path", str(resumed / "checkpoints" / f"step-{stop_at:06d}.ckpt"))])
+    steps = lambda rows: {r["step"]: (r["reward"], r["loss"]) for r in rows if "reward" in r}  # noqa: E731
+    uninterrupted, continued = steps(history(full)), steps(history(resumed))
+    assert uninterrupted[stop_at + 1][0] == uninterrupted[stop_at][0], "steps 2k-1 and 2k share a rollout"
+    assert {s: continued[s] for s in range(stop_at + 1, 5)} == {s: uninterrupted[s] for s in range(stop_at + 1, 5)}
+    a = load_file(full / "hf_model" / "model.safetensors")
+    b = load_file(resumed / "hf_model" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert checkpoint(full, 4)["pending"] == {}, "a finished rollout leaves nothing pending"
+
+
+def _zero_advantage_step(fabric, extra_module: bool = False) -> dict:
+    """One `train_step` on a rollout whose every advantage is 0 (all groups tie); returns the gradients the
+    optimizer saw (None for parameters without one)."""
+    from transformers import AutoModelForCausalLM
+
+    from rcl.engines import Completion
+    from rcl.rl import loop
+    from rcl.rl.args import GenerationArgs, GRPOArgs
+    from rcl.rl.rollout import Rollout
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(resolve_model("tiny-1m"))
+    if extra_module:
+        model.unreached = torch.nn.Linear(2, 2)  # never used by the forward
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model, optimizer = fabric.setup(model, optimizer)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    captured = {}
+    real_step = optimizer.step
+
+    def record_then_step(*args, **kwargs):
+        captured.update({n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()})
+        return real_step(*args, **kwargs)
+
+    optimizer.step = record_then_step
+    completions = [Completion([7, 8, 9], None, "length", "x") for _ in range(4)]
+    rollout = Rollout([[5, 6]] * 4, completions, [], torch.ones(4), {}, torch.zeros(4), torch.ones(2, dtype=torch.bool),
+                      {}, {}, 2)
+    state = {"model": model, "optimizer": optimizer, "ref_model": None,
+             "scheduler": scheduler}
+    stats = loop.train_step(fabric, state, rollout, GRPOArgs(loss_type="dapo", beta=0.0, micro_batch_size=2),
+                            GenerationArgs(max_completion_length=3), loop.DEFAULT_OPTIMIZER, [0], None)
+    return {"grads": captured, "stats": stats}
+
+
+def test_all_tied_groups_under_fp16_with_a_grad_scaler_step_like_a_full_pass(models_dir):
+    """beta 0, dapo, one process and every group tied: the fast path used to skip every backward, so the
+    GradScaler's scale was never set and unscale_ asserted ("_scale is None"). A CPU GradScaler stands in for CUDA's
+    (Lightning turns a plain 16-mixed into bf16-mixed on CPU)."""
+    from lightning.fabric import Fabric
+    from lightning.fabric.plugins.precision import MixedPrecision
+
+    precision = MixedPrecision("16-mixed", device="cpu", scaler=torch.amp.GradScaler("cpu"))
+    fabric = Fabric(accelerator="cpu", devices=1, plugins=[precision])
+    out = _zero_advantage_step(fabric)
+    assert out["stats"]["loss"] == 0.0 and out["stats"]["grad_norm"] == 0.0
+    assert all(g is not None and torch.count_nonzero(g) == 0 for g in out["grads"].values())
+
+
+def test_zero_advantage_fast_path_leaves_unreached_parameters_without_gradients(models_dir):
+    """The all-skip step runs one real micro-batch: parameters the forward never reaches keep grad None (AdamW skips
+    them) instead of getting zeros (on which AdamW would still decay and step)."""
+    from lightning.fabric import Fabric
+
+    grads = _zero_advantage_step(Fabric(accelerator="cpu", devices=1), extra_module=True)["grads"]
+    unreached = {n: g for n, g in grads.items() if "unreached" in n}
+    assert len(unreached) == 2 and all(g is None for g in unreached.values()), unreached.keys()
+    reached = {n: g for n, g in grads.items() if "unreached" not in n}
+    assert reached and all(g is not None and torch.count_nonzero(g) == 0 for g in reached.values())
+
+
+def test_the_process_count_fabric_launched_must_divide_the_prompts(tmp_path):
+    """`devices: auto`, `-1` or a list were counted as one process by the start checks, so 10 prompts on 4 processes
+    passed and each process trained on 10 // 4 = 2 of them. `main` checks against the launched world size."""
+    from types import SimpleNamespace
+
+    from rcl.rl import loop
+    from rcl.rl.args import GRPOArgs, TrainerArgs
+
+    fabric = SimpleNamespace(world_size=4, global_rank=0, barrier=lambda: None)
+    with pytest.raises(loop.ConfigError, match="prompts_per_step=10 must be divisible by the 4 training processes"):
+        loop.main(fabric, None, TrainerArgs(out_dir=str(tmp_path / "run")), None, None, GRPOArgs(prompts_per_step=10),
+                  None, None, None, None, None, None, None)
+    assert not (tmp_path / "run").exists()

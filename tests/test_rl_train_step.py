@@ -72,3 +72,80 @@ def test_truncated_completions_are_masked_by_their_finish_reason(tiny_model_dir)
     rollout.completions = [replace(c, finish_reason="stop") for c in rollout.completions]
     kept = step(tiny_model_dir, rollout, True, mask_truncated_completions=True)
     assert any(g.abs().sum() > 0 for g in kept.values())
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_accumulates_every_micro_batch_when_the_boundary_is_marked(stage, repo_env):
+    """Fabric runs one DeepSpeed backward per micro-batch with gradient_accumulation_steps 1. Measured here: ZeRO-2
+    then keeps only the last micro-batch's gradient (ZeRO-3 accumulates); marking the boundary, as train_step does
+    under DeepSpeed, gives the whole batch's gradient under both."""
+    import importlib.util
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from serving_support import free_port
+
+    if importlib.util.find_spec("deepspeed") is None:
+        pytest.skip("deepspeed is not installed")
+    script = Path(__file__).with_name("deepspeed_accumulation.py")
+    proc = subprocess.run([sys.executable, str(script), str(stage), str(free_port())], capture_output=True, text=True,
+                          timeout=300, env=repo_env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["marked"] < 1e-6, result
+    print(result)
+
+
+def test_train_step_marks_the_deepspeed_boundary_on_the_last_micro_batch_only(tiny_model_dir):
+    from types import SimpleNamespace
+
+    from lightning.fabric.strategies import DeepSpeedStrategy
+    from transformers import AutoModelForCausalLM
+
+    from rcl.engines import Completion
+    from rcl.rl import loop
+    from rcl.rl.args import GenerationArgs, GRPOArgs
+    from rcl.rl.rollout import Rollout
+
+    marks = []
+
+    class Engine(torch.nn.Module):  # stands in for the DeepSpeedEngine inside Fabric's module wrapper
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, *args, **kwargs):
+            return self.module(*args, **kwargs)
+
+        def set_gradient_accumulation_boundary(self, is_boundary):
+            marks.append(is_boundary)
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, engine):
+            super().__init__()
+            self._forward_module = engine
+
+        @property
+        def module(self):  # Fabric's wrapper exposes the user's module, the engine runs the forward
+            return self._forward_module.module
+
+        def forward(self, *args, **kwargs):
+            return self._forward_module(*args, **kwargs)
+
+    model = Wrapper(Engine(AutoModelForCausalLM.from_pretrained(tiny_model_dir)))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    strategy = DeepSpeedStrategy.__new__(DeepSpeedStrategy)  # isinstance only; nothing of it runs here
+    fabric = SimpleNamespace(world_size=1, global_rank=0, device=torch.device("cpu"), strategy=strategy,
+                             backward=lambda loss: loss.backward(), all_reduce=lambda t, reduce_op=None: t,
+                             no_backward_sync=lambda *a, **k: __import__("contextlib").nullcontext(),
+                             call=lambda *a, **k: None)
+    completions = [Completion([7, 8, 9], None, "length", "x") for _ in range(6)]
+    rollout = Rollout([[5, 6]] * 6, completions, [], torch.arange(6.0), {}, torch.tensor([1.0, -1, 1, -1, 1, -1]),
+                      torch.zeros(3, dtype=torch.bool), {}, {}, 2)
+    state = {"model": model, "optimizer": optimizer, "ref_model": None,
+             "scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)}
+    loop.train_step(fabric, state, rollout, GRPOArgs(loss_type="dapo", beta=0.0, micro_batch_size=2),
+                    GenerationArgs(max_completion_length=3), loop.DEFAULT_OPTIMIZER, [0], None)
+    assert marks == [False, False, True]

@@ -172,3 +172,44 @@ def test_trls_own_vllm_client_generates_against_rcl(server, monkeypatch):
     assert out["prompt_ids"] == prompts
     assert out["completion_ids"] == generated["completion_ids"]
     assert [[step[0] for step in seq] for seq in out["logprob_token_ids"]] == generated["completion_ids"]
+
+
+@pytest.fixture(scope="module")
+def small_body_server(tiny_model_dir):
+    proc, url = start_server(tiny_model_dir, server_env(), "--max-body-mb", "0.01")  # 10,485 bytes
+    yield url
+    stop_server(proc)
+
+
+def chunks(total: int, size: int = 1024):
+    """A generator body: requests sends it with Transfer-Encoding: chunked and no Content-Length."""
+    for start in range(0, total, size):
+        yield b" " * min(size, total - start)
+
+
+@pytest.mark.parametrize("path", ["/generate/", "/update_weights/?update_id=x&bucket=0&last=true"])
+def test_body_size_limit_holds_with_and_without_content_length(small_body_server, path):
+    url = f"{small_body_server}{path}"
+    declared = requests.post(url, data=b" " * 20_000, timeout=30)
+    assert declared.status_code == 413 and "larger than the limit 10485" in declared.json()["detail"]
+    chunked = requests.post(url, data=chunks(200_000), headers={"Content-Type": "application/json"}, timeout=30)
+    assert chunked.status_code == 413, chunked.text
+    assert "larger than the limit 10485" in chunked.json()["detail"]
+    # a body under the limit is read and judged on its content
+    ok = requests.post(f"{small_body_server}/generate/", data=b'{"prompts": ["Hi"], '
+                       b'"max_tokens": 2}', headers={"Content-Type": "application/json"}, timeout=30)
+    assert ok.status_code == 200, ok.text
+    small_chunked = requests.post(f"{small_body_server}/generate/",
+                                  data=iter([b'{"prompts": ["Hi"], ', b'"max_tokens": 2}']),
+                                  headers={"Content-Type": "application/json"}, timeout=30)
+    assert small_chunked.status_code == 200, small_chunked.text
+
+
+def test_serving_without_an_api_key_warns_about_weight_pushes():
+    from rcl.serving.server import security_warnings
+
+    assert security_warnings("127.0.0.1", "secret") == []
+    (local,) = security_warnings("127.0.0.1", None)
+    assert "any local user can push weights" in local and "--api-key" in local
+    (remote,) = security_warnings("0.0.0.0", None)
+    assert "anyone who can reach 0.0.0.0" in remote

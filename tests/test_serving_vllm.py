@@ -70,7 +70,7 @@ def test_vllm_server_generates_and_loads_weights(tiny_model_dir):
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(torch.randn_like(p) * 0.05)
-        trl_style_push(url, iter_full_state(model), free_port())
+        assert trl_style_push(url, iter_full_state(model), free_port()).status_code == 200
         local = HFEngine(model, tok).generate(prompts, greedy)
         assert engine.generate(prompts, greedy)[0][0].token_ids == local[0][0].token_ids
     finally:

@@ -48,9 +48,18 @@ def test_resolve_model_names_a_missing_local_folder(tmp_path):
 
 
 def test_unknown_preset_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="unknown tiny preset 'tiny-3m'"):
+    with pytest.raises(ValueError, match="unknown tiny preset 'tiny-3m'; choose one of \\['tiny-10m', 'tiny-1m'\\]"):
         build_model("tiny-3m", tmp_path)
-    assert set(PRESETS) == {"tiny-1m", "tiny-10m"}
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_builds_the_shape_it_declares(name, models_dir):
+    from transformers import AutoConfig
+
+    preset = PRESETS[name]
+    config = AutoConfig.from_pretrained(resolve_model(name))
+    assert (config.hidden_size, config.num_hidden_layers, config.intermediate_size, config.num_attention_heads,
+            config.num_key_value_heads) == tuple(vars(preset).values())
 
 
 def test_a_home_relative_model_path_is_expanded(tmp_path, monkeypatch, tiny_model_dir):

@@ -2,6 +2,8 @@
 
 import signal
 
+from pathlib import Path
+
 import pytest
 import requests
 import torch
@@ -11,8 +13,20 @@ from serving_support import free_port, server_env, start_server, stop_server, tr
 
 from callbacks.weight_sync import WeightSync
 from rcl.engines import HFEngine, SamplingParams
+from rcl.rewards import available_rewards, register_reward
 from rcl.serving.client import ServerEngine, ServerError
 from rcl.serving.weights import iter_full_state, weights_checksum
+
+ROOT = Path(__file__).resolve().parents[1]
+
+if "test_sync_length" not in available_rewards():
+
+    @register_reward("test_sync_length")
+    class Length:
+        """Varies between random completions, so an untrained policy's steps change its weights."""
+
+        def __call__(self, samples):
+            return [float(len(s.completion) % 4) for s in samples]
 
 
 @pytest.fixture(scope="module")
@@ -89,9 +103,22 @@ def test_trl_style_per_tensor_update_over_gloo(served, policy):
     model, _ = policy
     train_one_step(model, seed=3)
     version = requests.get(f"{served}/weights_version/").json()["weights_version"]
-    trl_style_push(served, iter_full_state(model), free_port())
+    assert trl_style_push(served, iter_full_state(model), free_port()).status_code == 200
     assert requests.get(f"{served}/weights_version/").json()["weights_version"] == version + 1
     assert requests.get(f"{served}/weights_checksum/").json()["checksum"] == checksum_of(model)
+
+
+def test_trl_style_update_with_a_failed_tensor_fails_and_keeps_the_version(served, policy):
+    model, _ = policy
+    version = requests.get(f"{served}/weights_version/").json()["weights_version"]
+    named = [*iter_full_state(model)][:2] + [("no_such.weight", torch.zeros(3))]
+    reset = trl_style_push(served, named, free_port())
+    assert reset.status_code == 500
+    assert "1 of 3 per-tensor updates failed" in reset.json()["detail"] and "no_such.weight" in reset.json()["detail"]
+    assert requests.get(f"{served}/weights_version/").json()["weights_version"] == version
+    # the next complete update goes through
+    assert trl_style_push(served, iter_full_state(model), free_port()).status_code == 200
+    assert requests.get(f"{served}/weights_version/").json()["weights_version"] == version + 1
 
 
 class RecordingLogger(Logger):
@@ -169,9 +196,93 @@ def test_resumed_run_resyncs_the_servers_at_train_start(served, policy):
     teacher = ServerEngine([served], tok)
     engines = {"teacher": teacher, "student": MustNotSync()}
     before = teacher.weights_versions()[0]
+    train_one_step(model, seed=20)  # the server holds other weights than the policy a fresh run starts from
     fabric.call("on_train_start", fabric=fabric, state={"model": wrapped, "step": 0}, engines=engines)
-    assert teacher.weights_versions() == [before], "a fresh run's servers already hold the starting weights"
+    assert teacher.weights_versions() == [before + 1], "a fresh run proves its servers hold the policy: it pushes"
+    assert teacher.weights_checksums() == [checksum_of(model)]
+    fabric.call("on_validation_start", fabric=fabric, state={"model": wrapped, "step": 0}, engines=engines)
+    assert teacher.weights_versions() == [before + 1], "the servers already hold step 0's weights"
     train_one_step(model, seed=21)
     fabric.call("on_train_start", fabric=fabric, state={"model": wrapped, "step": 7}, engines=engines)
-    assert teacher.weights_versions() == [before + 1]
+    assert teacher.weights_versions() == [before + 2]
     assert teacher.weights_checksums() == [checksum_of(model)]
+
+
+class FailingServer:
+    tokenizer = None
+
+    def update_weights(self, named, bucket_bytes):
+        next(iter(named))
+        raise ServerError("http://127.0.0.1:1: weights_version did not advance by one")
+
+
+class OneProcessOfTwo:
+    """Rank `rank` of a two-process run; `broadcast` hands every rank what rank 0 sent."""
+
+    def __init__(self, rank, sent=None):
+        self.global_rank, self.world_size, self.sent = rank, 2, sent
+
+    def broadcast(self, obj, src=0):
+        if self.global_rank == 0:
+            self.sent = obj
+        return self.sent
+
+
+def test_a_failed_push_fails_every_rank_with_the_servers_error(policy, monkeypatch):
+    import callbacks.weight_sync as weight_sync
+    from callbacks.weight_sync import WeightSyncError
+
+    model, _ = policy
+    gathered = []
+    monkeypatch.setattr(weight_sync, "iter_full_state", lambda m, f: (gathered.append(n) or (n, t)
+                                                                       for n, t in m.state_dict().items()))
+    rank0 = OneProcessOfTwo(0)
+    with pytest.raises(WeightSyncError, match="weights_version did not advance"):
+        WeightSync().sync(rank0, model, FailingServer())
+    assert len(gathered) == len(model.state_dict()), "rank 0 finishes the gathers the other ranks are in"
+    with pytest.raises(WeightSyncError, match="weights_version did not advance"):
+        WeightSync().sync(OneProcessOfTwo(1, sent=rank0.sent), model, FailingServer())
+
+
+def _rl_overrides(out_dir, url, *extra):
+    return ["--teacher.model_name_or_path", "tiny-1m", "--trainer.out_dir", str(out_dir), "--trainer.loggers", "[csv]",
+            "--trainer.max_steps", "2", "--grpo.prompts_per_step", "2", "--grpo.num_generations", "2",
+            "--generation.max_completion_length", "6", "--eval.num_prompts", "2", "--eval.at_start", "false",
+            "--data.init_args.synthetic_size", "100", "--data.init_args.val_size", "10",
+            "--reward.functions", "{test_sync_length: 1.0}", "--reward.kwargs", "{}", "--optimizer.learning_rate", "0.01",
+            *(["--engines.teacher.backend", "server", "--engines.teacher.urls", f"[{url}]"] if url else []), *extra]
+
+
+def test_validate_against_a_server_evaluates_the_checkpoints_weights(tiny_model_dir, tmp_path):
+    """`validate` used to generate with whatever the server held (version 0, the base weights) and print the result
+    as the checkpoint's."""
+    from rcl.rl.loop import cli_main
+
+    direct = str(ROOT / "lightning_configs" / "quickstart_direct.yaml")
+    trained = tmp_path / "trained"
+    cli_main("fit", ["--config", direct, *_rl_overrides(trained, None)])
+    ckpt = trained / "checkpoints" / "step-000002.ckpt"
+    weights = torch.load(ckpt, weights_only=True)["model"]
+    proc, url = start_server(tiny_model_dir, server_env())
+    try:
+        assert requests.get(f"{url}/weights_checksum/").json()["checksum"] != weights_checksum(weights.items())
+        cli_main("validate", ["--config", direct, *_rl_overrides(tmp_path / "validate", url, "--ckpt_path", str(ckpt))])
+        state = requests.get(f"{url}/weights_checksum/").json()
+        assert state["weights_version"] == 1 and state["checksum"] == weights_checksum(weights.items())
+    finally:
+        stop_server(proc)
+
+
+def test_a_fresh_run_refuses_a_server_that_serves_another_model(tmp_path):
+    from callbacks.weight_sync import WeightSyncError
+    from rcl.rl.loop import cli_main
+    from rcl.tiny_models import resolve_model
+
+    direct = str(ROOT / "lightning_configs" / "quickstart_direct.yaml")
+    proc, url = start_server(resolve_model("tiny-10m"), server_env())
+    try:
+        with pytest.raises(WeightSyncError, match="shape mismatch"):
+            cli_main("fit", ["--config", direct, *_rl_overrides(tmp_path / "mismatch", url)])
+        assert requests.get(f"{url}/weights_version/").json()["weights_version"] == 0
+    finally:
+        stop_server(proc)

@@ -8,9 +8,12 @@ what an uninterrupted one would have done.
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 import time
-from dataclasses import replace
+import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ import torch
 from lightning.fabric.strategies import DeepSpeedStrategy
 
 from callbacks.base import FabricCallback
+from data_modules import DataError
 from data_modules.teacher_student import TeacherStudentDataModule
 from callbacks.degradation import DegradationTracker
 from callbacks.ref_sync import RefModelSync
@@ -25,10 +29,10 @@ from callbacks.sample_logging import SampleLogger
 from callbacks.teaching_metrics import TeachingMetrics
 from callbacks.weight_sync import WeightSync
 from rcl.engines import HFEngine, SamplingParams
-from rcl.grpo import completion_logprobs, completion_mask, grpo_loss, mask_truncated
+from rcl.grpo import completion_logprobs, completion_mask, group_advantages, grpo_loss, mask_truncated
 from rcl.optim import OptimizerArgs, build_optimizer, build_scheduler
 from rcl.prompts import PromptTemplates
-from rcl.rewards import get_reward
+from rcl.rewards import get_reward, teaching_reward_inversions
 from rcl.rl.args import (
     EngineArgs,
     EnginesArgs,
@@ -41,9 +45,17 @@ from rcl.rl.args import (
     TrainerArgs,
 )
 from rcl.rl.rollout import Rollout, RolloutRunner, RolloutSettings
-from rcl.tiny_models import resolve_model
+from rcl.run_dir import (
+    RL_OUTPUTS,
+    STEP_LOGS,
+    RunFolderInUse,
+    log_version,
+    refuse_to_replace,
+    remove_outputs,
+    truncate_to_step,
+)
+from rcl.tiny_models import ModelNotFound, check_model, resolve_model
 
-RUN_LOGS = ("history.jsonl", "degradations.jsonl", "samples.jsonl")
 DEFAULT_OPTIMIZER = OptimizerArgs(learning_rate=1e-6, schedule="constant", max_grad_norm=1.0)
 
 
@@ -66,6 +78,7 @@ def setup(
     logging: LoggingArgs = LoggingArgs(),
     callbacks: list[FabricCallback] | None = None,
     ckpt_path: str | None = None,
+    overwrite: bool = False,
     command: str = "fit",
 ) -> None:
     """Train (or, with command=validate, evaluate) a policy with GRPO.
@@ -85,20 +98,64 @@ def setup(
         logging: Samples and degradation tracking.
         callbacks: Extra Fabric callbacks (subclasses of callbacks.base.FabricCallback).
         ckpt_path: Resume from this Fabric checkpoint.
+        overwrite: Replace an earlier run's outputs in `trainer.out_dir`. Without it, a fresh `fit` into a folder that
+            holds a run is refused (resume that run with `ckpt_path`, or pick another `trainer.out_dir`).
     """
     validate_config(trainer, grpo, engines)
-    fabric = build_fabric(trainer, default_callbacks(grpo, logging, engines) + list(callbacks or []), ckpt_path)
+    warn_reward_inversions(grpo, reward)
+    preflight(data, trainer, teacher, student, grpo, ckpt_path, overwrite, command)
+    fabric = build_fabric(trainer, default_callbacks(grpo, logging, engines) + list(callbacks or []), ckpt_path,
+                          command)
     fabric.launch(
         main, data, trainer, teacher, student, grpo, generation, reward, optimizer, templates, eval, engines, ckpt_path,
         command,
     )
 
 
-def build_fabric(trainer: TrainerArgs, callbacks: list[FabricCallback], ckpt_path: str | None = None):
+def preflight(data, trainer: TrainerArgs, teacher: ModelArgs, student: ModelArgs, grpo: GRPOArgs,
+              ckpt_path: str | None, overwrite: bool, command: str) -> None:
+    """What can be checked before any process starts or any folder is made: the models, the data, the checkpoint
+    and the run folder. Raises ConfigError with a one-line message."""
+    roles = [("teacher", teacher)] + ([("student", student)] if grpo.protocol == "adaptive_teaching" else [])
+    for role, args in roles:
+        try:
+            check_model(args.model_name_or_path)
+        except ModelNotFound as exc:
+            raise ConfigError(f"{role}.model_name_or_path: {exc}") from None
+    try:
+        data.rl_dataset("train"), data.rl_dataset("val")
+    except DataError as exc:
+        raise ConfigError(f"data: {exc}") from None
+    if ckpt_path and not Path(ckpt_path).exists():
+        raise ConfigError(f"ckpt_path {ckpt_path} does not exist")
+    if command == "fit" and not ckpt_path and not overwrite:
+        try:
+            refuse_to_replace(Path(trainer.out_dir), RL_OUTPUTS, "trainer.out_dir")
+        except RunFolderInUse as exc:
+            raise ConfigError(str(exc)) from None
+
+
+def prepare_run_folder(fabric, out_dir: Path, fresh: bool, resumed_step: int | None) -> None:
+    """Rank 0 makes the run folder once the run is known to start. A fresh run replaces an earlier run's outputs
+    (`preflight` refused them without `overwrite`); a resumed one cuts its step logs back to the checkpoint's step, so
+    the steps it replays are not listed twice."""
+    if fabric.global_rank == 0:
+        if fresh:
+            remove_outputs(out_dir, RL_OUTPUTS)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if resumed_step is not None:
+            dropped = {name: truncate_to_step(out_dir / name, resumed_step) for name in STEP_LOGS}
+            if any(dropped.values()):
+                fabric.print(f"resumed at step {resumed_step}: removed the rows logged after it by the earlier run ("
+                             + ", ".join(f"{n} {name}" for name, n in dropped.items() if n) + ")")
+    fabric.barrier()
+
+
+def build_fabric(trainer: TrainerArgs, callbacks: list[FabricCallback], ckpt_path: str | None = None,
+                 command: str = "fit"):
     import lightning as L
 
-    # A resumed run logs into its own version folder: the CSV logger would otherwise delete the first run's file.
-    version = f"resumed-{Path(ckpt_path).stem}" if ckpt_path else ""
+    version = log_version(command, ckpt_path)
     return L.Fabric(
         accelerator=trainer.accelerator,
         strategy=trainer.strategy,
@@ -120,6 +177,13 @@ def unwrap(module: torch.nn.Module) -> torch.nn.Module:
 
 def is_deepspeed(fabric) -> bool:
     return isinstance(fabric.strategy, DeepSpeedStrategy)
+
+
+def deepspeed_engine(fabric, model):
+    """The DeepSpeedEngine inside Fabric's wrapper under a DeepSpeed strategy, else None."""
+    if not is_deepspeed(fabric):
+        return None
+    return getattr(model, "_forward_module", model)
 
 
 def validate_config(trainer: TrainerArgs, grpo: GRPOArgs, engines: EnginesArgs) -> None:
@@ -153,6 +217,19 @@ def validate_config(trainer: TrainerArgs, grpo: GRPOArgs, engines: EnginesArgs) 
     if engines.teacher.backend == "server" and engines.teacher.api == "openai":
         raise ConfigError("engines.teacher.api is 'openai', but OpenAI-style servers take no weight pushes, so the "
                           "teacher would generate with its initial weights: serve it with `rcl serve` (api: rcl)")
+
+
+def warn_reward_inversions(grpo: GRPOArgs, reward: RewardArgs) -> list:
+    """Warn (and return the cases) when the recipe's (k, m) let the adaptive reward rank a worse teaching higher."""
+    if grpo.protocol != "adaptive_teaching" or "adaptive_teaching" not in reward.functions:
+        return []
+    cases = teaching_reward_inversions(grpo.baseline_samples, grpo.student_samples)
+    if cases:
+        shown = ", ".join(f"p_base {float(b):.2f} kept beats p_with {float(w):.2f}" for b, w in cases[:3])
+        warnings.warn(f"grpo.baseline_samples={grpo.baseline_samples} with grpo.student_samples={grpo.student_samples} "
+                      f"lets the adaptive_teaching reward rank a better teaching lower inside a group ({shown}); "
+                      "the shipped recipes' (4, 1) and (4, 2) do not", stacklevel=2)
+    return cases
 
 
 def default_callbacks(grpo: GRPOArgs, logging: LoggingArgs, engines: EnginesArgs) -> list[FabricCallback]:
@@ -268,13 +345,12 @@ def main(
     ckpt_path: str | None,
     command: str = "fit",
 ) -> dict:
+    if grpo.prompts_per_step % fabric.world_size:  # devices "auto", -1 or a list are only counted here
+        raise ConfigError(
+            f"grpo.prompts_per_step={grpo.prompts_per_step} must be divisible by the {fabric.world_size} training "
+            f"processes; use a multiple of {fabric.world_size}"
+        )
     out_dir = Path(trainer.out_dir)
-    if fabric.global_rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if not ckpt_path and command == "fit":  # a fresh run starts fresh logs; a resumed one appends
-            for name in RUN_LOGS:
-                (out_dir / name).unlink(missing_ok=True)
-    fabric.barrier()
     fabric.seed_everything(trainer.seed)
 
     teacher_tok = load_tokenizer(teacher)
@@ -317,11 +393,13 @@ def main(
         "prompts_seen": 0,
         "ref_model": reference,
         "out_dir": str(out_dir),
+        "pending": None,
     }
     if ckpt_path:
         view = _checkpoint_view(state)
         remainder = fabric.load(ckpt_path, view)
-        state.update(step=view["step"], prompts_seen=view["prompts_seen"])
+        state.update(step=view["step"], prompts_seen=view["prompts_seen"],
+                     pending=PendingRollout.from_state(view["pending"], fabric.device))
         if "rng" in remainder:
             torch.set_rng_state(remainder["rng"])
         fabric.call("on_load_checkpoint", fabric=fabric, state=state, checkpoint=remainder)
@@ -333,6 +411,8 @@ def main(
         raise ConfigError(
             f"the training split has {len(train_rows)} prompts, fewer than grpo.prompts_per_step={grpo.prompts_per_step}"
         )
+    prepare_run_folder(fabric, out_dir, fresh=not ckpt_path and command == "fit",
+                       resumed_step=state["step"] if ckpt_path and command == "fit" else None)
 
     history_path = out_dir / "history.jsonl"
     try:
@@ -362,18 +442,27 @@ def fit(
         _record(fabric, history_path, evaluate(fabric, state, runner, val_rows, settings, eval_args, trainer.seed), 0)
     local_prompts = grpo.prompts_per_step // fabric.world_size
     while state["step"] < trainer.max_steps:
-        rows = next_prompts(train_rows, state, grpo.prompts_per_step, trainer.seed, fabric.global_rank, local_prompts)
-        fabric.call("on_train_batch_start", fabric=fabric, state=state, rows=rows)
-        rollout = runner.run(rows, step_seed(trainer.seed, state["step"], fabric.global_rank), settings)
-        old_logps = None
-        for iteration in range(grpo.num_iterations):
+        if state["pending"] is None:  # a resumed run first finishes the rollout its checkpoint was taken in
+            rows = next_prompts(train_rows, state, grpo.prompts_per_step, trainer.seed, fabric.global_rank,
+                                local_prompts)
+            fabric.call("on_train_batch_start", fabric=fabric, state=state, rows=rows)
+            rollout = runner.run(rows, step_seed(trainer.seed, state["step"], fabric.global_rank), settings)
+            if settings.scale_rewards == "batch" and fabric.world_size > 1:
+                rescale_by_global_std(fabric, rollout)
+            state["pending"] = PendingRollout(rollout, next_iteration=0, old_logps=None)
+        pending = state["pending"]
+        rollout = pending.rollout
+        for iteration in range(pending.next_iteration, grpo.num_iterations):
             if state["step"] >= trainer.max_steps:
                 break
-            if grpo.num_iterations > 1 and old_logps is None:
-                old_logps = behaviour_logprobs(state["model"], rollout, grpo, generation, fabric)
+            if grpo.num_iterations > 1 and pending.old_logps is None:
+                pending.old_logps = behaviour_logprobs(state["model"], rollout, grpo, generation, fabric)
             start = time.perf_counter()
-            stats = train_step(fabric, state, rollout, grpo, generation, optimizer_args, stop_ids, old_logps)
+            stats = train_step(fabric, state, rollout, grpo, generation, optimizer_args, stop_ids, pending.old_logps)
             state["step"] += 1
+            pending.next_iteration = iteration + 1
+            if pending.next_iteration == grpo.num_iterations:
+                state["pending"] = None
             metrics = step_metrics(fabric, rollout, stats, state, time.perf_counter() - start, grpo)
             fabric.call("on_train_batch_end", fabric=fabric, state=state, rollout=rollout, metrics=metrics,
                         engines=engines, iteration=iteration)
@@ -392,6 +481,37 @@ def fit(
     fabric.call("on_train_end", fabric=fabric, state=state)
     for logger in fabric.loggers:
         logger.finalize("success")
+
+
+@dataclass
+class PendingRollout:
+    """A rollout with optimizer passes still to come (`grpo.num_iterations > 1`): checkpointed with the state, so a
+    run resumed between two passes finishes them on the same rollout instead of drawing a new one."""
+
+    rollout: Rollout
+    next_iteration: int
+    old_logps: list[torch.Tensor] | None
+    """The behaviour log-probs of the first pass, per micro-batch (the PPO ratio's denominator)."""
+
+    def state_dict(self) -> dict:
+        return {"rollout": self.rollout.state_dict(), "next_iteration": self.next_iteration,
+                "old_logps": [t.cpu() for t in self.old_logps] if self.old_logps is not None else None}
+
+    @classmethod
+    def from_state(cls, state: dict, device) -> "PendingRollout | None":
+        if not state:
+            return None
+        old = state["old_logps"]
+        return cls(Rollout.from_state(state["rollout"]), int(state["next_iteration"]),
+                   [t.to(device) for t in old] if old is not None else None)
+
+
+def rescale_by_global_std(fabric, rollout: Rollout) -> None:
+    """`scale_rewards: batch` over several processes: divide by the std of the whole gathered batch (as TRL does),
+    not by each process's own, so the advantages do not depend on the process count."""
+    gathered = fabric.all_gather(rollout.rewards.to(fabric.device)).reshape(-1).cpu()
+    rollout.advantages, _ = group_advantages(rollout.rewards, rollout.num_generations, "batch",
+                                             batch_std=float(gathered.std()))
 
 
 def next_prompts(rows, state: dict, per_step: int, seed: int, rank: int, local: int) -> list[dict]:
@@ -464,7 +584,10 @@ def train_step(fabric, state, rollout, grpo, generation, optimizer_args, stop_id
     model, optimizer = state["model"], state["optimizer"]
     reference = state["ref_model"]
     pad = unwrap(model).config.pad_token_id or 0
-    rows = trained_rows(rollout, grpo, fabric.world_size, old_logps is not None)
+    # Every advantage zero: one micro-batch still runs, so gradients are exact zeros on exactly the parameters a
+    # full pass reaches (None elsewhere) and a mixed-precision GradScaler sees a scaled backward before unscale_.
+    rows = trained_rows(rollout, grpo, fabric.world_size, old_logps is not None) or list(
+        range(min(grpo.micro_batch_size, len(rollout))))
     batches = [rows[i : i + grpo.micro_batch_size] for i in range(0, len(rows), grpo.micro_batch_size)]
     local_tokens = sum(
         0 if grpo.mask_truncated_completions and _truncated(c) else len(c.token_ids)
@@ -474,9 +597,14 @@ def train_step(fabric, state, rollout, grpo, generation, optimizer_args, stop_id
     tokens_per_process = max(float(global_tokens) / fabric.world_size, 1.0)
     advantages = rollout.advantages.to(fabric.device)
     totals: dict[str, float] = {}
+    engine = deepspeed_engine(fabric, model)
     for k, index in enumerate(batches):
         ids, attn, comp = _pack(rollout, index, pad, fabric.device)
         mask = _mask(rollout, index, comp, stop_ids, grpo)
+        if engine is not None:
+            # DeepSpeed's config says one micro-batch per step, so ZeRO-1/2 would treat every backward as a step
+            # boundary and keep only the last micro-batch's gradient: mark the boundary ourselves.
+            engine.set_gradient_accumulation_boundary(k == len(batches) - 1)
         with fabric.no_backward_sync(model, enabled=k < len(batches) - 1):
             logp = completion_logprobs(model, ids, attn, comp.shape[1], generation.temperature)
             ref_logp = None
@@ -499,11 +627,6 @@ def train_step(fabric, state, rollout, grpo, generation, optimizer_args, stop_id
         totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
         for name, value in stats.items():
             totals[name] = totals.get(name, 0.0) + float(value) / len(batches)
-    if not batches:  # every advantage is zero: a full pass would have produced exactly zero gradients
-        totals["loss"] = 0.0
-        for p in model.parameters():
-            if p.requires_grad:
-                p.grad = torch.zeros_like(p)
     fabric.call("on_before_optimizer_step", fabric=fabric, state=state, optimizer=optimizer)
     if optimizer_args.max_grad_norm and not is_deepspeed(fabric):
         totals["grad_norm"] = float(fabric.clip_gradients(model, optimizer, max_norm=optimizer_args.max_grad_norm))
@@ -555,6 +678,8 @@ def evaluate(fabric, state, runner: RolloutRunner, val_rows, settings, eval_args
     if 0 < n < fabric.world_size:  # a process without prompts would miss the collectives the others wait in
         raise ConfigError(f"evaluation has {n} prompts for {fabric.world_size} processes, and every process needs at "
                           "least one: raise eval.num_prompts (or the validation split)")
+    fabric.call("on_validation_start", fabric=fabric, state=state,
+                engines={"teacher": runner.policy, "student": runner.student})
     index = list(range(n))[fabric.global_rank :: fabric.world_size]
     rows = [val_rows[i] for i in index]
     metrics: dict[str, float] = {}
@@ -591,6 +716,8 @@ def _record(fabric, path: Path, metrics: dict, step: int) -> None:
 
 def _checkpoint_view(state: dict) -> dict:
     view = {k: state[k] for k in ("model", "optimizer", "scheduler", "step", "prompts_seen")}
+    # the rollout whose remaining num_iterations passes are still to come, so a resume finishes it exactly
+    view["pending"] = state["pending"].state_dict() if state.get("pending") is not None else {}
     if state.get("ref_model") is not None:
         view["ref_model"] = state["ref_model"]
     return view
@@ -630,19 +757,31 @@ def export_hf(fabric, model, tokenizer, out: Path) -> None:
 def parse_recipe(command: str, argv: list[str], exit_on_error: bool = True) -> dict[str, Any]:
     """`setup`'s arguments from an RL recipe's command line (several --config merged, dotted overrides).
 
-    With `exit_on_error=False` a bad recipe raises `argparse.ArgumentError` instead of exiting (the launcher checks a
-    recipe this way before it starts any server).
+    Flags must be spelled in full (`--grpo.num_generation` is refused, not read as `num_generations`). With
+    `exit_on_error=False` a bad recipe raises `argparse.ArgumentError` with a one-line message instead of exiting
+    (the CLI prints it; the launcher checks a recipe this way before it starts any server).
     """
     from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
 
+    from rcl.cli import explain_parse_error, help_defaults, show_class_keys_in_help
+
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     parser = ArgumentParser(prog=f"python -m rcl {command}", description=__doc__.splitlines()[0],
-                            exit_on_error=exit_on_error)
+                            exit_on_error=False, allow_abbrev=False, **help_defaults(argv))
     parser.add_argument("--config", action=ActionConfigFile, help="Recipe YAML (repeat to merge in order).")
     parser.add_function_arguments(setup, skip={"command"})
     # One set of prompt templates per run: the data module's copy follows the loop's.
     parser.link_arguments("templates", "data.init_args.templates")
-    init = parser.instantiate_classes(parser.parse_args(argv))
+    show_class_keys_in_help(parser, argv, {"data": TeacherStudentDataModule})
+    try:
+        init = parser.instantiate_classes(parser.parse_args(argv))
+    except argparse.ArgumentError as err:
+        options = [flag for action in parser._actions for flag in action.option_strings]
+        message = explain_parse_error(str(err), options)
+        if exit_on_error:
+            print(f"rcl: {message}", file=sys.stderr)
+            raise SystemExit(2) from None
+        raise argparse.ArgumentError(None, message) from None
     return {k: v for k, v in vars(init).items() if k not in ("config", "__path__")}
 
 

@@ -12,7 +12,7 @@ Direct: the policy answers the question G times and a verifier scores it.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Sequence
 
 import torch
@@ -86,6 +86,36 @@ class Rollout:
 
     def __len__(self) -> int:
         return len(self.completions)
+
+    def state_dict(self) -> dict:
+        """Plain lists, strings and tensors (what `torch.load(weights_only=True)` reads back), for checkpoints."""
+        return {
+            "prompt_ids": self.prompt_ids,
+            "completions": [asdict(c) for c in self.completions],
+            "interactions": [asdict(i) for i in self.interactions],
+            "rewards": self.rewards,
+            "reward_components": dict(self.reward_components),
+            "advantages": self.advantages,
+            "zero_std_groups": self.zero_std_groups,
+            "timings": dict(self.timings),
+            "generated_tokens": dict(self.generated_tokens),
+            "num_generations": self.num_generations,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Rollout":
+        return cls(
+            prompt_ids=[list(p) for p in state["prompt_ids"]],
+            completions=[Completion(**c) for c in state["completions"]],
+            interactions=[Interaction(**i) for i in state["interactions"]],
+            rewards=state["rewards"],
+            reward_components=dict(state["reward_components"]),
+            advantages=state["advantages"],
+            zero_std_groups=state["zero_std_groups"],
+            timings=dict(state["timings"]),
+            generated_tokens=dict(state["generated_tokens"]),
+            num_generations=int(state["num_generations"]),
+        )
 
 
 def encode_prompts(tokenizer: Any, conversations: Sequence[list[dict[str, str]]]) -> list[list[int]]:

@@ -102,6 +102,8 @@ class HFBackend:
         self.engine = HFEngine(lm, self.tokenizer)
         self._lock = threading.Lock()
         self._group: WeightGroup | None = None
+        self._written: set[int] | None = None
+        """data_ptrs written since the `first` bucket of the update in progress."""
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]:
         with self._lock:
@@ -114,6 +116,9 @@ class HFBackend:
 
     @torch.no_grad()
     def load_weights(self, named: Iterable[NamedTensor], first: bool = True, last: bool = True) -> int:
+        """Copy one bucket into the live model. An update that starts with `first` and ends with `last` must have
+        written every parameter of the served model (tied ones count once): a push from a model that only partly
+        matches the served one fails instead of leaving some of the server's own weights in place."""
         targets = self._targets()
         plan = []
         for name, tensor in named:  # check the whole bucket before touching the model
@@ -125,9 +130,20 @@ class HFBackend:
                     f"shape mismatch for {name!r}: sent {list(tensor.shape)}, served {list(targets[key].shape)}"
                 )
             plan.append((targets[key], tensor))
+        if first:
+            self._written = set()
         with self._lock:
             for target, tensor in plan:
                 target.copy_(tensor.to(device=target.device, dtype=target.dtype))
+        written = self._written
+        if written is not None:
+            written.update(target.data_ptr() for target, _ in plan)
+            if last:
+                self._written = None
+                missing = [n for n, p in self.model.named_parameters() if p.data_ptr() not in written]
+                if missing:
+                    raise ValueError(f"the update did not cover {len(missing)} served parameters (e.g. "
+                                     f"{', '.join(missing[:3])}): the pushed model is not the served one")
         return len(plan)
 
     def checksum(self) -> str:
@@ -152,7 +168,7 @@ class HFBackend:
         group = self._client_group()
         tensor = torch.empty(shape, dtype=parse_dtype(dtype))
         group.broadcast(tensor, src=group.world_size - 1)
-        self.load_weights([(name, tensor)])
+        self.load_weights([(name, tensor)], first=False, last=False)  # TRL's per-tensor updates
 
     def receive_bucket(self, metas: list[dict], first: bool, last: bool) -> int:
         group = self._client_group()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import socket
 from typing import Any, Iterable, Literal, Protocol
 
 import torch
@@ -92,14 +93,46 @@ def unpack_bucket(flat: Tensor, metas: list[dict[str, Any]]) -> list[NamedTensor
     return out
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket listening on `host:port` only. A TCPStore master asked for 127.0.0.1 would otherwise listen on every
+    interface, and anyone who reaches the port could join the weight group."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class GlooGroup:
-    """A gloo group over its own TCPStore (rank 0 hosts the store): the CPU stand-in for vLLM's NCCL communicator."""
+    """A gloo group over its own TCPStore (rank 0 hosts the store): the CPU stand-in for vLLM's NCCL communicator.
+
+    Rank 0's store and every rank's gloo pairs listen on `host` only, the address the client was told to use.
+    """
 
     def __init__(self, host: str, port: int, rank: int, world_size: int, timeout_s: float = 300.0):
         timeout = datetime.timedelta(seconds=timeout_s)
         self.rank, self.world_size = rank, world_size
-        self._store = torch.distributed.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timeout)
-        self._group = torch.distributed.ProcessGroupGloo(self._store, rank, world_size, timeout)
+        listener = listening_socket(host, port) if rank == 0 else None
+        try:
+            self._store = torch.distributed.TCPStore(
+                host, port, world_size, is_master=rank == 0, timeout=timeout,
+                master_listen_fd=listener.fileno() if listener else None,
+            )
+        except BaseException:
+            if listener is not None:
+                listener.close()
+            raise
+        if listener is not None:
+            listener.detach()  # the store owns the descriptor now and closes it with itself
+        options = torch.distributed.ProcessGroupGloo._Options()
+        options._timeout = timeout
+        options._devices = [torch.distributed.ProcessGroupGloo.create_device(hostname=host)]
+        self._group = torch.distributed.ProcessGroupGloo(self._store, rank, world_size, options)
 
     def broadcast(self, tensor: Tensor, src: int) -> None:
         options = torch.distributed.BroadcastOptions()

@@ -18,7 +18,7 @@ import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
 from fastapi import FastAPI, HTTPException, Request
@@ -53,6 +53,8 @@ class _WeightsState:
     update_id: str | None = None
     buckets: int = 0
     named_param_updates: int = 0
+    named_param_failures: list[str] = field(default_factory=list)
+    """Per-tensor updates of the update in progress that failed on the engine thread; the update then fails whole."""
     last_error: str | None = None
     """The last failure of work the client does not wait for (communicator RPCs), reported with the version."""
     group_open: bool = False
@@ -60,6 +62,39 @@ class _WeightsState:
 
 def _bad(status: int, message: str) -> HTTPException:
     return HTTPException(status_code=status, detail=message)
+
+
+class BodySizeLimit:
+    """ASGI middleware: answer 413 once a request body exceeds `max_bytes`, counted while it is read, so a chunked
+    upload (no Content-Length) is stopped at the limit instead of being read whole. A declared Content-Length over the
+    limit is refused before anything is read."""
+
+    def __init__(self, app: Any, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    def _too_large(self, size: str) -> HTTPException:
+        return _bad(413, f"request body of {size} bytes is larger than the limit {self.max_bytes}")
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            response = JSONResponse({"detail": self._too_large(declared.decode()).detail}, status_code=413)
+            return await response(scope, receive, send)
+        received = 0
+
+        async def limited_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    # an HTTPException reaches FastAPI's handler as a 413 wherever the body is being read
+                    raise self._too_large(f"more than {self.max_bytes}")
+            return message
+
+        await self.app(scope, limited_receive, send)
 
 
 def _prompt_ids(req: GenerateRequest, tokenizer: Any, limits: ServerLimits) -> list[list[int]]:
@@ -150,6 +185,9 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
 
         future.add_done_callback(report)
 
+    # Added first, so it sits inside `guard` and its 413 reaches FastAPI's handler unwrapped.
+    app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
+
     @app.middleware("http")
     async def guard(request: Request, call_next):
         if api_key is not None:
@@ -158,12 +196,6 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
                 return JSONResponse(
                     {"detail": "missing or wrong API key: send 'Authorization: Bearer <key>'"}, status_code=401
                 )
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limits.max_body_bytes:
-            return JSONResponse(
-                {"detail": f"request body of {int(length)} bytes is larger than the limit {limits.max_body_bytes}"},
-                status_code=413,
-            )
         return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
@@ -244,9 +276,7 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
     @app.post("/update_weights/", response_model=WeightsUpdateResponse)
     async def update_weights(request: Request, update_id: str, bucket: int = 0, last: bool = False):
         """One bucket of an update: body = safetensors bytes. `last=true` completes the update."""
-        body = await request.body()
-        if len(body) > limits.max_body_bytes:
-            raise _bad(413, f"bucket of {len(body)} bytes is larger than the limit {limits.max_body_bytes}")
+        body = await request.body()  # BodySizeLimit stops the read past limits.max_body_bytes
         try:
             named = decode_bucket(body)
         except Exception as exc:  # safetensors raises its own error types
@@ -292,7 +322,15 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
     @app.post("/update_named_param/", response_model=MessageResponse)
     async def update_named_param(req: UpdateNamedParamRequest):
         check_before_broadcast([req.model_dump()])
-        fire_and_forget(backend.update_named_param, req.name, req.dtype, req.shape)
+
+        def receive_named_param() -> None:
+            try:
+                backend.update_named_param(req.name, req.dtype, req.shape)
+            except Exception as exc:
+                weights.named_param_failures.append(f"{req.name}: {type(exc).__name__}: {exc}")
+                raise
+
+        fire_and_forget(receive_named_param)
         weights.named_param_updates += 1
         return MessageResponse(message=f"receiving {req.name}")
 
@@ -314,11 +352,15 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
 
     @app.post("/reset_prefix_cache/", response_model=MessageResponse)
     async def reset_prefix_cache():
-        ok = await on_worker(backend.reset_prefix_cache)
+        ok = await on_worker(backend.reset_prefix_cache)  # runs after every queued per-tensor load
         if weights.named_param_updates:  # a TRL-style per-tensor update is complete when the client resets the cache
-            weights.named_param_updates = 0
+            failures, updates = weights.named_param_failures, weights.named_param_updates
+            weights.named_param_updates, weights.named_param_failures = 0, []
+            if failures:
+                raise _bad(500, f"{len(failures)} of {updates} per-tensor updates failed, weights_version stays "
+                                f"{weights.version}: " + "; ".join(failures))
             weights.version += 1
-            log.info("weights updated: weights_version=%d (per-tensor NCCL)", weights.version)
+            log.info("weights updated: weights_version=%d (per-tensor)", weights.version)
         return MessageResponse(message=f"reset prefix cache, status: {ok}")
 
     @app.post("/close_communicator/", response_model=MessageResponse)
@@ -331,7 +373,8 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m rcl serve", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m rcl serve", description=__doc__.splitlines()[0],
+                                allow_abbrev=False)
     p.add_argument("--model", required=True, help="HF folder, hub id or tiny preset (tiny-1m, tiny-10m)")
     p.add_argument("--engine", choices=("hf", "vllm"), default="hf")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: local only)")
@@ -370,6 +413,15 @@ def build_backend(args: argparse.Namespace) -> ServingBackend:
     return HFBackend(args.model, dtype=args.dtype, device=args.device, seed=args.seed)
 
 
+def security_warnings(host: str, api_key: str | None) -> list[str]:
+    """What `rcl serve` warns about at start: without a key, anyone who reaches the port can replace the weights."""
+    if api_key:
+        return []
+    who = "any local user" if host in ("127.0.0.1", "localhost", "::1") else f"anyone who can reach {host}"
+    return [f"no API key: {who} can push weights (/update_weights/, /init_communicator/) and generate; "
+            f"set --api-key or ${API_KEY_ENV} (`rcl launch` always sets one)"]
+
+
 def _exit_cleanly(signum: int, frame: Any) -> None:
     raise SystemExit(0)
 
@@ -380,6 +432,8 @@ def cli_main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    for warning in security_warnings(args.host, api_key):
+        log.warning("%s", warning)
     limits = ServerLimits(**{f.name: getattr(args, f.name) for f in fields(ServerLimits)})
     try:
         backend = build_backend(args)
