@@ -44,7 +44,7 @@ def test_sat_instances_are_planted_k_sat_near_ratio_4_2(sat, sat_rows):
 
 def test_every_planted_solution_scores_1(sat, sat_rows):
     for row in sat_rows:
-        score = sat.score(sat.reference_completion(row), row)
+        score = sat.score(sat.gold_completion(row), row)
         assert score.reward == 1.0 and score.correct and score.details["outcome"] == "pass"
 
 
@@ -66,6 +66,7 @@ def test_sat_parsing_and_partial_answers(sat):
     clauses, solution = planted_instance(random.Random(1), 10, 3, 4.2)
     assert satisfied(clauses, dict(enumerate(solution, 1))) == len(clauses)
     assert satisfied(clauses, {}) == 0  # unassigned variables satisfy no literal
+    assert sat.score("I don't know", {"num_vars": 10, "clauses": clauses}).details["outcome"] == "no_answer"
     row = {"num_vars": 10, "clauses": clauses, "solution": solution}
     missing_one = ", ".join(f"x{i}={v}" for i, v in enumerate(solution, 1) if i != 1)
     assert sat.score(missing_one, row).details["assigned"] == 9
@@ -129,7 +130,7 @@ def test_abduction_is_verified_by_running_the_program(abduction):
 
 def test_abduction_label_check_rejects_wrong_labels(abduction):
     rows = abduction.rows("train", 8, seed=1)
-    swapped = [abduction.reference_completion(rows[(i + 1) % len(rows)]) for i in range(len(rows))]
+    swapped = [abduction.gold_completion(rows[(i + 1) % len(rows)]) for i in range(len(rows))]
     check = check_labels(abduction, rows, swapped)
     assert len(check.rejected) >= 7
     # a generator whose recorded output is wrong is caught too
@@ -158,6 +159,6 @@ def test_deduction_is_all_or_nothing_over_the_tests(deduction):
 
 def test_deduction_label_check_rejects_wrong_programs(deduction):
     rows = deduction.rows("train", 8, seed=2)
-    others = [deduction.reference_completion(rows[(i + 1) % len(rows)]) for i in range(len(rows))]
+    others = [deduction.gold_completion(rows[(i + 1) % len(rows)]) for i in range(len(rows))]
     check = check_labels(deduction, rows, others)
     assert len(check.rejected) >= 7 and all(not score.correct for _, score in check.rejected)

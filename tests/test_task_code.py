@@ -116,7 +116,7 @@ def test_failure_classes_reach_the_score(task):
     assert task.score("```python\nraise SystemExit(3)\n```", ROW).details["outcome"] == "crash"
     assert task.score("```python\nx = bytearray(8 * 1024**3)\n```", ROW).details["outcome"] == "memory"
     empty = task.score("", ROW)
-    assert empty.reward == 0.0 and empty.details["outcome"] == "wrong_answer" and "error" not in empty.details
+    assert empty.reward == 0.0 and empty.details["outcome"] == "no_answer" and "error" not in empty.details
 
 
 def test_rows_without_tests_are_verifier_errors_not_wrong_answers(task):
@@ -137,7 +137,7 @@ def test_generated_programs_rows_and_their_reference_solutions(task):
     rows = programs.rows("train", 6, seed=1)
     assert rows == programs.rows("train", 6, seed=1) and rows != programs.rows("test", 6, seed=1)
     assert all(len(row["tests"]) == 3 and row["question"] and row["solution"] for row in rows)
-    scores = programs.score_batch([programs.reference_completion(row) for row in rows], rows)
+    scores = programs.score_batch([programs.gold_completion(row) for row in rows], rows)
     assert all(score.correct for score in scores)
 
 
@@ -152,7 +152,7 @@ def humaneval(task):
 
 
 def test_humaneval_canonical_solutions_score_164_of_164(task, humaneval):
-    scores = task.score_batch([task.reference_completion(row) for row in humaneval], humaneval)
+    scores = task.score_batch([task.gold_completion(row) for row in humaneval], humaneval)
     failed = [(row["task_id"], score.details) for row, score in zip(humaneval, scores) if not score.correct]
     assert failed == []
     assert sum(score.reward for score in scores) == pytest.approx(2.0 * 164)

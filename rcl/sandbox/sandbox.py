@@ -521,7 +521,7 @@ _SHARED_LOCK = threading.Lock()
 def shared_sandbox(config: SandboxConfig | None = None) -> Sandbox:
     """One Sandbox (one worker pool, one probe) per distinct config in this process, shared by every task."""
     config = config or SandboxConfig()
-    key = config_key(config)
+    key = f"{os.getpid()}:{config_key(config)}"  # a forked process gets its own (a pool's threads do not fork)
     with _SHARED_LOCK:
         if key not in _SHARED:
             _SHARED[key] = Sandbox(config)

@@ -10,7 +10,7 @@ Row fields:
 Scoring is all-or-nothing, by running the program in the sandbox on the model's input: the last <INPUT>...</INPUT>
 block (reasoning removed; blank lines at its ends dropped). Reward 1 iff the program exits 0 and prints `output`
 (compared like the code task's stdin/stdout tests). Details: `passed`/`total` (0 or 1 of 1), `outcome` (the run's
-class; wrong_answer without an <INPUT> block), `message`; infra_error sets `error`.
+class; no_answer without an <INPUT> block), `message`; infra_error sets `error`.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ QUESTION = (
 class AbductionTask(SandboxedTask):
     """Find the input (the Affine ABD environment, on generated programs)."""
 
+    fields = ("program", "output")
+
     def __init__(self, sandbox: SandboxConfig | dict | None = None):
         super().__init__(sandbox)
 
@@ -46,13 +48,13 @@ class AbductionTask(SandboxedTask):
             })
         return rows
 
-    def reference_completion(self, row: dict) -> str:
+    def gold_completion(self, row: dict) -> str:
         return f"<INPUT>\n{row['input']}</INPUT>"
 
     def score(self, completion: str, row: dict) -> Score:
         given = last_tagged(strip_reasoning(completion), "INPUT")
         if given is None:
-            return Score(0.0, False, {"passed": 0, "total": 1, "outcome": "wrong_answer", "message": "no <INPUT>"})
+            return Score(0.0, False, {"passed": 0, "total": 1, "outcome": "no_answer", "message": "no <INPUT>"})
         stdin = given.strip("\n") + "\n"
         try:
             result = self.sandbox.run_tests(row["program"], [{"input": stdin, "output": row["output"]}])[0]

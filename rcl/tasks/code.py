@@ -12,8 +12,9 @@ Row fields:
 - `language` (optional): a language configured in the sandbox; default the task's `language`.
 
 Scores (Score.details): `passed`, `total`, `outcome` (pass, or the first failing test's class: wrong_answer, timeout,
-memory, crash; infra_error if any test hit an infrastructure error, which also sets `error` and is not the model's
-failure), `outcomes` (count per class) and `message` (the first failure's reason).
+memory, crash; no_answer when the completion holds no code; infra_error if any test hit an infrastructure error,
+which also sets `error` and is not the model's failure), `outcomes` (count per class) and `message` (the first
+failure's reason).
 
 Reward (the Q-language system's design): `partial` gives passed/total * base_weight, plus perfect_weight when every
 test passes; `binary` gives 1 when every test passes, else 0. `max_tests` keeps the first N stdin/stdout cases (for
@@ -94,6 +95,8 @@ class SandboxedTask(Task):
 class CodeTask(SandboxedTask):
     """Write a program that passes the row's tests (see the module docstring for row fields and rewards)."""
 
+    fields = ("tests", "test", "entry_point", "prompt", "language")
+
     def __init__(
         self,
         sandbox: SandboxConfig | dict | None = None,
@@ -129,7 +132,7 @@ class CodeTask(SandboxedTask):
             return rows
         return stdio_rows(split, 100 if num is None else num, seed, self.tests_per_problem)
 
-    def reference_completion(self, row: dict) -> str:
+    def gold_completion(self, row: dict) -> str:
         """The row's reference program, formatted as an answer (an SFT label; check it with rcl.tasks.labels)."""
         return f"```{self.language}\n{row['solution']}```\n"
 
@@ -165,7 +168,7 @@ class CodeTask(SandboxedTask):
 
     def _score(self, results: list[RunResult], total: int) -> Score:
         if not results:
-            details = {"passed": 0, "total": total, "outcome": "wrong_answer", "outcomes": {}, "message": "no code"}
+            details = {"passed": 0, "total": total, "outcome": "no_answer", "outcomes": {}, "message": "no code"}
             return Score(self.reward(0, total), False, details)
         outcomes = Counter(result.outcome for result in results)
         if outcomes["infra_error"]:

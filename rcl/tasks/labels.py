@@ -17,9 +17,9 @@ class LabelCheck:
 
 
 def check_labels(task: Task, rows: list[dict], labels: list[str] | None = None) -> LabelCheck:
-    """Score each label (default: `task.reference_completion(row)`) with the task; keep the ones scored correct."""
+    """Score each label (default: `task.gold_completion(row)`) with the task; keep the ones scored correct."""
     if labels is None:
-        labels = [task.reference_completion(row) for row in rows]
+        labels = [task.gold_completion(row) for row in rows]
     if len(labels) != len(rows):
         raise ValueError("one label per row")
     batch = getattr(task, "score_batch", None)

@@ -9,7 +9,7 @@ Row fields:
 Scoring is all-or-nothing: reward 1 iff every clause has a literal made true by the parsed assignment. The answer
 (the last <answer> section, else the text, reasoning removed) is read as `x<i>=True|False|1|0` pairs; the last value
 given for a variable wins, and an unassigned variable satisfies no literal. Details: `passed` (clauses satisfied),
-`total` (clauses), `outcome` (pass | wrong_answer), `assigned` (variables given a value).
+`total` (clauses), `outcome` (pass | wrong_answer | no_answer when no variable is assigned), `assigned`.
 """
 
 from __future__ import annotations
@@ -67,6 +67,8 @@ def render(num_vars: int, clauses: list[list[int]]) -> str:
 class SatTask(Task):
     """Planted k-SAT near the clause ratio 4.2 (the Affine guide's generator: 10-20 variables, k = 3-5)."""
 
+    fields = ("num_vars", "clauses")
+
     def __init__(self, min_vars: int = 10, max_vars: int = 20, min_k: int = 3, max_k: int = 5, ratio: float = 4.2):
         if not 1 <= min_vars <= max_vars or not 1 <= min_k <= max_k or max_k > min_vars:
             raise ValueError("need 1 <= min_vars <= max_vars, 1 <= min_k <= max_k <= min_vars")
@@ -83,7 +85,7 @@ class SatTask(Task):
                          "solution": solution})
         return rows
 
-    def reference_completion(self, row: dict) -> str:
+    def gold_completion(self, row: dict) -> str:
         return format_assignment(row["solution"])
 
     def score(self, completion: str, row: dict) -> Score:
@@ -92,6 +94,6 @@ class SatTask(Task):
         clauses = row["clauses"]
         passed = satisfied(clauses, assignment)
         correct = passed == len(clauses)
-        details = {"passed": passed, "total": len(clauses), "outcome": "pass" if correct else "wrong_answer",
-                   "assigned": len(assignment)}
+        outcome = "pass" if correct else "wrong_answer" if assignment else "no_answer"
+        details = {"passed": passed, "total": len(clauses), "outcome": outcome, "assigned": len(assignment)}
         return Score(float(correct), correct, details)
