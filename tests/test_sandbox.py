@@ -4,10 +4,12 @@ leaves no process behind."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
 import stat
+import subprocess
 import sys
 import tempfile
 import threading
@@ -524,3 +526,52 @@ def test_visible_binds_create_reachable_parents(tmp_path):
         "--ro-bind", str(target), str(target),
     ]
     assert iso.visible_binds([str(tmp_path / "missing")], [str(tmp_path)]) == []
+
+
+NON_ROOT_HOST = """
+import json, os, sys, time
+sys.path.insert(0, {root!r})
+from rcl.sandbox import Sandbox, SandboxConfig
+mode = sys.argv[1]
+box = Sandbox(SandboxConfig(isolation=mode, require_isolation=mode == "bwrap", timeout_s=2, workers=2))
+marker = "rcl-nonroot-" + str(time.time_ns())
+escape = ("import os, sys, time\\nif os.fork() == 0:\\n    os.setsid()\\n"
+          "    os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(60)', %r])\\n"
+          "time.sleep(0.3)\\nprint('x')\\n" % marker)
+test = "def check(candidate):\\n    assert candidate(1) == 1\\n"
+report = {{
+    "mode": box.isolation,
+    "uid": box.run("import os\\nprint(os.getuid())").stdout.strip(),
+    "stdio": box.run_tests("print(int(input()) * 2)", [{{"input": "3", "output": "6"}}])[0].outcome,
+    "assert": box.run_assert("def f(x):\\n    return x\\n", test, "f").outcome,
+    "memory": box.run("x = bytearray(4 * 1024**3)").outcome,
+    "escape": box.run(escape).outcome,
+}}
+report["left"] = [p for p in os.listdir("/proc") if p.isdigit() and os.path.exists(f"/proc/{{p}}/cmdline")
+                  and marker.encode() in open(f"/proc/{{p}}/cmdline", "rb").read()]
+print(json.dumps(report))
+"""
+
+
+@pytest.mark.skipif(not (iso.is_root() and shutil.which("setpriv") and _fallback_python()),
+                    reason="needs root (to become another user), setpriv and a system python")
+@pytest.mark.parametrize("mode", MODES)
+def test_a_non_root_host_gets_the_same_guarantees(mode):
+    # The whole harness as an ordinary user: bwrap then makes a user namespace, and rlimits mode finds the run's
+    # processes by their tag.
+    script = Path(tempfile.mkdtemp(prefix="rcl-nonroot-")) / "host.py"
+    script.parent.chmod(0o755)
+    script.write_text(NON_ROOT_HOST.format(root=str(ROOT)))
+    script.chmod(0o644)
+    uid = "61999"
+    try:
+        out = subprocess.run(
+            ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", _fallback_python(), str(script), mode],
+            capture_output=True, text=True, timeout=120, env={"PATH": os.environ["PATH"], "HOME": str(script.parent)},
+        )
+    finally:
+        shutil.rmtree(script.parent)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report == {"mode": mode, "uid": uid, "stdio": "pass", "assert": "pass", "memory": "memory",
+                      "escape": "pass", "left": []}
