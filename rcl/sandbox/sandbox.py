@@ -344,6 +344,28 @@ class Sandbox:
                 result.error = "output differs from the expected output"
         return result
 
+    def _command(self, program, mode, argv, slot, tag, work, status_fd, compile) -> tuple[list[str], dict, str]:
+        """The command line (bwrap prefix, launcher with the limits, the program's argv), its environment and cwd."""
+        config = self.config
+        env = {"PATH": _PATH, "HOME": str(work), "TMPDIR": str(work), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+        env |= {"PYTHONHASHSEED": "0", isolation.RUN_TAG: tag, **config.env}
+        spec = {
+            "limits": {
+                "CPU": config.cpu_s, "AS": config.memory_mb << 20, "NPROC": config.max_processes,
+                "FSIZE": config.max_file_mb << 20, "NOFILE": config.max_open_files, "CORE": 0,
+            },
+            "uid": slot.uid if slot else None, "gid": slot.uid if slot else None,
+            "status_fd": status_fd, "argv": argv,
+        }
+        launch = [self._python, "-I", "-S", f"{self._lib(program, mode)}/launcher.py", json.dumps(spec)]
+        if mode != "bwrap":
+            return launch, env, str(work)
+        prefix = isolation.bwrap_command(
+            self._bwrap, host_dir=program.dir, writable_code=compile, work_bytes=config.work_dir_mb << 20,
+            hidden=self._hidden, extra_paths=self._extra_paths, env=env, as_root=slot is not None,
+        )
+        return prefix + launch, {"PATH": _PATH}, "/"
+
     def _run_once(self, program, mode, argv, case, judge=None, compile=False) -> RunResult:
         config = self.config
         started = time.monotonic()
@@ -361,28 +383,9 @@ class Sandbox:
                     os.chown(work, slot.uid, slot.uid)
             if compile and slot:
                 os.chown(program.dir / "code", slot.uid, slot.uid)
-            env = {"PATH": _PATH, "HOME": str(work), "TMPDIR": str(work), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
-            env |= {"PYTHONHASHSEED": "0", isolation.RUN_TAG: tag, **config.env}
             status_read, status_write = os.pipe()
             fds += [status_read, status_write]
-            spec = {
-                "limits": {
-                    "CPU": config.cpu_s, "AS": config.memory_mb << 20, "NPROC": config.max_processes,
-                    "FSIZE": config.max_file_mb << 20, "NOFILE": config.max_open_files, "CORE": 0,
-                },
-                "uid": slot.uid if slot else None, "gid": slot.uid if slot else None,
-                "status_fd": status_write, "argv": argv,
-            }
-            launch = [self._python, "-I", "-S", f"{self._lib(program, mode)}/launcher.py", json.dumps(spec)]
-            if mode == "bwrap":
-                prefix = isolation.bwrap_command(
-                    self._bwrap, host_dir=program.dir, writable_code=compile, work_bytes=config.work_dir_mb << 20,
-                    hidden=self._hidden, extra_paths=self._extra_paths, env=env, as_root=slot is not None,
-                )
-                command, popen_env, cwd = prefix + launch, {"PATH": _PATH}, "/"
-            else:
-                command, popen_env, cwd = launch, env, str(work)
-
+            command, popen_env, cwd = self._command(program, mode, argv, slot, tag, work, status_write, compile)
             caps = {"stdout": config.max_output_kb << 10, "stderr": config.max_output_kb << 10, "status": 4096}
             if judge is None:
                 with open(stdin_path, "rb") as stdin:
@@ -397,8 +400,9 @@ class Sandbox:
                 capture = _pump(streams, caps, child, started + config.timeout_s)
                 judge_process = None
             else:
+                nonce = secrets.token_hex(16)  # not the run's tag, which the program can read in its environment
                 child, judge_process, capture = self._start_judged(
-                    command, popen_env, cwd, status_write, status_read, judge, tag, caps, processes, fds, started
+                    command, popen_env, cwd, status_write, status_read, judge, nonce, caps, processes, fds, started
                 )
             self._kill_run(processes, slot, tag)
             status = capture.text("status") + _drain(status_read).decode("utf-8", "replace")
@@ -418,7 +422,7 @@ class Sandbox:
             elif judge_process is None:
                 outcome, error = _classify_exit(returncode, stderr)
             else:
-                outcome, error = self._verdict(capture, tag, returncode, stderr)
+                outcome, error = self._verdict(capture, nonce, returncode, stderr)
             return RunResult(
                 outcome, stdout=capture.text("stdout"), stderr=stderr, returncode=returncode, error=error,
                 duration_s=time.monotonic() - started, isolation=mode,
@@ -440,7 +444,7 @@ class Sandbox:
             if slot:
                 slot.release()
 
-    def _start_judged(self, command, env, cwd, status_write, status_read, judge, tag, caps, processes, fds, started):
+    def _start_judged(self, command, env, cwd, status_write, status_read, judge, nonce, caps, processes, fds, started):
         """Start the judge (outside the sandbox) and the runner (inside), joined by two pipes; collect the judge's
         verdict and the runner's stderr."""
         config = self.config
@@ -453,7 +457,7 @@ class Sandbox:
             pass_fds=(to_runner_write, from_runner_read), start_new_session=True,
         )
         processes.append(judge_process)
-        spec = dict(judge, timeout_s=config.timeout_s, nonce=tag, to_runner=to_runner_write,
+        spec = dict(judge, timeout_s=config.timeout_s, nonce=nonce, to_runner=to_runner_write,
                     from_runner=from_runner_read)
         judge_process.stdin.write(json.dumps(spec).encode())
         judge_process.stdin.close()
@@ -470,11 +474,11 @@ class Sandbox:
         capture = _pump(streams, caps, judge_process, started + config.timeout_s + _JUDGE_GRACE_S)
         return child, judge_process, capture
 
-    def _verdict(self, capture: _Capture, tag: str, returncode, stderr: str) -> tuple[Outcome, str]:
+    def _verdict(self, capture: _Capture, nonce: str, returncode, stderr: str) -> tuple[Outcome, str]:
         lines = capture.text("verdict").strip().split("\n")
         try:
             verdict = json.loads(lines[-1])
-            if verdict.get("nonce") != tag:
+            if verdict.get("nonce") != nonce:
                 raise ValueError("wrong nonce")
         except (ValueError, IndexError, AttributeError):
             return "infra_error", "the judge gave no verdict"
