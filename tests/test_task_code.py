@@ -177,3 +177,12 @@ def test_humaneval_split_and_sampling(task):
         task.rows("train")
     assert task.rows("test", num=5, seed=3) == task.rows("test", num=5, seed=3)
     assert len(task.rows("test", num=5, seed=3)) == 5
+
+
+def test_fields_name_what_rows_must_carry():
+    assert CodeTask(sandbox=SANDBOX).fields == ("test", "entry_point", "prompt")
+    assert CodeTask(sandbox=SANDBOX, dataset="programs").fields == ("tests",)
+    assert CodeTask(sandbox=SANDBOX, test_format="stdio").fields == ("tests",)
+    assert get_task("deduction", sandbox=SANDBOX).fields == ("tests",)
+    assert get_task("sat").fields == ("num_vars", "clauses")
+    assert get_task("abduction", sandbox=SANDBOX).fields == ("program", "output")

@@ -95,7 +95,7 @@ class SandboxedTask(Task):
 class CodeTask(SandboxedTask):
     """Write a program that passes the row's tests (see the module docstring for row fields and rewards)."""
 
-    fields = ("tests", "test", "entry_point", "prompt", "language")
+    FIELDS = {"stdio": ("tests",), "assert": ("test", "entry_point", "prompt")}
 
     def __init__(
         self,
@@ -107,7 +107,11 @@ class CodeTask(SandboxedTask):
         language: str = "python",
         dataset: Literal["humaneval", "programs"] = "humaneval",
         tests_per_problem: int = 5,
+        test_format: Literal["stdio", "assert"] | None = None,
     ):
+        """test_format: which row fields the rows carry (stdio: tests; assert: test, entry_point, prompt), for rows
+        that come from a dataset rather than `rows()`; default: the format of `dataset` (humaneval: assert,
+        programs: stdio). Scoring reads whichever a row has."""
         super().__init__(sandbox)
         if max_tests is not None and max_tests < 1:
             raise ValueError("max_tests must be >= 1 (or None for all tests)")
@@ -118,6 +122,7 @@ class CodeTask(SandboxedTask):
         self.language = language
         self.dataset = dataset
         self.tests_per_problem = tests_per_problem
+        self.fields = self.FIELDS[test_format or ("assert" if dataset == "humaneval" else "stdio")]
         self.sandbox_config.language(language)  # an unknown language fails here, not at the first score
 
     def rows(self, split: str, num: int | None = None, seed: int = 0) -> list[dict]:
