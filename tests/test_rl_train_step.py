@@ -149,3 +149,27 @@ def test_train_step_marks_the_deepspeed_boundary_on_the_last_micro_batch_only(ti
     loop.train_step(fabric, state, rollout, GRPOArgs(loss_type="dapo", beta=0.0, micro_batch_size=2),
                     GenerationArgs(max_completion_length=3), loop.DEFAULT_OPTIMIZER, [0], None)
     assert marks == [False, False, True]
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo"])
+def test_one_step_on_two_processes_equals_one_process_on_the_same_rows(loss_type, models_dir, tmp_path, repo_env):
+    """The loss normalisations hold across processes: DDP on two gloo processes, each with half of a fixed rollout,
+    lands on the weights one process reaches on the whole rollout. (bnpo normalises each micro-batch by its own
+    tokens, as TRL defines it, so it depends on how rows fall into micro-batches by design.)"""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("ddp_train_step.py")
+    repo_env["RCL_MODELS_DIR"] = str(models_dir)
+    weights = {}
+    for devices in (1, 2):
+        out = tmp_path / f"weights-{devices}.pt"
+        proc = subprocess.run([sys.executable, str(script), str(devices), loss_type, str(out)], capture_output=True,
+                              text=True, timeout=300, env=repo_env, cwd=script.parents[1])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        weights[devices] = torch.load(out, weights_only=True)
+    base = AutoModelForCausalLM.from_pretrained(models_dir / "tiny-1m").state_dict()
+    assert any(not torch.equal(base[k], weights[1][k]) for k in base), "the step changed the weights"
+    for name in weights[1]:
+        torch.testing.assert_close(weights[2][name], weights[1][name], atol=1e-6, rtol=1e-5)
