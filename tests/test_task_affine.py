@@ -162,3 +162,20 @@ def test_deduction_label_check_rejects_wrong_programs(deduction):
     others = [deduction.gold_completion(rows[(i + 1) % len(rows)]) for i in range(len(rows))]
     check = check_labels(deduction, rows, others)
     assert len(check.rejected) >= 7 and all(not score.correct for _, score in check.rejected)
+
+
+def test_export_writes_task_rows_and_verified_sft_rows(tmp_path):
+    import json
+
+    from rcl.tasks.export import main
+
+    main(["sat", str(tmp_path / "sat.jsonl"), "--split", "test", "--num", "3"])
+    rows = [json.loads(line) for line in (tmp_path / "sat.jsonl").read_text().splitlines()]
+    assert rows == get_task("sat").rows("test", 3, 0)
+    main(["deduction", str(tmp_path / "sft.jsonl"), "--num", "4", "--seed", "2", "--sft", "true",
+          "--kwargs", '{"sandbox": {"workers": 2}}'])
+    sft = [json.loads(line) for line in (tmp_path / "sft.jsonl").read_text().splitlines()]
+    deduction = get_task("deduction", sandbox=SANDBOX)
+    originals = deduction.rows("train", 4, 2)
+    assert [set(row) for row in sft] == [{"question", "solution"}] * 4
+    assert [row["solution"] for row in sft] == [deduction.gold_completion(row) for row in originals]
