@@ -179,3 +179,12 @@ def test_export_writes_task_rows_and_verified_sft_rows(tmp_path):
     originals = deduction.rows("train", 4, 2)
     assert [set(row) for row in sft] == [{"question", "solution"}] * 4
     assert [row["solution"] for row in sft] == [deduction.gold_completion(row) for row in originals]
+
+
+def test_program_families_can_be_chosen():
+    rows = get_task("deduction", sandbox=SANDBOX, families=["quadratic"]).rows("train", 5)
+    assert {row["family"] for row in rows} == {"quadratic"}
+    assert {row["family"] for row in get_task("abduction", sandbox=SANDBOX, families=["digit_sum"]).rows("x", 3)} == {
+        "digit_sum"}
+    with pytest.raises(ValueError, match="unknown program families"):
+        get_task("deduction", sandbox=SANDBOX, families=["nope"]).rows("train", 1)

@@ -34,12 +34,13 @@ class AbductionTask(SandboxedTask):
 
     fields = ("program", "output")
 
-    def __init__(self, sandbox: SandboxConfig | dict | None = None):
+    def __init__(self, sandbox: SandboxConfig | dict | None = None, families: list[str] | None = None):
         super().__init__(sandbox)
+        self.families = list(families) if families else None
 
     def rows(self, split: str, num: int | None = None, seed: int = 0) -> list[dict]:
         rows = []
-        for program, rng in generate(f"abduction/{split}", 100 if num is None else num, seed):
+        for program, rng in generate(f"abduction/{split}", 100 if num is None else num, seed, self.families):
             stdin = program.make_input(rng)
             output = program.solve(stdin)
             rows.append({

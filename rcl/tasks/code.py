@@ -108,10 +108,12 @@ class CodeTask(SandboxedTask):
         dataset: Literal["humaneval", "programs"] = "humaneval",
         tests_per_problem: int = 5,
         test_format: Literal["stdio", "assert"] | None = None,
+        families: list[str] | None = None,
     ):
         """test_format: which row fields the rows carry (stdio: tests; assert: test, entry_point, prompt), for rows
         that come from a dataset rather than `rows()`; default: the format of `dataset` (humaneval: assert,
-        programs: stdio). Scoring reads whichever a row has."""
+        programs: stdio). Scoring reads whichever a row has. families: the program families `dataset: programs`
+        draws from (default all; rcl.tasks.programs.FAMILIES)."""
         super().__init__(sandbox)
         if max_tests is not None and max_tests < 1:
             raise ValueError("max_tests must be >= 1 (or None for all tests)")
@@ -122,6 +124,7 @@ class CodeTask(SandboxedTask):
         self.language = language
         self.dataset = dataset
         self.tests_per_problem = tests_per_problem
+        self.families = list(families) if families else None
         self.fields = self.FIELDS[test_format or ("assert" if dataset == "humaneval" else "stdio")]
         self.sandbox_config.language(language)  # an unknown language fails here, not at the first score
 
@@ -135,7 +138,7 @@ class CodeTask(SandboxedTask):
             if num is not None and num < len(rows):
                 rows = random.Random(seed).sample(rows, num)
             return rows
-        return stdio_rows(split, 100 if num is None else num, seed, self.tests_per_problem)
+        return stdio_rows(split, 100 if num is None else num, seed, self.tests_per_problem, self.families)
 
     def gold_completion(self, row: dict) -> str:
         """The row's reference program, formatted as an answer (an SFT label; check it with rcl.tasks.labels)."""

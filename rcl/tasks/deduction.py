@@ -16,8 +16,11 @@ from rcl.tasks.code import CodeTask
 class DeductionTask(CodeTask):
     """Write the program (the Affine DED environment, on generated problems)."""
 
-    def __init__(self, sandbox: SandboxConfig | dict | None = None, tests_per_problem: int = 5):
-        super().__init__(sandbox, reward="binary", dataset="programs", tests_per_problem=tests_per_problem)
+    def __init__(
+        self, sandbox: SandboxConfig | dict | None = None, tests_per_problem: int = 5, families: list[str] | None = None
+    ):
+        super().__init__(sandbox, reward="binary", dataset="programs", tests_per_problem=tests_per_problem,
+                         families=families)
 
     def rows(self, split: str, num: int | None = None, seed: int = 0) -> list[dict]:
         return super().rows(f"deduction/{split}", num, seed)

@@ -177,11 +177,13 @@ STDIO_INSTRUCTIONS = (
 )
 
 
-def stdio_rows(split: str, num: int, seed: int, tests_per_problem: int = 5) -> list[dict]:
+def stdio_rows(
+    split: str, num: int, seed: int, tests_per_problem: int = 5, families: list[str] | None = None
+) -> list[dict]:
     """Write-the-program rows: question (description + instructions), tests ({"input", "output"} cases with distinct
     inputs), solution (the reference program) and family."""
     rows = []
-    for program, rng in generate(split, num, seed):
+    for program, rng in generate(split, num, seed, families):
         inputs: list[str] = []
         for _ in range(tests_per_problem * 10):
             candidate = program.make_input(rng)
