@@ -1,4 +1,4 @@
-"""Writes every degraded interaction (the student did worse with the teaching) and warns when NDR drops."""
+"""Writes degraded interactions (the student did worse with the teaching) and warns when NDR drops."""
 
 from __future__ import annotations
 
@@ -13,12 +13,21 @@ from callbacks.base import FabricCallback, gather_objects
 
 class DegradationTracker(FabricCallback):
     """Appends degradations to `<out_dir>/<filename>` (JSONL: question, approach, teaching, both answers) and warns
-    when the share of non-degraded interactions over the last `window` falls below `ndr_threshold`."""
+    when the share of non-degraded interactions over the last `window` falls below `ndr_threshold`.
 
-    def __init__(self, filename: str = "degradations.jsonl", window: int = 50, ndr_threshold: float = 0.9):
+    Bounded both ways: at most `max_per_step` rows a step (the most degraded first; -1: all), the file moves to
+    `<filename>.1` once it passes `max_file_mb` (0: never), and while NDR stays low the warning is repeated at most
+    every `warn_every_n_steps` steps."""
+
+    def __init__(self, filename: str = "degradations.jsonl", window: int = 50, ndr_threshold: float = 0.9,
+                 warn_every_n_steps: int = 50, max_per_step: int = 16, max_file_mb: float = 64.0):
         self.filename = filename
         self.window: deque[bool] = deque(maxlen=window)
         self.ndr_threshold = ndr_threshold
+        self.warn_every_n_steps = warn_every_n_steps
+        self.max_per_step = max_per_step
+        self.max_file_bytes = int(max_file_mb * 1024 * 1024)
+        self._warned_at: int | None = None
 
     def on_save_checkpoint(self, checkpoint: dict, **kwargs: Any) -> None:
         # a resumed run's window NDR (and its warning) then continues as the uninterrupted run's would
@@ -46,16 +55,26 @@ class DegradationTracker(FabricCallback):
         metrics["teaching/window_ndr"] = ndr
         if fabric.global_rank != 0:
             return
+        if 0 <= self.max_per_step < len(degraded):  # the most degraded, in rollout order
+            worst = sorted(range(len(degraded)), key=lambda k: degraded[k].p_with - degraded[k].p_base)
+            degraded = [degraded[k] for k in sorted(worst[: self.max_per_step])]
         if degraded:
             path = Path(state["out_dir"]) / self.filename
+            if self.max_file_bytes and path.exists() and path.stat().st_size > self.max_file_bytes:
+                path.replace(path.with_name(path.name + ".1"))  # keeps the newest rows, at most twice the cap
             with path.open("a") as f:
                 for i in degraded:
                     record = {"step": state["step"], **asdict(i)}
                     record.pop("policy_completion", None)
                     record["teacher_completion"] = i.policy_completion
                     f.write(json.dumps(record) + "\n")
-        if len(self.window) == self.window.maxlen and ndr < self.ndr_threshold:
+        low = len(self.window) == self.window.maxlen and ndr < self.ndr_threshold
+        if not low:
+            self._warned_at = None  # a later drop warns at once again
+        elif self._warned_at is None or state["step"] - self._warned_at >= max(self.warn_every_n_steps, 1):
+            self._warned_at = state["step"]
             fabric.print(
                 f"warning: NDR over the last {len(self.window)} interactions is {ndr:.3f} "
-                f"(< {self.ndr_threshold}); see {self.filename}"
+                f"(< {self.ndr_threshold}); see {self.filename} (repeated at most every {self.warn_every_n_steps} "
+                "steps while it stays low; teaching/window_ndr logs every step)"
             )

@@ -3,6 +3,9 @@
     python -m experiments.quickstart            # three training runs; README lists measured times
     python -m experiments.quickstart --skip-sft # reuse the SFT outputs of an earlier run
 
+Each run replaces the outputs of the quickstart's earlier run of it (`--overwrite true`); the plot is drawn from the
+RL history the same command wrote, and a fresh RL run removes an older plot with its history.
+
 Every step is an ordinary `python -m rcl fit --config lightning_configs/<recipe>.yaml` run, so each can be re-run
 or changed on its own. The RL run's history (runs/quickstart_rcl/history.jsonl) feeds the table and the plot.
 """
@@ -26,9 +29,13 @@ RL_DIR = Path("runs/quickstart_rcl")
 
 
 def run_step(name: str, recipe: str, overrides: list[str]) -> float:
+    """One `python -m rcl fit` run. The quickstart re-makes its own runs, so it replaces their earlier outputs."""
+    overrides = [*overrides, "--overwrite", "true"]
     print(f"\n=== {name}: python -m rcl fit --config {recipe} {' '.join(overrides)}", flush=True)
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "rcl", "fit", "--config", recipe, *overrides], check=True)
+    code = subprocess.run([sys.executable, "-m", "rcl", "fit", "--config", recipe, *overrides]).returncode
+    if code:
+        raise SystemExit(f"quickstart: {name} stopped with exit status {code} (its output is above)")
     return time.perf_counter() - start
 
 

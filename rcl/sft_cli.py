@@ -13,13 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from data_modules import DataError, TeacherStudentDataModule
+from rcl import interrupt
 from rcl.cli import explain_parse_error, help_defaults, show_class_keys_in_help
+from rcl.progress import sft_progress_bar
 from rcl.run_dir import SFT_OUTPUTS, RunFolderInUse, log_version, refuse_to_replace, remove_outputs
 from rcl.sft import SFTModule
 from rcl.tiny_models import ModelNotFound, check_model
@@ -49,8 +51,9 @@ class SaveConfigToRunDir(SaveConfigCallback):
 def run_layout(config: dict[str, Any], callbacks: list[Callback], version: str = "") -> None:
     """Lay the run out under `default_root_dir`: CSV and TensorBoard loggers are always added (unless `logger: false`
     or the recipe already has one of that kind), so `trainer.logger` entries such as W&B come on top of them; a
-    ModelCheckpoint writes to `checkpoints/` unless the recipe configures its own. `version` is the loggers' version
-    folder (`rcl.run_dir.log_version`)."""
+    ModelCheckpoint writes to `checkpoints/` unless the recipe configures its own; a signal saves `last.ckpt` and stops
+    (`rcl.interrupt`); progress is a bar on a terminal and lines in a log (`rcl.progress`). `version` is the loggers'
+    version folder (`rcl.run_dir.log_version`)."""
     root = Path(config.get("default_root_dir") or DEFAULT_ROOT_DIR)
     config["default_root_dir"] = str(root)
     logger = config.get("logger")
@@ -71,6 +74,11 @@ def run_layout(config: dict[str, Any], callbacks: list[Callback], version: str =
     ):
         callbacks.append(ModelCheckpoint(dirpath=str(root / "checkpoints"), filename="best-{step}", monitor="val/loss",
                                          mode="min", save_top_k=1, save_last=True, auto_insert_metric_name=False))
+    callbacks.append(interrupt.lightning_callback())  # Ctrl-C / SIGTERM: save last.ckpt, print how to resume
+    if config.get("enable_progress_bar", True) is not False and not any(
+        isinstance(c, ProgressBar) for c in configured
+    ):
+        callbacks.append(sft_progress_bar(config.get("log_every_n_steps") or 50))
 
 
 class RCLLightningCLI(LightningCLI):
@@ -154,6 +162,8 @@ def cli_main(command: str, argv: list[str]) -> None:
     except argparse.ArgumentError as e:
         print(f"rcl: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except interrupt.TrainingInterrupted as err:
+        interrupt.report(err, command, argv)
     except (DataError, ModelNotFound, RunFolderInUse) as e:
         print(f"rcl: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -152,6 +152,9 @@ def check_model(name_or_path: str) -> str:
     resolved path. Raises ModelNotFound with a one-line message."""
     from transformers import AutoConfig
 
+    if not name_or_path:
+        raise ModelNotFound(f"no model given: name a tiny preset ({', '.join(sorted(PRESETS))}), a local HF folder or "
+                            "a hub id")
     path = resolve_model(name_or_path)
     try:
         AutoConfig.from_pretrained(path)
@@ -167,8 +170,8 @@ def resolve_model(name_or_path: str, seed: int = 0) -> str:
         looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") >= 2
         local = Path(name_or_path).expanduser()
         if looks_local and not local.exists():
-            export = "the export of a run that has not run yet (run its recipe first), or " if local.name == "hf_model" \
-                else ""
+            unfinished = "the export of a run that has not run yet (run its recipe first), or "
+            export = unfinished if local.name == "hf_model" else ""
             raise ModelNotFound(
                 f"model folder not found: {name_or_path} (is it {export}a typo? a tiny preset is one of "
                 f"{sorted(PRESETS)}; a hub id looks like org/name or name)"

@@ -122,7 +122,7 @@ def test_degradations_of_later_steps_are_appended(tmp_path):
 
 
 def test_window_ndr_counts_only_the_last_window_interactions(tmp_path, capsys):
-    fabric = cpu_fabric(DegradationTracker(window=4, ndr_threshold=0.9))
+    fabric = cpu_fabric(DegradationTracker(window=4, ndr_threshold=0.9, warn_every_n_steps=1))
     state = {"step": 1, "out_dir": str(tmp_path)}
     # rows 1-4 of the table stay in a window of 4: non-degraded, degraded, degraded, non-degraded
     assert end_step(fabric, state, table_interactions())["teaching/window_ndr"] == 0.5
@@ -155,6 +155,37 @@ def test_the_ndr_window_survives_a_checkpoint(tmp_path):
     step = [interaction(5, 0.0, 1.0), interaction(6, 0.0, 1.0)]
     assert end_step(cpu_fabric(resumed), state, step)["teaching/window_ndr"] == 0.75  # as in the test above
     assert end_step(fabric, state, step)["teaching/window_ndr"] == 0.75
+
+
+def test_a_low_ndr_warning_repeats_at_most_every_n_steps_and_again_after_a_recovery(tmp_path, capsys):
+    fabric = cpu_fabric(DegradationTracker(window=4, ndr_threshold=0.9, warn_every_n_steps=3))
+    degraded = [interaction(n, 1.0, 0.0) for n in range(4)]
+    warned = []
+    for step in range(1, 9):  # NDR 0 over the window at every step
+        end_step(fabric, {"step": step, "out_dir": str(tmp_path)}, degraded)
+        if "warning: NDR" in capsys.readouterr().out:
+            warned.append(step)
+    assert warned == [1, 4, 7]
+    end_step(fabric, {"step": 9, "out_dir": str(tmp_path)}, [interaction(n, 0.0, 1.0) for n in range(4)])
+    end_step(fabric, {"step": 10, "out_dir": str(tmp_path)}, degraded)
+    out = capsys.readouterr().out
+    assert out.count("warning: NDR") == 1 and "is 0.000" in out, "a new drop after NDR recovered warns at once"
+
+
+def test_degradations_are_capped_per_step_and_the_file_rotates(tmp_path):
+    fabric = cpu_fabric(DegradationTracker(max_per_step=2, max_file_mb=300 / 1024 / 1024))
+    # four degraded rows: the two most degraded (rows 1 and 3: -1.0, -0.75) are written, in rollout order
+    step = [interaction(0, 0.5, 0.25), interaction(1, 1.0, 0.0), interaction(2, 0.5, 0.5), interaction(3, 1.0, 0.25),
+            interaction(4, 0.75, 0.5)]
+    end_step(fabric, {"step": 1, "out_dir": str(tmp_path)}, step)
+    assert [r["question"] for r in lines(tmp_path / "degradations.jsonl")] == ["question 1", "question 3"]
+    assert (tmp_path / "degradations.jsonl").stat().st_size > 300  # two rows pass the 300-byte cap
+    end_step(fabric, {"step": 2, "out_dir": str(tmp_path)}, step)
+    # the full file moved to .1 before step 2 was written; the newest rows are in the file itself
+    assert [r["step"] for r in lines(tmp_path / "degradations.jsonl.1")] == [1, 1]
+    assert [r["step"] for r in lines(tmp_path / "degradations.jsonl")] == [2, 2]
+    end_step(fabric, {"step": 3, "out_dir": str(tmp_path)}, step)
+    assert [r["step"] for r in lines(tmp_path / "degradations.jsonl.1")] == [2, 2], "the oldest rows are dropped"
 
 
 def test_no_low_ndr_warning_until_the_window_is_full(tmp_path, capsys):

@@ -3,6 +3,7 @@
 (The fragments in lightning_configs/strategies/ configure Lightning Trainer strategy objects for SFT recipes; the RL
 loop takes Fabric's strategy names, e.g. `--trainer.strategy deepspeed_stage_3`.)"""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,22 @@ def test_rl_recipes_sample_in_the_format_their_sft_recipes_trained():
         assert recipe["templates"] == sft_templates("quickstart_sft.yaml"), rl
         assert recipe["data"]["init_args"]["synthetic_size"] == 6000
     assert yaml.safe_load((CONFIGS / "teacher_rcl.yaml").read_text())["templates"] == sft_templates("teacher_sft.yaml")
+
+
+def test_sixty_generic_rows_start_the_rl_quickstart_in_one_command(tmp_path, models_dir):
+    from test_configs_sft import write_generic_rows
+
+    from rcl.rl.loop import cli_main
+
+    rows = write_generic_rows(tmp_path / "mine.jsonl", 60)
+    out = tmp_path / "run"
+    cli_main("fit", [
+        "--config", str(CONFIGS / "quickstart_rcl.yaml"), "--config", str(CONFIGS / "data" / "generic_rows.yaml"),
+        "--data.init_args.dataset", str(rows), "--trainer.out_dir", str(out),
+        # only to keep the test short:
+        "--teacher.model_name_or_path", "tiny-1m", "--student.model_name_or_path", "tiny-1m",
+        "--trainer.max_steps", "1", "--grpo.prompts_per_step", "2", "--grpo.num_generations", "2",
+        "--generation.max_completion_length", "4", "--generation.student_max_tokens", "4", "--eval.num_prompts", "2",
+        "--trainer.loggers", "[csv]"])
+    steps = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in steps if "reward" in r] == [1]

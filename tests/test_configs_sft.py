@@ -142,3 +142,25 @@ def test_a_single_configured_callback_keeps_the_default_checkpointing():
     cli = build_without_running("--trainer.callbacks", '{"class_path": "lightning.pytorch.callbacks.LearningRateMonitor"}')
     kinds = {type(c).__name__ for c in cli.trainer.callbacks}
     assert {"LearningRateMonitor", "ModelCheckpoint"} <= kinds
+
+
+def write_generic_rows(path: Path, n: int) -> Path:
+    import json
+
+    rows = [{"question": f"What is {i}+{i % 7}?", "solution": f"<solution>{i + i % 7}</solution>",
+             "answer": str(i + i % 7)} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_sixty_generic_rows_start_the_student_sft_in_one_command(tmp_path, tiny_model_dir):
+    rows = write_generic_rows(tmp_path / "mine.jsonl", 60)
+    cli = build_cli("fit", [
+        "--config", str(CONFIGS / "quickstart_student_sft.yaml"),
+        "--config", str(CONFIGS / "data" / "generic_rows.yaml"),
+        "--data.init_args.dataset", str(rows), "--trainer.default_root_dir", str(tmp_path / "run"),
+        # only to keep the test short:
+        "--model.init_args.model_name_or_path", tiny_model_dir, "--trainer.max_steps", "2",
+        "--trainer.num_sanity_val_steps", "0", "--trainer.val_check_interval", "2"])
+    assert cli.trainer.global_step == 2
+    assert (len(cli.datamodule.train_set), len(cli.datamodule.val_set)) == (54, 6)  # val_size 0.1 of 60

@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from callbacks.base import FabricCallback
 from rcl.rewards import available_rewards, register_reward
 from rcl.rl.loop import cli_main
 from rcl.tiny_models import resolve_model
@@ -313,3 +314,99 @@ def test_the_process_count_fabric_launched_must_divide_the_prompts(tmp_path):
         loop.main(fabric, None, TrainerArgs(out_dir=str(tmp_path / "run")), None, None, GRPOArgs(prompts_per_step=10),
                   None, None, None, None, None, None, None)
     assert not (tmp_path / "run").exists()
+
+
+def train_rows(rows: list[dict]) -> list[int]:
+    return [r["step"] for r in rows if "reward" in r]
+
+
+def test_a_rerun_refuses_to_replace_the_earlier_run_unless_told(models_dir, tmp_path):
+    out = tmp_path / "run"
+    args = ["--config", DIRECT, *tiny_overrides(out, "--trainer.max_steps", "1", "--eval.at_start", "false")]
+    cli_main("fit", args)
+    before = (out / "history.jsonl").read_text()
+    with pytest.raises(SystemExit, match=r"holds an earlier run \(history\.jsonl, checkpoints/, csv/, hf_model/\): "
+                                         r"resume it with --ckpt_path .*step-000001\.ckpt, replace it with "
+                                         r"--overwrite true, or write this run elsewhere with --trainer\.out_dir DIR"):
+        cli_main("fit", args)
+    assert (out / "history.jsonl").read_text() == before
+    (out / "quickstart.png").write_bytes(b"a plot of the earlier history")
+    (out / "notes.txt").write_text("not rcl's")
+    cli_main("fit", [*args, "--trainer.max_steps", "2", "--overwrite", "true"])
+    assert train_rows(history(out)) == [1, 2]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002.ckpt"]
+    assert not (out / "quickstart.png").exists(), "a plot of the replaced history goes with it"
+    assert (out / "notes.txt").read_text() == "not rcl's"
+
+
+def test_a_bad_model_path_is_one_line_and_makes_no_folder(models_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    missing = str(tmp_path / "runs" / "sft" / "hf_model")
+    with pytest.raises(SystemExit) as stop:
+        cli_main("fit", ["--config", RCL, *tiny_overrides(out, "--teacher.model_name_or_path", missing)])
+    message = str(stop.value)
+    assert message.startswith(f"rcl: teacher.model_name_or_path: model folder not found: {missing} (is it the export "
+                              "of a run that has not run yet")
+    assert "\n" not in message
+    assert not out.exists()
+    with pytest.raises(SystemExit, match=r"^rcl: data: data file not found: .*absent\.jsonl$"):
+        cli_main("fit", ["--config", RCL, *tiny_overrides(out, "--data.init_args.dataset",
+                                                          str(tmp_path / "absent.jsonl"))])
+    assert not out.exists()
+
+
+def test_resume_from_an_earlier_checkpoint_cuts_the_logs_back_to_its_step(models_dir, tmp_path):
+    out = tmp_path / "run"
+    args = ["--config", DIRECT, *tiny_overrides(
+        out, "--reward.functions", "{test_char_sum: 1.0}", "--reward.kwargs", "{}", "--optimizer.learning_rate",
+        "0.001", "--trainer.max_steps", "4", "--trainer.checkpoint_every_n_steps", "2",
+        "--trainer.keep_last_checkpoints", "5", "--logging.sample_every_n_steps", "1", "--eval.every_n_steps", "2")]
+    cli_main("fit", args)
+    first = history(out)
+    def samples() -> list[int]:
+        return [json.loads(line)["step"] for line in (out / "samples.jsonl").read_text().splitlines()]
+
+    assert sorted(set(samples())) == [1, 2, 3, 4]
+    # resumed from step 2 of a run that went on to step 4: steps 3 and 4 are logged once, by the resumed run
+    cli_main("fit", [*args, "--ckpt_path", str(out / "checkpoints" / "step-000002.ckpt")])
+    again = history(out)
+    assert train_rows(again) == [1, 2, 3, 4]
+    assert [r["step"] for r in again if "eval/accuracy" in r] == [0, 2, 4]
+    def untimed(rows: list[dict]) -> list[dict]:
+        return [{k: v for k, v in r.items() if not k.startswith(("time/", "sync/"))} for r in rows]
+
+    assert untimed(again) == untimed(first), "an exact resume logs what the uninterrupted run logged"
+    assert samples() == sorted(samples()) and len(samples()) == 4 * len(set(samples()))
+
+
+def test_sigint_saves_a_checkpoint_that_resumes_to_the_uninterrupted_result(models_dir, tmp_path, repo_env):
+    from interrupt_support import interrupt_once_stepping, resume_argv
+
+    common = ["--reward.functions", "{test_char_sum: 1.0}", "--reward.kwargs", "{}", "--eval.at_start", "false",
+              "--optimizer.learning_rate", "0.001", "--callbacks", "[{class_path: test_rl_loop.RegisterTestReward}]"]
+    out = tmp_path / "interrupted"
+    repo_env["RCL_MODELS_DIR"] = str(models_dir)
+    repo_env["PYTHONPATH"] = str(ROOT / "tests") + ":" + repo_env["PYTHONPATH"]
+    # a run far too long to end by itself, interrupted once it has logged a step
+    code, stderr = interrupt_once_stepping(
+        ["--config", DIRECT, *tiny_overrides(out, *common, "--trainer.max_steps", "100000")], repo_env,
+        started=lambda: (out / "history.jsonl").exists() and "reward" in (out / "history.jsonl").read_text(),
+        log_dir=tmp_path / "logs")
+    assert code == 130, stderr[-3000:]
+    assert "Traceback" not in stderr
+    line, argv = resume_argv(stderr)
+    step = int(line.split("after step ")[1].split(";")[0])
+    assert argv[-2:] == ["--ckpt_path", str(out / "checkpoints" / f"step-{step:06d}.ckpt")]
+    assert not (out / "hf_model").exists(), "an interrupted run is not exported as if it had finished"
+    # resumed two steps further, it ends exactly where an uninterrupted run of that length ends
+    cli_main("fit", [*argv, "--trainer.max_steps", str(step + 2)])
+    full = tmp_path / "full"
+    cli_main("fit", ["--config", DIRECT, *tiny_overrides(full, *common, "--trainer.max_steps", str(step + 2))])
+    rewards = lambda run: {r["step"]: (r["reward"], r["loss"]) for r in history(run) if "reward" in r}  # noqa: E731
+    assert rewards(out) == rewards(full)
+    a, b = load_file(full / "hf_model" / "model.safetensors"), load_file(out / "hf_model" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+class RegisterTestReward(FabricCallback):
+    """Importing this module (for this callback) registers `test_char_sum` in a training subprocess too."""

@@ -9,7 +9,8 @@ from serving_support import server_env, start_server, stop_server
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir):
-    proc, url = start_server(tiny_model_dir, server_env(), "--max-n", "8", "--max-tokens", "64")
+    proc, url = start_server(tiny_model_dir, server_env(), "--max-n", "8", "--max-tokens", "64",
+                             "--served-model-name", "tiny", "teacher")
     yield url
     stop_server(proc)
 
@@ -144,6 +145,27 @@ def test_openai_style_completions_match_generate(server, tokenizer):
         len(c["token_ids"]) for c in choices)
     text = post(server, "/v1/completions", prompt="Hi", max_tokens=3, temperature=0).json()["choices"]
     assert len(text) == 1 and text[0]["logprobs"] is None and "token_ids" not in text[0]
+
+
+def test_completions_answer_to_every_served_name_and_the_model_path(server, tiny_model_dir):
+    names = [m["id"] for m in requests.get(f"{server}/v1/models").json()["data"]]
+    assert names == ["tiny", "teacher", tiny_model_dir]
+    for name in names:
+        r = post(server, "/v1/completions", model=name, prompt="Hi", max_tokens=2, temperature=0)
+        assert r.status_code == 200 and r.json()["model"] == "tiny", r.text
+    r = post(server, "/v1/completions", model="tin", prompt="Hi", max_tokens=2)
+    assert r.status_code == 404
+    assert r.json()["detail"] == (f"model 'tin' is not served here; this server answers to 'tiny' or 'teacher' or "
+                                  f"'{tiny_model_dir}' (`rcl serve --served-model-name` adds names)")
+
+
+def test_generate_returns_the_completions_text_when_asked(server, tokenizer):
+    r = post(server, "/generate/", prompts=["Hi", "Question: 1+2?"], n=2, max_tokens=5, temperature=0, return_text=True)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["completion_texts"] == [tokenizer.decode(ids, skip_special_tokens=True)
+                                        for ids in body["completion_ids"]]
+    assert post(server, "/generate/", prompts=["Hi"], max_tokens=2).json()["completion_texts"] is None
 
 
 @pytest.mark.parametrize("body, status, words", [

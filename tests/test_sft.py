@@ -2,7 +2,6 @@
 
 import csv
 import math
-import shutil
 from pathlib import Path
 
 import pytest
@@ -103,7 +102,9 @@ def tiny_args(root: Path, model_dir: str, steps: int, *extra: str) -> list[str]:
 
 
 def read_metrics(root: Path) -> list[dict]:
-    return list(csv.DictReader((root / "csv" / "metrics.csv").open()))
+    """A run folder's (or a logger version folder's) CSV metrics."""
+    return list(csv.DictReader((root / "metrics.csv" if (root / "metrics.csv").exists() else
+                                root / "csv" / "metrics.csv").open()))
 
 
 def test_tiny_sft_run_learns_logs_and_exports(tmp_path, tiny_model_dir):
@@ -150,15 +151,49 @@ def test_resume_continues_at_the_checkpoint_step(tmp_path, tiny_model_dir):
     build_cli("fit", tiny_args(root, tiny_model_dir, 6))
     ckpt = root / "checkpoints" / "last.ckpt"
     assert torch.load(ckpt, weights_only=False)["global_step"] == 6
-    shutil.rmtree(root / "csv")  # so the metrics below come from the resumed session only
+    first_session = (root / "csv" / "metrics.csv").read_text()
     cli = build_cli("fit", tiny_args(root, tiny_model_dir, 10, "--ckpt_path", str(ckpt)))
     assert cli.trainer.global_step == 10
     scheduler = cli.trainer.lr_scheduler_configs[0].scheduler
     assert scheduler.last_epoch == 10  # the schedule continues from the restored step
     args = cli.model.optimizer_args
     assert scheduler.get_last_lr()[0] == pytest.approx(args.learning_rate * lr_factor(10, 10, args))
-    steps = [int(r["step"]) for r in read_metrics(root) if r.get("train/loss")]
+    # the resumed session logs into a version folder of its own; the first session's log is kept as it was
+    assert (root / "csv" / "metrics.csv").read_text() == first_session
+    steps = [int(r["step"]) for r in read_metrics(root / "csv" / "resumed-last") if r.get("train/loss")]
     assert steps and min(steps) >= 5  # 4 resumed steps log only late steps; a restart from 0 would log 1 and 3
+    assert (root / "config-resumed-last.yaml").is_file() and "overwrite: false" in (root / "config.yaml").read_text()
+
+
+def test_a_rerun_refuses_to_replace_the_earlier_run_unless_told(tmp_path, tiny_model_dir):
+    from rcl.run_dir import RunFolderInUse
+
+    root = tmp_path / "run"
+    build_cli("fit", tiny_args(root, tiny_model_dir, 2))
+    before = (root / "csv" / "metrics.csv").read_text()
+    with pytest.raises(RunFolderInUse, match=r"holds an earlier run \(config\.yaml, checkpoints/, csv/, tensorboard/, "
+                                             r"hf_model/\): resume it with --ckpt_path .*last\.ckpt, replace it with "
+                                             r"--overwrite true, or write this run elsewhere with "
+                                             r"--trainer\.default_root_dir DIR"):
+        build_cli("fit", tiny_args(root, tiny_model_dir, 4))
+    assert (root / "csv" / "metrics.csv").read_text() == before
+    cli = build_cli("fit", tiny_args(root, tiny_model_dir, 4, "--overwrite", "true"))
+    assert cli.trainer.global_step == 4
+    assert max(int(r["step"]) for r in read_metrics(root)) == 3  # the new run's log (logged every 2 steps: 1, 3)
+
+
+def test_a_bad_model_path_is_one_line_and_makes_no_folder(tmp_path, tiny_model_dir, capsys):
+    from rcl.sft_cli import cli_main
+
+    root = tmp_path / "run"
+    missing = str(tmp_path / "runs" / "sft" / "hf_model")
+    with pytest.raises(SystemExit) as stop:
+        cli_main("fit", tiny_args(root, missing, 2))
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"rcl: model.init_args.model_name_or_path: model folder not found: {missing}")
+    assert not any("Traceback" in line for line in err)
+    assert not root.exists()
 
 
 @pytest.mark.gpu
@@ -173,3 +208,53 @@ def test_tiny_sft_run_on_gpu_bf16(tmp_path, tiny_model_dir):
     trained = AutoModelForCausalLM.from_pretrained(root / "hf_model")
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert not torch.equal(base.model.embed_tokens.weight, trained.model.embed_tokens.weight)
+
+
+def test_a_run_whose_output_is_not_a_terminal_prints_progress_lines(tmp_path, tiny_model_dir, capsys):
+    build_cli("fit", tiny_args(tmp_path / "run", tiny_model_dir, 6, "--trainer.enable_progress_bar", "true"))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("sft step ")]
+    # one line every log_every_n_steps (2) optimizer steps
+    assert [line.split(" | ")[0] for line in lines] == ["sft step 2/6", "sft step 4/6", "sft step 6/6"]
+    loss, speed, elapsed, eta = lines[0].split(" | ")[1:]
+    assert loss.startswith("loss ") and float(loss.split()[1]) > 0
+    assert speed.endswith(" tokens/s") and float(speed.split()[0]) > 0
+    assert elapsed.startswith("elapsed ") and eta.startswith("eta ")
+    assert lines[-1].endswith("eta 0s")
+
+
+def test_a_step_labelled_bar_on_a_terminal(monkeypatch):
+    from types import SimpleNamespace
+
+    import rcl.progress
+
+    monkeypatch.setattr(rcl.progress, "is_terminal", lambda stream=None: True)
+    bar = rcl.progress.sft_progress_bar(10)
+    monkeypatch.setattr(type(bar), "trainer", property(lambda self: SimpleNamespace(max_epochs=-1)))
+    assert bar._get_train_description(0) == "Epoch 0"  # Lightning's own label: "Epoch 0/-2"
+
+
+def test_sigint_saves_a_checkpoint_that_resumes_to_the_uninterrupted_result(tmp_path, tiny_model_dir, repo_env):
+    from interrupt_support import interrupt_once_stepping, resume_argv
+
+    # one batch per epoch (24 training rows, batch 32) and a constant learning rate, so neither the data order inside
+    # an epoch nor the schedule's length depends on where the run was cut
+    common = ["--data.init_args.synthetic_size", "32", "--data.init_args.val_size", "8", "--data.init_args.batch_size",
+              "32", "--model.init_args.optimizer.schedule", "constant", "--model.init_args.optimizer.warmup_ratio", "0",
+              "--trainer.enable_progress_bar", "true", "--trainer.log_every_n_steps", "1"]
+    root = tmp_path / "interrupted"
+    code, stderr = interrupt_once_stepping(
+        tiny_args(root, tiny_model_dir, 100000, *common), repo_env,
+        started=lambda: "sft step 2/" in (tmp_path / "logs" / "stdout.txt").read_text(), log_dir=tmp_path / "logs")
+    assert code == 130, stderr[-3000:]
+    assert "Traceback" not in stderr
+    line, argv = resume_argv(stderr)
+    step = int(line.split("after step ")[1].split(";")[0])
+    assert argv[-2:] == ["--ckpt_path", str(root / "checkpoints" / "last.ckpt")]
+    assert torch.load(root / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == step
+    assert not (root / "hf_model").exists(), "an interrupted run is not exported as if it had finished"
+    resumed = build_cli("fit", [*argv, "--trainer.max_steps", str(step + 2)])
+    full = build_cli("fit", tiny_args(tmp_path / "full", tiny_model_dir, step + 2, *common))
+    assert resumed.trainer.global_step == full.trainer.global_step == step + 2
+    for name, value in full.model.model.state_dict().items():
+        # the rows of the one batch come in another order after the resume: the same sums, in another order
+        torch.testing.assert_close(resumed.model.model.state_dict()[name], value, rtol=1e-5, atol=1e-6)

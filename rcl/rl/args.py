@@ -173,3 +173,11 @@ class LoggingArgs:
     """Interactions in the NDR window of the degradation warning."""
     ndr_warn_threshold: float = 0.9
     """Warn when NDR over the window falls below this."""
+    ndr_warn_every_n_steps: int = 50
+    """While NDR stays below the threshold, repeat the warning at most every N steps (teaching/window_ndr is logged
+    every step either way)."""
+    degradations_per_step: int = 16
+    """Most degraded interactions written to degradations.jsonl per step, the most degraded first (-1: all)."""
+    degradations_max_mb: float = 64.0
+    """Once degradations.jsonl passes this size it moves to degradations.jsonl.1 (replacing an older one), so the two
+    hold the newest rows and at most twice this (0: no limit)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 import warnings
@@ -31,6 +32,7 @@ from callbacks.weight_sync import WeightSync
 from rcl.engines import HFEngine, SamplingParams
 from rcl.grpo import completion_logprobs, completion_mask, group_advantages, grpo_loss, mask_truncated
 from rcl.optim import OptimizerArgs, build_optimizer, build_scheduler
+from rcl.progress import StepClock, format_duration
 from rcl.prompts import PromptTemplates
 from rcl.rewards import get_reward, teaching_reward_inversions
 from rcl.rl.args import (
@@ -45,10 +47,12 @@ from rcl.rl.args import (
     TrainerArgs,
 )
 from rcl.rl.rollout import Rollout, RolloutRunner, RolloutSettings
+from rcl.interrupt import StopRequest, TrainingInterrupted, report, resume_command
 from rcl.run_dir import (
     RL_OUTPUTS,
     STEP_LOGS,
     RunFolderInUse,
+    latest_checkpoint,
     log_version,
     refuse_to_replace,
     remove_outputs,
@@ -235,7 +239,9 @@ def warn_reward_inversions(grpo: GRPOArgs, reward: RewardArgs) -> list:
 def default_callbacks(grpo: GRPOArgs, logging: LoggingArgs, engines: EnginesArgs) -> list[FabricCallback]:
     callbacks: list[FabricCallback] = [
         TeachingMetrics(),
-        DegradationTracker(window=logging.degradation_window, ndr_threshold=logging.ndr_warn_threshold),
+        DegradationTracker(window=logging.degradation_window, ndr_threshold=logging.ndr_warn_threshold,
+                           warn_every_n_steps=logging.ndr_warn_every_n_steps,
+                           max_per_step=logging.degradations_per_step, max_file_mb=logging.degradations_max_mb),
         SampleLogger(every_n_steps=logging.sample_every_n_steps, num_samples=logging.samples_per_log),
     ]
     if grpo.sync_ref_model:
@@ -415,14 +421,16 @@ def main(
                        resumed_step=state["step"] if ckpt_path and command == "fit" else None)
 
     history_path = out_dir / "history.jsonl"
+    stop = StopRequest().install() if command == "fit" else StopRequest()  # validate: Ctrl-C just stops
     try:
         if command == "validate":
             metrics = evaluate(fabric, state, runner, val_rows, settings, eval_args, trainer.seed)
             _record(fabric, history_path, metrics, state["step"])
             return metrics
         fit(fabric, state, runner, engines, train_rows, val_rows, settings, trainer, grpo, generation, eval_args,
-            optimizer_args, stop_ids, history_path)
+            optimizer_args, stop_ids, history_path, stop)
     finally:
+        stop.restore()
         for engine in engines.values():  # server clients leave their weight groups with the servers
             close = getattr(engine, "close", None)
             if callable(close):
@@ -435,12 +443,13 @@ def main(
 
 def fit(
     fabric, state, runner, engines, train_rows, val_rows, settings, trainer, grpo, generation, eval_args,
-    optimizer_args, stop_ids, history_path,
+    optimizer_args, stop_ids, history_path, stop: StopRequest | None = None,
 ) -> None:
     fabric.call("on_train_start", fabric=fabric, state=state, engines=engines)
     if eval_args.at_start and state["step"] == 0:
         _record(fabric, history_path, evaluate(fabric, state, runner, val_rows, settings, eval_args, trainer.seed), 0)
     local_prompts = grpo.prompts_per_step // fabric.world_size
+    clock = StepClock(state["step"])
     while state["step"] < trainer.max_steps:
         if state["pending"] is None:  # a resumed run first finishes the rollout its checkpoint was taken in
             rows = next_prompts(train_rows, state, grpo.prompts_per_step, trainer.seed, fabric.global_rank,
@@ -468,12 +477,14 @@ def fit(
                         engines=engines, iteration=iteration)
             if state["step"] % trainer.log_every_n_steps == 0 or state["step"] == trainer.max_steps:
                 _record(fabric, history_path, metrics, state["step"])
-                fabric.print(progress_line(state["step"], trainer.max_steps, metrics))
+                fabric.print(progress_line(state["step"], trainer.max_steps, metrics,
+                                           clock.eta(state["step"], trainer.max_steps)))
             if eval_args.every_n_steps and state["step"] % eval_args.every_n_steps == 0:
                 _record(fabric, history_path,
                         evaluate(fabric, state, runner, val_rows, settings, eval_args, trainer.seed), state["step"])
             if trainer.checkpoint_every_n_steps and state["step"] % trainer.checkpoint_every_n_steps == 0:
                 save_checkpoint(fabric, state, trainer.keep_last_checkpoints)
+            stop_if_signalled(fabric, state, trainer, stop)
     if not eval_args.every_n_steps or state["step"] % eval_args.every_n_steps:
         _record(fabric, history_path,
                 evaluate(fabric, state, runner, val_rows, settings, eval_args, trainer.seed), state["step"])
@@ -695,13 +706,15 @@ def evaluate(fabric, state, runner: RolloutRunner, val_rows, settings, eval_args
     return metrics
 
 
-def progress_line(step: int, max_steps: int, m: dict) -> str:
+def progress_line(step: int, max_steps: int, m: dict, eta_s: float | None = None) -> str:
     parts = [f"step {step}/{max_steps}", f"reward {m['reward']:.3f}", f"acc {m['accuracy']:.3f}"]
     if "teaching/ndr" in m:
         parts += [f"base {m['teaching/baseline_accuracy']:.3f}", f"ndr {m['teaching/ndr']:.3f}"]
     parts.append(f"loss {m.get('loss', float('nan')):.4f}")
     gen = sum(v for k, v in m.items() if k.startswith("time/generation"))
     parts.append(f"gen {gen:.1f}s train {m['time/training']:.1f}s")
+    if eta_s is not None:
+        parts.append(f"eta {format_duration(eta_s)}")
     return " | ".join(parts)
 
 
@@ -723,9 +736,29 @@ def _checkpoint_view(state: dict) -> dict:
     return view
 
 
+def stop_if_signalled(fabric, state: dict, trainer: TrainerArgs, stop: StopRequest | None) -> None:
+    """At a step boundary: when any process got SIGINT/SIGTERM, save a checkpoint (unless this step's is already
+    written) and raise TrainingInterrupted on every process."""
+    requested = float(stop is not None and stop.requested)
+    if fabric.world_size > 1:
+        requested = float(fabric.all_reduce(torch.tensor(requested, device=fabric.device), reduce_op="max"))
+    if not requested:
+        return
+    path = checkpoint_path(state)
+    if not path.exists():
+        path = save_checkpoint(fabric, state, trainer.keep_last_checkpoints)
+    for logger in fabric.loggers:
+        logger.finalize("interrupted")
+    raise TrainingInterrupted(stop.signum or signal.SIGINT, state["step"], path, fabric.global_rank)
+
+
+def checkpoint_path(state: dict) -> Path:
+    return Path(state["out_dir"]) / "checkpoints" / f"step-{state['step']:06d}.ckpt"
+
+
 def save_checkpoint(fabric, state: dict, keep_last: int) -> Path:
-    folder = Path(state["out_dir"]) / "checkpoints"
-    path = folder / f"step-{state['step']:06d}.ckpt"
+    path = checkpoint_path(state)
+    folder = path.parent
     checkpoint = {**_checkpoint_view(state), "rng": torch.get_rng_state()}
     fabric.call("on_save_checkpoint", fabric=fabric, state=state, checkpoint=checkpoint)
     fabric.save(path, checkpoint)
@@ -794,3 +827,10 @@ def cli_main(command: str, argv: list[str]) -> None:
         setup(command=command, **kwargs)
     except ConfigError as err:
         raise SystemExit(f"rcl: {err}") from None
+    except TrainingInterrupted as err:
+        report(err, command, argv)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
+        latest = latest_checkpoint(Path(kwargs["trainer"].out_dir))
+        resume = f"; its last checkpoint resumes with: {resume_command(command, argv, latest)}" if latest else ""
+        print(f"rcl: stopped at once, without saving{resume}", file=sys.stderr)
+        raise SystemExit(130) from None

@@ -71,6 +71,8 @@ class GenerateRequest(SamplingFields):
     stop: list[str] | None = None
     logprobs: int | None = Field(0, ge=0, le=0)
     """0: return the sampled token's log-prob; null: none (top-k alternatives are not supported)."""
+    return_text: bool = False
+    """rcl extension: also answer each completion decoded (`completion_texts`, special tokens skipped)."""
     images: list[Any] | None = None
     structured_outputs_regex: str | None = None
     guided_decoding_regex: str | None = None
@@ -83,6 +85,8 @@ class GenerateResponse(BaseModel):
     logprobs: list[list[list[float]]] | None
     logprob_token_ids: list[list[list[int]]] | None
     finish_reasons: list[Literal["stop", "length"]]
+    completion_texts: list[str] | None = None
+    """With `return_text: true`: each completion decoded, in the order of `completion_ids`."""
 
 
 IGNORED_COMPLETION_FIELDS = ("user", "stream_options")

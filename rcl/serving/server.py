@@ -157,8 +157,11 @@ def _choice(index: int, prompt: list[int], completion: Any, req: CompletionsRequ
 
 
 def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_key: str | None = None,
-               model_name: str = "rcl") -> FastAPI:
-    """`model_name` is the id `/v1/models` lists and `/v1/completions` requests must name (or leave out)."""
+               model_name: str | list[str] = "rcl") -> FastAPI:
+    """`model_name`: the name, or names, a `/v1/completions` request may give as `model` (or leave out); `/v1/models`
+    lists them, the first first (the one clients that read the list use)."""
+    model_names = [model_name] if isinstance(model_name, str) else list(model_name)
+    model_name = model_names[0]
     limits = limits or ServerLimits()
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rcl-engine")
 
@@ -225,7 +228,7 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "owned_by": "rcl"}]}
+        return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "rcl"} for name in model_names]}
 
     @app.post("/v1/completions")
     async def completions(req: CompletionsRequest):
@@ -236,8 +239,9 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
             raise _bad(422, f"unsupported fields {unsupported}: this server takes the sampling fields of /generate/ "
                             "(n, temperature, top_p, top_k, min_p, repetition_penalty, max_tokens, stop, "
                             "stop_token_ids, seed, logprobs 0)")
-        if req.model is not None and req.model != model_name:
-            raise _bad(404, f"model {req.model!r} is not served here; this server serves {model_name!r}")
+        if req.model is not None and req.model not in model_names:
+            raise _bad(404, f"model {req.model!r} is not served here; this server answers to "
+                            f"{' or '.join(repr(n) for n in model_names)} (`rcl serve --served-model-name` adds names)")
         try:
             gen = req.as_generate()
         except ValidationError as exc:
@@ -271,6 +275,7 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
             logprobs=[[[lp] for lp in c.logprobs] for c in flat] if with_logprobs else None,
             logprob_token_ids=[[[t] for t in c.token_ids] for c in flat] if with_logprobs else None,
             finish_reasons=[c.finish_reason for c in flat],
+            completion_texts=[c.text for c in flat] if req.return_text else None,
         )
 
     @app.post("/update_weights/", response_model=WeightsUpdateResponse)
@@ -376,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m rcl serve", description=__doc__.splitlines()[0],
                                 allow_abbrev=False)
     p.add_argument("--model", required=True, help="HF folder, hub id or tiny preset (tiny-1m, tiny-10m)")
+    p.add_argument("--served-model-name", nargs="+", default=[],
+                   help="names /v1/completions requests may give as `model`, besides --model itself (as in vLLM; the "
+                        "first is the one /v1/models lists first)")
     p.add_argument("--engine", choices=("hf", "vllm"), default="hf")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: local only)")
     p.add_argument("--port", type=int, default=8765)
@@ -442,7 +450,7 @@ def cli_main(argv: list[str] | None = None) -> None:
     # uvicorn restores this handler and re-raises SIGTERM after its graceful shutdown: we then exit with status 0.
     signal.signal(signal.SIGTERM, _exit_cleanly)
     try:
-        app = create_app(backend, limits, api_key, model_name=args.model)
+        app = create_app(backend, limits, api_key, model_name=[*args.served_model_name, args.model])
         log.info("serving %s with the %s engine on http://%s:%d (api key %s)", args.model, args.engine, args.host,
                  args.port, "required" if api_key else "off")
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
