@@ -52,11 +52,11 @@ def test_flipped_assignments_usually_score_0(sat, sat_rows):
     rng = random.Random(0)
     one_flip = complement = 0
     for row in sat_rows:
-        values = list(row["solution"])
+        values = list(row["planted"])
         j = rng.randrange(row["num_vars"])
         values[j] = not values[j]
         one_flip += sat.score(format_assignment(values), row).reward
-        complement += sat.score(format_assignment([not v for v in row["solution"]]), row).reward
+        complement += sat.score(format_assignment([not v for v in row["planted"]]), row).reward
     assert one_flip < 0.5 * len(sat_rows)  # 57 of 200 still satisfy everything after one flip (measured)
     assert complement < 0.1 * len(sat_rows)  # 4 of 200
 
@@ -67,7 +67,7 @@ def test_sat_parsing_and_partial_answers(sat):
     assert satisfied(clauses, dict(enumerate(solution, 1))) == len(clauses)
     assert satisfied(clauses, {}) == 0  # unassigned variables satisfy no literal
     assert sat.score("I don't know", {"num_vars": 10, "clauses": clauses}).details["outcome"] == "no_answer"
-    row = {"num_vars": 10, "clauses": clauses, "solution": solution}
+    row = {"num_vars": 10, "clauses": clauses, "planted": solution}
     missing_one = ", ".join(f"x{i}={v}" for i, v in enumerate(solution, 1) if i != 1)
     assert sat.score(missing_one, row).details["assigned"] == 9
     thought = f"<think>x1={not solution[0]}</think><answer>{format_assignment(solution)}</answer>"
@@ -84,7 +84,7 @@ def test_sat_label_check_rejects_the_guides_random_labels(sat, sat_rows):
     assert len(check.rejected) > 90
     assert all(sat.score(row["label"], row).correct for row in check.accepted)  # the few that pass are right
     with pytest.raises(ValueError, match="SFT labels fail"):
-        verified_sft_rows(sat, [dict(rows[0], solution=[not v for v in rows[0]["solution"]])])
+        verified_sft_rows(sat, [dict(rows[0], planted=[not v for v in rows[0]["planted"]])])
 
 
 # ------------------------------------------------------------------------------------------------ programs
@@ -188,3 +188,34 @@ def test_program_families_can_be_chosen():
         "digit_sum"}
     with pytest.raises(ValueError, match="unknown program families"):
         get_task("deduction", sandbox=SANDBOX, families=["nope"]).rows("train", 1)
+
+
+# ------------------------------------------------------------------------------------------------ the Affine mixture
+
+
+def test_mixture_rows_are_scored_by_their_own_task(tmp_path):
+    import datasets
+
+    from rcl.tasks.export import export
+
+    kwargs = {"sat": {}, "abduction": {"sandbox": SANDBOX}, "deduction": {"sandbox": SANDBOX, "tests_per_problem": 2}}
+    mixture = get_task("mixture", tasks=kwargs, weights={"sat": 2.0, "abduction": 1.0, "deduction": 1.0})
+    rows = mixture.rows("train", 24, seed=0)
+    assert rows == mixture.rows("train", 24, seed=0)
+    counts = {name: sum(row["task"] == name for row in rows) for name in kwargs}
+    assert sum(counts.values()) == 24 and counts["sat"] > counts["abduction"] > 0 and counts["deduction"] > 0
+    assert set(mixture.fields) == {"task", "num_vars", "clauses", "program", "output", "tests"}
+    assert len({tuple(row) for row in rows}) == 1  # every row has every column
+    golds = [mixture.gold_completion(row) for row in rows]
+    scores = mixture.score_batch(golds, rows)
+    assert all(score.correct for score in scores)
+    assert [score.details["task"] for score in scores] == [row["task"] for row in rows]
+    wrong = mixture.score_batch(golds[1:] + golds[:1], rows)
+    assert sum(score.correct for score in wrong) <= 2
+    assert mixture.score("x", dict(rows[0], task="nope")).details["outcome"] == "infra_error"
+    # the exported rows load as one table (the data modules read them this way)
+    export("mixture", str(tmp_path / "mix.jsonl"), num=24, kwargs={"tasks": kwargs})
+    table = datasets.load_dataset("json", data_files=str(tmp_path / "mix.jsonl"), split="train")
+    assert len(table) == 24 and set(mixture.fields) <= set(table.column_names)
+    with pytest.raises(ValueError, match="weights"):
+        get_task("mixture", tasks={"sat": {}}, weights={"abduction": 1.0})

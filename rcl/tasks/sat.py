@@ -4,7 +4,7 @@ Row fields:
 - `question`: the formula and the answer format.
 - `num_vars`: n; variables are x1..xn.
 - `clauses`: list of clauses, each a list of non-zero ints in DIMACS style (3 means x3, -3 means not x3).
-- `solution`: the planted assignment, a list of n bools (x1 first): it satisfies every clause by construction.
+- `planted`: the planted assignment, a list of n bools (x1 first): it satisfies every clause by construction.
 
 Scoring is all-or-nothing: reward 1 iff every clause has a literal made true by the parsed assignment. The answer
 (the last <answer> section, else the text, reasoning removed) is read as `x<i>=True|False|1|0` pairs; the last value
@@ -82,11 +82,11 @@ class SatTask(Task):
             num_vars = rng.randint(self.min_vars, self.max_vars)
             clauses, solution = planted_instance(rng, num_vars, rng.randint(self.min_k, self.max_k), self.ratio)
             rows.append({"question": render(num_vars, clauses), "num_vars": num_vars, "clauses": clauses,
-                         "solution": solution})
+                         "planted": solution})
         return rows
 
     def gold_completion(self, row: dict) -> str:
-        return format_assignment(row["solution"])
+        return format_assignment(row["planted"])
 
     def score(self, completion: str, row: dict) -> Score:
         assignment = parse_assignment(answer_text(completion))
