@@ -12,19 +12,23 @@ import datasets
 
 from data_modules.sources import DataError
 
-Schema = Literal["atlas_sft", "atlas_rl", "generic", "messages"]
+Schema = Literal["atlas_sft", "atlas_rl", "generic", "messages", "messages_rl", "task"]
 
 REQUIRED: dict[str, tuple[str, ...]] = {
     "atlas_sft": ("problem_text", "student_approach", "teacher_diagnosis", "teacher_teaching"),
     "atlas_rl": ("prompt", "ground_truth"),
     "generic": ("question", "solution"),
     "messages": ("messages",),
+    "messages_rl": ("messages", "ground_truth"),
+    "task": ("question",),
 }
 OPTIONAL: dict[str, tuple[str, ...]] = {
     "atlas_sft": (),
     "atlas_rl": (),
     "generic": ("answer", "reasoning_trace", "teaching", "approach"),
     "messages": (),
+    "messages_rl": (),
+    "task": ("ground_truth",),
 }
 
 
@@ -32,13 +36,15 @@ def _column_for(field: str, columns: dict[str, str]) -> str:
     return columns.get(field, field)
 
 
-def canonicalize(table: datasets.Dataset, schema: Schema, columns: dict[str, str] | None = None) -> datasets.Dataset:
-    """Keep and rename the columns `schema` uses (required ones must exist; optional ones are kept when present)."""
+def canonicalize(
+    table: datasets.Dataset, schema: Schema, columns: dict[str, str] | None = None, extra: tuple[str, ...] = ()
+) -> datasets.Dataset:
+    """Keep and rename the columns `schema` uses (required ones must exist; optional ones are kept when present),
+    plus the `extra` fields a task reads and any other field `columns` maps (required, kept with their own types,
+    e.g. a list of tests)."""
     columns = dict(columns or {})
-    known = set(REQUIRED[schema]) | set(OPTIONAL[schema])
-    unknown = sorted(set(columns) - known)
-    if unknown:
-        raise DataError(f"columns mapping names unknown field(s) {unknown} for schema {schema}; known: {sorted(known)}")
+    own = (*REQUIRED[schema], *OPTIONAL[schema])
+    extra = tuple(dict.fromkeys(f for f in (*extra, *columns) if f not in own))
     claimed: dict[str, str] = {}
     for field, column in columns.items():
         if column in claimed:
@@ -47,11 +53,12 @@ def canonicalize(table: datasets.Dataset, schema: Schema, columns: dict[str, str
         claimed[column] = field
     present = table.column_names
     rename: dict[str, str] = {}
-    for field in REQUIRED[schema]:
+    for field in (*REQUIRED[schema], *extra):
         column = _column_for(field, columns)
         if column not in present:
+            owner = f"of schema {schema}" if field in REQUIRED[schema] else "that the task reads"
             raise DataError(
-                f"missing column {column!r} (field {field!r} of schema {schema}); columns present: {', '.join(present)}"
+                f"missing column {column!r} (field {field!r} {owner}); columns present: {', '.join(present)}"
             )
         if column in rename:
             raise DataError(f"column {column!r} is mapped to {rename[column]!r}, so field {field!r} needs a column of "
@@ -67,7 +74,8 @@ def canonicalize(table: datasets.Dataset, schema: Schema, columns: dict[str, str
             raise DataError(f"missing column {column!r} (mapped to {field!r}); columns present: {', '.join(present)}")
     table = table.select_columns(list(rename)).rename_columns({c: f for c, f in rename.items() if c != f})
     for field in table.column_names:
-        check_column_type(table, field, required=field in REQUIRED[schema], original=_column_for(field, columns))
+        if field not in extra:
+            check_column_type(table, field, required=field in REQUIRED[schema], original=_column_for(field, columns))
     return table
 
 

@@ -40,7 +40,7 @@ def generate_problems(num: int, seed: int = 0, levels: Sequence[int] = (1, 2, 3)
         raise ValueError(f"num must be >= 1, got {num}")
     if not levels or any(level not in (1, 2, 3) for level in levels):
         raise ValueError(f"levels must be a non-empty subset of (1, 2, 3), got {tuple(levels)}")
-    capacity = sum(_pair_count(level) for level in set(levels))
+    capacity = sum(pair_count(level) for level in set(levels))
     if num > capacity:
         raise ValueError(f"only {capacity} distinct problems exist at levels {tuple(levels)}, asked for {num}")
     rng = random.Random(seed)
@@ -57,7 +57,7 @@ def generate_problems(num: int, seed: int = 0, levels: Sequence[int] = (1, 2, 3)
     return problems
 
 
-def _pair_count(level: int) -> int:
+def pair_count(level: int) -> int:
     width = 10 if level == 1 else 9 * 10 ** (level - 1)
     return width * width
 
@@ -80,8 +80,20 @@ def to_sft_rows(problems: Iterable[dict], seed: int = 0) -> list[dict]:
 
 
 def to_rl_rows(problems: Iterable[dict]) -> list[dict]:
-    """Arc-ATLAS-Teach RL schema: prompt, ground_truth."""
-    return [{"prompt": p["question"], "ground_truth": p["answer"]} for p in problems]
+    """Arc-ATLAS-Teach RL schema: prompt, ground_truth (a problem's own `ground_truth` when it has one, as the word
+    problems' `… #### N` solutions)."""
+    return [{"prompt": p["question"], "ground_truth": p.get("ground_truth", p["answer"])} for p in problems]
+
+
+def to_task_rows(problems: Iterable[dict]) -> list[dict]:
+    """Task schema: question, ground_truth."""
+    return [{"question": p["question"], "ground_truth": p.get("ground_truth", p["answer"])} for p in problems]
+
+
+def tagged_solution(problem: dict) -> str:
+    """The target a student is trained to write: the problem's worked `solution` when it has one, else the answer in
+    the `<solution>` tags students are asked for."""
+    return problem.get("solution", f"<solution>{problem['answer']}</solution>")
 
 
 def student_approach(problem: dict) -> str:
@@ -95,7 +107,7 @@ def to_generic_rows(problems: Iterable[dict]) -> list[dict]:
     return [
         {
             "question": p["question"],
-            "solution": f"<solution>{p['answer']}</solution>",
+            "solution": tagged_solution(p),
             "answer": p["answer"],
             "teaching": p["teaching"],
             "approach": student_approach(p),
@@ -110,11 +122,17 @@ def to_messages_rows(problems: Iterable[dict]) -> list[dict]:
         {
             "messages": [
                 {"role": "user", "content": p["question"]},
-                {"role": "assistant", "content": f"<solution>{p['answer']}</solution>"},
+                {"role": "assistant", "content": tagged_solution(p)},
             ]
         }
         for p in problems
     ]
+
+
+def to_messages_rl_rows(problems: Iterable[dict]) -> list[dict]:
+    """Chat RL schema: the user turn as `messages`, and `ground_truth`."""
+    return [{"messages": [{"role": "user", "content": row["question"]}], "ground_truth": row["ground_truth"]}
+            for row in to_task_rows(problems)]
 
 
 def write_jsonl(rows: Iterable[dict], path: str | Path) -> Path:

@@ -10,6 +10,7 @@ import datasets
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from data_modules import synthetic
 from data_modules.schemas import Schema, canonicalize
@@ -32,7 +33,11 @@ _SYNTHETIC_ROWS = {
     "atlas_rl": lambda problems, seed: synthetic.to_rl_rows(problems),
     "generic": lambda problems, seed: synthetic.to_generic_rows(problems),
     "messages": lambda problems, seed: synthetic.to_messages_rows(problems),
+    "messages_rl": lambda problems, seed: synthetic.to_messages_rl_rows(problems),
+    "task": lambda problems, seed: synthetic.to_task_rows(problems),
 }
+RL_SCHEMAS = ("atlas_rl", "generic", "messages_rl", "task")
+SyntheticKind = Literal["arithmetic", "word_problems"]
 
 
 class TeacherStudentDataModule(LightningDataModule):
@@ -47,6 +52,7 @@ class TeacherStudentDataModule(LightningDataModule):
         synthetic_size: int = 2000,
         synthetic_seed: int = 0,
         synthetic_levels: Sequence[int] = (1, 2, 3),
+        synthetic_kind: SyntheticKind = "arithmetic",
         tokenizer_name_or_path: str | None = None,
         templates: PromptTemplates = PromptTemplates(),
         max_length: int = 1024,
@@ -66,11 +72,15 @@ class TeacherStudentDataModule(LightningDataModule):
             data_files: Files to read inside a hub dataset or folder, e.g. "training/sft.jsonl".
             schema: Row layout: atlas_sft (problem_text, student_approach, teacher_diagnosis, teacher_teaching),
                 atlas_rl (prompt, ground_truth), generic (question, solution; optional answer, reasoning_trace,
-                teaching, approach) or messages (a list of {role, content} turns).
+                teaching, approach), messages (a list of {role, content} turns), messages_rl (messages holding the
+                prompt, and ground_truth; RL only) or task (question, optional ground_truth; RL only). RL rows also
+                carry the fields the recipe's task reads (e.g. tests), mapped through `columns` like the others.
             columns: Canonical field -> dataset column, for datasets whose columns have other names.
             synthetic_size: Number of synthetic problems.
             synthetic_seed: Seed of the synthetic generator.
             synthetic_levels: Synthetic difficulty levels to draw from (1: one-digit, 2: two-digit, 3: three-digit).
+            synthetic_kind: Which synthetic problems: arithmetic (additions; the arithmetic task) or word_problems
+                (GSM8K-style stories with `… #### N` solutions; the gsm8k task). Word problems ignore the levels.
             tokenizer_name_or_path: Tokenizer for SFT (hub id, folder or tiny preset); the SFT CLI links it to the
                 model's path. Not needed by `rl_dataset`.
             templates: Chat prompts of every role (the same ones RL and evaluation use).
@@ -94,6 +104,7 @@ class TeacherStudentDataModule(LightningDataModule):
         self.synthetic_size = synthetic_size
         self.synthetic_seed = synthetic_seed
         self.synthetic_levels = tuple(synthetic_levels)
+        self.synthetic_kind = synthetic_kind
         self.tokenizer_name_or_path = tokenizer_name_or_path
         self.templates = templates
         self.max_length = max_length
@@ -106,21 +117,28 @@ class TeacherStudentDataModule(LightningDataModule):
         self.tokenizer = None
         self.train_set: datasets.Dataset | None = None
         self.val_set: datasets.Dataset | None = None
-        self._rows: datasets.Dataset | None = None
+        self._rows: dict[tuple[str, ...], datasets.Dataset] = {}
 
     # ----- rows shared by both phases -----
 
-    def canonical_rows(self) -> datasets.Dataset:
-        """All rows, with the schema's canonical column names and checked types."""
-        if self._rows is None:
+    def canonical_rows(self, extra: tuple[str, ...] = ()) -> datasets.Dataset:
+        """All rows, with the schema's canonical column names and checked types, plus the `extra` fields."""
+        if extra not in self._rows:
             self._check_settings()
             if self.dataset == SYNTHETIC:
-                problems = synthetic.generate_problems(self.synthetic_size, self.synthetic_seed, self.synthetic_levels)
-                table = datasets.Dataset.from_list(_SYNTHETIC_ROWS[self.schema](problems, self.synthetic_seed))
+                table = datasets.Dataset.from_list(_SYNTHETIC_ROWS[self.schema](self._problems(), self.synthetic_seed))
             else:
                 table = load_rows(self.dataset, self.dataset_config, self.split, self.data_files)
-            self._rows = canonicalize(table, self.schema, None if self.dataset == SYNTHETIC else self.columns)
-        return self._rows
+            self._rows[extra] = canonicalize(table, self.schema, None if self.dataset == SYNTHETIC else self.columns,
+                                             extra)
+        return self._rows[extra]
+
+    def _problems(self) -> list[dict]:
+        if self.synthetic_kind == "word_problems":
+            from data_modules.word_problems import generate_word_problems
+
+            return generate_word_problems(self.synthetic_size, self.synthetic_seed)
+        return synthetic.generate_problems(self.synthetic_size, self.synthetic_seed, self.synthetic_levels)
 
     def _check_settings(self) -> None:
         # Checked here rather than in __init__: errors raised while the CLI instantiates classes come wrapped.
@@ -129,9 +147,10 @@ class TeacherStudentDataModule(LightningDataModule):
         if self.max_length < 1 or self.batch_size < 1:
             raise DataError(f"max_length and batch_size must be >= 1, got {self.max_length} and {self.batch_size}")
 
-    def split_rows(self) -> tuple[datasets.Dataset, datasets.Dataset]:
-        """Seeded train/validation split of the rows (before any row is expanded into several examples)."""
-        rows = self.canonical_rows()
+    def split_rows(self, extra: tuple[str, ...] = ()) -> tuple[datasets.Dataset, datasets.Dataset]:
+        """Seeded train/validation split of the rows (before any row is expanded into several examples); the split
+        does not depend on `extra`."""
+        rows = self.canonical_rows(extra)
         if self.val_size == 0:
             return rows, rows.select([])
         if isinstance(self.val_size, int) and self.val_size >= len(rows):
@@ -139,20 +158,26 @@ class TeacherStudentDataModule(LightningDataModule):
         parts = rows.train_test_split(test_size=self.val_size, seed=self.seed, shuffle=True)
         return parts["train"], parts["test"]
 
-    def rl_dataset(self, split: Literal["train", "val"]) -> datasets.Dataset:
-        """The RL loop's prompts: exactly the string columns `question` and `ground_truth` (needs no tokenizer)."""
-        if self.schema not in ("atlas_rl", "generic"):
-            raise DataError(f"schema {self.schema} has no ground truth for RL; use atlas_rl or generic")
-        rows = self.split_rows()[0 if split == "train" else 1]
+    def rl_dataset(self, split: Literal["train", "val"], fields: Sequence[str] = ("ground_truth",)) -> datasets.Dataset:
+        """The RL loop's rows (needs no tokenizer): `question`, `ground_truth` when the schema has one, and the other
+        `fields` the task reads, passed through unchanged."""
+        if self.schema not in RL_SCHEMAS:
+            raise DataError(f"schema {self.schema} has no RL prompts; use one of {', '.join(RL_SCHEMAS)}")
+        extra = tuple(f for f in fields if f not in ("question", "ground_truth"))
+        rows = self.split_rows(extra)[0 if split == "train" else 1]
         if self.schema == "atlas_rl":
-            return rows.rename_column("prompt", "question").select_columns(["question", "ground_truth"])
-        has_answer = "answer" in rows.column_names
-
-        def ground_truth(row: dict) -> dict:
-            answer = row["answer"] if has_answer else None
-            return {"ground_truth": answer if answer is not None else row["solution"]}
-
-        return rows.map(ground_truth).select_columns(["question", "ground_truth"])
+            rows = rows.rename_column("prompt", "question")
+        elif self.schema == "messages_rl":
+            rows = rows.map(lambda row: {"question": last_user_turn(row["messages"])})
+        elif self.schema == "generic":
+            has_answer = "answer" in rows.column_names
+            rows = rows.map(lambda row: {"ground_truth": row["answer"] if has_answer and row["answer"] is not None
+                                         else row["solution"]})
+        if "ground_truth" in fields and "ground_truth" not in rows.column_names:
+            raise DataError(f"the task reads ground_truth, which schema {self.schema}'s rows lack: add the column (and "
+                            "map it in columns)")
+        keep = ["question", *(["ground_truth"] if "ground_truth" in rows.column_names else []), *extra]
+        return rows.select_columns(keep)
 
     # ----- SFT -----
 
@@ -165,7 +190,8 @@ class TeacherStudentDataModule(LightningDataModule):
             return [pair for row in rows for pair in generic_pairs(tok, templates, row, self.student_examples)]
         if self.schema == "messages":
             return [messages_pair(tok, row, i) for row, i in zip(rows, indices)]
-        raise DataError("schema atlas_rl has no SFT target; use atlas_sft, generic or messages for SFT")
+        raise DataError(f"schema {self.schema} has no SFT target (its rows hold prompts only); use atlas_sft, generic or "
+                        "messages for SFT")
 
     def _tokenize_batch(self, batch: dict[str, list], indices: list[int]) -> dict[str, list]:
         out: dict[str, list] = {"input_ids": [], "labels": [], "overlong": []}
@@ -245,7 +271,9 @@ class TeacherStudentDataModule(LightningDataModule):
         return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
     def _loader(self, data: datasets.Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(
+        # Stateful (torchdata): Lightning saves its position and sampler state in the checkpoint, so a run resumed
+        # mid-epoch continues with the next batch instead of replaying the epoch's first ones.
+        return StatefulDataLoader(
             data.with_format(columns=["input_ids", "labels"]),
             batch_size=self.batch_size,
             shuffle=shuffle,
@@ -258,3 +286,11 @@ class TeacherStudentDataModule(LightningDataModule):
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader(self.val_set, shuffle=False) if len(self.val_set) else []
+
+
+def last_user_turn(messages: list[dict]) -> str:
+    """The prompt of an RL chat row: its last user turn (other turns are left to the prompt templates)."""
+    for message in reversed(messages):
+        if message["role"] == "user":
+            return message["content"]
+    raise DataError("a messages row has no user turn to use as the prompt")

@@ -1,4 +1,5 @@
-"""`python -m rcl <command>`: routes to the SFT LightningCLI, the RL Fabric loop, the server or the launcher."""
+"""`python -m rcl <command>`: routes to the SFT LightningCLI, the RL Fabric loop, scoring, the server or the
+launcher."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ Training (LightningCLI-style YAML; several --config files merge in order, dotted
   validate   evaluate a recipe's model on its validation data
   test       test (SFT recipes)
   predict    predict (SFT recipes)
+
+Scoring:
+  score      score saved completions with a task: --task math --input completions.jsonl --output scored.jsonl
 
 Generation and orchestration:
   serve      start a generation server (TRL vllm-serve compatible): --model PATH --engine hf|vllm
@@ -34,6 +38,10 @@ def main(argv: list[str] | None = None) -> None:
         from rcl.cli import run_training
 
         run_training(command, rest)
+    elif command == "score":
+        from rcl.tasks.scoring import cli_main
+
+        cli_main(rest)
     elif command == "serve":
         from rcl.serving.server import cli_main
 

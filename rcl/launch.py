@@ -302,6 +302,11 @@ def _stop(proc: subprocess.Popen, grace_s: float) -> None:
         pass
 
 
+def trainer_proc(children: list[subprocess.Popen], plan: LaunchPlan) -> subprocess.Popen | None:
+    """The training process among `children` (started after every server), if it was started."""
+    return children[len(plan.servers)] if len(children) > len(plan.servers) else None
+
+
 def _tail(path: str, lines: int = 15) -> str:
     try:
         return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
@@ -333,8 +338,13 @@ def wait_healthy(servers: list[ServerPlan], procs: list[subprocess.Popen], api_k
             time.sleep(0.5)
 
 
-def run(plan: LaunchPlan, api_key: str, health_timeout_s: float = 600.0, grace_s: float = 30.0) -> int:
-    """Start the servers, wait for them, run training; stop every child this call started. Returns training's status."""
+def run(plan: LaunchPlan, api_key: str, health_timeout_s: float = 600.0, grace_s: float = 30.0,
+        train_grace_s: float = 600.0) -> int:
+    """Start the servers, wait for them, run training; stop every child this call started. Returns training's status.
+
+    On Ctrl-C or SIGTERM training is stopped first and given `train_grace_s` to finish its step and save a resumable
+    checkpoint (it may still push weights to the servers, which stay up until it has exited); servers get `grace_s`.
+    """
     Path(plan.run_dir, "servers").mkdir(parents=True, exist_ok=True)
     Path(plan.run_dir, "launch_plan.json").write_text(json.dumps(dict(asdict(plan), recipe_api_key=None), indent=2))
     base_env = dict(os.environ, **{API_KEY_ENV: api_key})
@@ -356,12 +366,14 @@ def run(plan: LaunchPlan, api_key: str, health_timeout_s: float = 600.0, grace_s
         children.append(trainer)
         return trainer.wait()
     except (KeyboardInterrupt, _Terminated):
-        print("rcl launch: interrupted; stopping training and servers", file=sys.stderr, flush=True)
+        print(f"rcl launch: interrupted; training gets up to {train_grace_s:.0f} s to save a checkpoint, then the "
+              "servers stop. To resume, rerun this launch command with --ckpt_path and the checkpoint training "
+              "names above", file=sys.stderr, flush=True)
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
-        for child in reversed(children):
-            _stop(child, grace_s)
+        for child in reversed(children):  # training first, while its servers are still up
+            _stop(child, train_grace_s if child is trainer_proc(children, plan) else grace_s)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -392,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", default=None, help="where server logs go (default: <trainer.out_dir>/launch-<time>)")
     p.add_argument("--health-timeout", type=float, default=900.0, help="seconds to wait for the servers")
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    p.add_argument("--train-stop-grace", type=float, default=600.0,
+                   help="seconds training gets after Ctrl-C/SIGTERM to finish its step and save a checkpoint "
+                        "(default 600), before it is killed")
     p.add_argument("--train-cmd", default=None, help=argparse.SUPPRESS)  # tests: a fake trainer
     return p
 
@@ -410,7 +425,7 @@ def cli_main(argv: list[str] | None = None) -> None:
         return
     api_key = args.api_key or plan.recipe_api_key or os.environ.get(API_KEY_ENV) or secrets.token_urlsafe(24)
     try:
-        status = run(plan, api_key, health_timeout_s=args.health_timeout)
+        status = run(plan, api_key, health_timeout_s=args.health_timeout, train_grace_s=args.train_stop_grace)
     except LaunchError as exc:
         raise SystemExit(f"rcl launch: {exc}") from None
     raise SystemExit(status)

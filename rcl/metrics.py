@@ -4,8 +4,8 @@ processes equal the values on the concatenated data (the original computed them 
 Every `update` takes per-interaction tensors of shape [N] (one entry per question the teacher taught):
 - `p_base`: share of the student's baseline samples (no teaching) that are correct, in [0, 1];
 - `p_with`: share of the student's samples with this teaching that are correct, in [0, 1];
-- `completed`: share of the student-with-teaching responses that finished by a stop and have a parseable answer
-  (see `completion_share`);
+- `completed`: share of the student-with-teaching responses that finished by a stop and hold an answer the task could
+  score (see `completion_share`);
 - `teaching_tokens`: tokens of the teaching shown to the student;
 - `probe_tokens`: tokens of the student's diagnostic probe.
 With no data, every value is NaN (undefined, and visibly so in logs), as is `tes` when the mean teaching length is 0.
@@ -19,17 +19,16 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from rcl.answers import has_parseable_answer
 
 
-def completion_share(responses: Sequence[str], finished_by_stop: Sequence[bool]) -> float:
-    """Share of responses that finished by a stop (not the token budget) and contain a parseable answer."""
-    if len(responses) != len(finished_by_stop):
-        raise ValueError(f"{len(responses)} responses but {len(finished_by_stop)} finish flags")
-    if not responses:
+def completion_share(has_answer: Sequence[bool], finished_by_stop: Sequence[bool]) -> float:
+    """Share of responses that finished by a stop (not the token budget) and hold an answer (the task's
+    `Score.has_answer`)."""
+    if len(has_answer) != len(finished_by_stop):
+        raise ValueError(f"{len(has_answer)} responses but {len(finished_by_stop)} finish flags")
+    if not has_answer:
         return float("nan")
-    done = sum(bool(finished) and has_parseable_answer(text) for text, finished in zip(responses, finished_by_stop))
-    return done / len(responses)
+    return sum(bool(a) and bool(f) for a, f in zip(has_answer, finished_by_stop)) / len(has_answer)
 
 
 def teaching_efficiency_score(

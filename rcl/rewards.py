@@ -10,8 +10,8 @@ from fractions import Fraction
 import torch
 from torch import Tensor
 
-from rcl.answers import is_correct
 from rcl.prompts import TEACHING_RE, THINKING_RE
+from rcl.tasks.base import Score
 
 
 @dataclass
@@ -31,6 +31,8 @@ class RolloutSample:
     """Correctness of k student samples without teaching; shared by the whole group of the question."""
     with_teaching_correct: list[bool] | None = None
     """Correctness of m student samples given this completion's teaching."""
+    score: Score | None = None
+    """The task's score of `completion` as an answer (direct protocol only): the correctness signal."""
 
 
 RewardFn = Callable[[list[RolloutSample]], list[float]]
@@ -148,12 +150,36 @@ def teaching_reward_inversions(baseline_samples: int, student_samples: int) -> l
             for p_with in sorted(reachable) if Fraction(i, k) < p_with < Fraction(3, 2) * Fraction(i, k)]
 
 
+def _task_score(sample: RolloutSample, reward: str) -> Score:
+    if sample.score is None:
+        raise ValueError(f"the {reward} reward scores the policy's own answer with the task, which only the direct "
+                         "protocol does (RolloutSample.score is None)")
+    return sample.score
+
+
 @register_reward("correctness")
 class CorrectnessReward:
-    """1.0 when the completion's answer matches the ground truth (the `direct` protocol), else 0.0."""
+    """The task's reward for the policy's answer (direct protocol): 1.0 for a right math answer, the share of tests
+    passed for code, ... as the task's `score` says (`rcl.tasks`)."""
 
     def __call__(self, samples: list[RolloutSample]) -> list[float]:
-        return [float(is_correct(sample.completion, sample.ground_truth)) for sample in samples]
+        return [_task_score(sample, "correctness").reward for sample in samples]
+
+
+@register_reward("format")
+class FormatReward:
+    """1.0 when the completion follows the task's reasoning format (`task.kwargs.format`), else 0.0. Logged as
+    `rewards/format/mean`, never as accuracy."""
+
+    def __call__(self, samples: list[RolloutSample]) -> list[float]:
+        values = []
+        for sample in samples:
+            details = _task_score(sample, "format").details
+            if "format_ok" not in details:
+                raise ValueError("the format reward needs a task with a reasoning format: set task.kwargs.format "
+                                 "(reasoning_answer, think or think_answer)")
+            values.append(float(details["format_ok"]))
+        return values
 
 
 @register_reward("teaching_format")

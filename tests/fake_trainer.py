@@ -5,6 +5,7 @@ Usage: python tests/fake_trainer.py OUT_JSON [MODEL_DIR] [--sleep] <the fit argu
 
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -28,7 +29,17 @@ def main() -> None:
             record[role] = {"urls": urls, "completions": [[c.token_ids for c in g] for g in out_ids]}
     Path(out).write_text(json.dumps(record))
     if "--sleep" in os.environ.get("FAKE_TRAINER_MODE", ""):
-        time.sleep(600)
+        stopping = []
+        signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+        deadline = time.monotonic() + 600
+        while not stopping and time.monotonic() < deadline:
+            time.sleep(0.1)
+        # like the real loop: finish the step (taking a while, and using the servers), save, exit 128 + SIGTERM
+        time.sleep(2.0)
+        urls = json.loads(args.get("--engines.teacher.urls", "[]"))
+        done = ServerEngine(urls, tok, health_timeout_s=10).generate([[5, 6, 7]], SamplingParams(max_tokens=2, n=1))
+        Path(out + ".stopped").write_text(json.dumps({"generated_after_sigterm": len(done)}))
+        sys.exit(143)
 
 
 if __name__ == "__main__":

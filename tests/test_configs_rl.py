@@ -35,8 +35,8 @@ def print_config(capsys, *args: str) -> dict:
 def test_rl_recipe_pins_every_default(recipe, capsys):
     resolved = print_config(capsys, "--config", str(recipe))
     written = yaml.safe_load(recipe.read_text())
-    for group in ("trainer", "teacher", "student", "grpo", "generation", "reward", "optimizer", "eval", "engines",
-                  "logging"):
+    for group in ("task", "trainer", "teacher", "student", "grpo", "generation", "reward", "optimizer", "eval",
+                  "engines", "logging"):
         missing = set(resolved[group]) - set(written.get(group, {}))
         assert not missing, f"{recipe.name}: {group} leaves {sorted(missing)} to code defaults"
     assert resolved["data"]["class_path"] == "data_modules.TeacherStudentDataModule"
@@ -74,6 +74,11 @@ def test_rl_recipes_sample_in_the_format_their_sft_recipes_trained():
         assert recipe["templates"] == sft_templates("quickstart_sft.yaml"), rl
         assert recipe["data"]["init_args"]["synthetic_size"] == 6000
     assert yaml.safe_load((CONFIGS / "teacher_rcl.yaml").read_text())["templates"] == sft_templates("teacher_sft.yaml")
+    gsm8k = yaml.safe_load((CONFIGS / "quickstart_gsm8k.yaml").read_text())
+    assert gsm8k["templates"] == sft_templates("quickstart_gsm8k_sft.yaml")
+    sft_data = yaml.safe_load((CONFIGS / "quickstart_gsm8k_sft.yaml").read_text())["data"]["init_args"]
+    for key in ("dataset", "synthetic_size", "synthetic_seed", "synthetic_kind", "val_size", "seed"):
+        assert gsm8k["data"]["init_args"][key] == sft_data[key], key
 
 
 def test_sixty_generic_rows_start_the_rl_quickstart_in_one_command(tmp_path, models_dir):
@@ -93,3 +98,28 @@ def test_sixty_generic_rows_start_the_rl_quickstart_in_one_command(tmp_path, mod
         "--trainer.loggers", "[csv]"])
     steps = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert [r["step"] for r in steps if "reward" in r] == [1]
+
+
+
+@pytest.mark.parametrize("recipe", RL_RECIPES, ids=lambda p: p.name)
+def test_every_rl_recipe_goes_through_a_task_that_builds(recipe, capsys):
+    from rcl.tasks import Task, TaskArgs
+
+    task = print_config(capsys, "--config", str(recipe))["task"]
+    assert isinstance(TaskArgs(**task).build(), Task)
+
+
+def test_rlvr_gsm8k_pins_the_studys_setup(capsys):
+    resolved = print_config(capsys, "--config", str(CONFIGS / "rlvr_gsm8k.yaml"))
+    data = resolved["data"]["init_args"]
+    assert (data["dataset"], data["schema"], resolved["teacher"]["model_name_or_path"]) == (
+        "ai2-adapt-dev/rlvr_gsm8k_zs", "messages_rl", "meta-llama/Llama-3.1-8B")
+    assert resolved["task"] == {"name": "gsm8k", "module": None, "kwargs": {
+        "strict": False, "format": "think_answer", "format_mode": "gate", "timeout_s": 5.0, "instruction": None}}
+    grpo, gen = resolved["grpo"], resolved["generation"]
+    assert (grpo["protocol"], grpo["num_generations"], grpo["beta"]) == ("direct", 4, 0.01)
+    assert (gen["temperature"], gen["max_completion_length"], gen["stop"]) == (0.7, 1024, ["</answer>"])
+    assert resolved["optimizer"]["learning_rate"] == 3e-7 and resolved["reward"]["functions"] == {"correctness": 10.0}
+    assert (resolved["trainer"]["strategy"], resolved["trainer"]["seed"]) == ("deepspeed_stage_2", 42)
+    episodes = resolved["trainer"]["max_steps"] * grpo["prompts_per_step"] * grpo["num_generations"]
+    assert abs(episodes - 10_000) < grpo["prompts_per_step"] * grpo["num_generations"]

@@ -52,9 +52,53 @@ def test_rl_dataset_generic_prefers_the_answer_column():
         assert truth == str(int(a) + int(b))
 
 
-def test_rl_dataset_refuses_schemas_without_ground_truth():
-    with pytest.raises(DataError, match="schema atlas_sft has no ground truth"):
+def test_rl_dataset_refuses_schemas_without_prompts():
+    with pytest.raises(DataError, match="schema atlas_sft has no RL prompts"):
         TeacherStudentDataModule(schema="atlas_sft").rl_dataset("train")
+
+
+def test_rl_rows_carry_the_tasks_own_fields_through_unchanged_and_mapped(tmp_path):
+    rows = [{"prompt": f"Write f{i}", "ground_truth": "", "test_list": [f"assert f{i}() == {i}"], "entry": f"f{i}"}
+            for i in range(10)]
+    path = write_jsonl(tmp_path / "code.jsonl", rows)
+    dm = TeacherStudentDataModule(dataset=path, schema="atlas_rl", val_size=2, seed=0,
+                                  columns={"tests": "test_list", "entry_point": "entry"})
+    plain = dm.rl_dataset("train")
+    train = dm.rl_dataset("train", fields=("tests", "entry_point"))
+    assert train.column_names == ["question", "ground_truth", "tests", "entry_point"]
+    assert list(train["question"]) == list(plain["question"]), "the split does not depend on the extra fields"
+    for row in train:
+        i = int(row["question"].removeprefix("Write f"))
+        assert row["tests"] == [f"assert f{i}() == {i}"] and row["entry_point"] == f"f{i}"
+    with pytest.raises(DataError, match="missing column 'setup' \\(field 'setup' that the task reads\\)"):
+        dm.rl_dataset("train", fields=("setup",))
+
+
+def test_task_schema_needs_no_ground_truth_unless_the_task_reads_it(tmp_path):
+    path = write_jsonl(tmp_path / "t.jsonl", [{"question": f"Q{i}", "tests": ["ok"]} for i in range(6)])
+    dm = TeacherStudentDataModule(dataset=path, schema="task", val_size=0)
+    assert dm.rl_dataset("train", fields=("tests",)).column_names == ["question", "tests"]
+    with pytest.raises(DataError, match="the task reads ground_truth"):
+        dm.rl_dataset("train")
+
+
+def test_messages_rl_rows_prompt_with_the_last_user_turn(tmp_path):
+    rows = [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"Q{i}"}],
+             "ground_truth": str(i), "dataset": "gsm8k"} for i in range(5)]
+    dm = TeacherStudentDataModule(dataset=write_jsonl(tmp_path / "m.jsonl", rows), schema="messages_rl", val_size=0)
+    rl = dm.rl_dataset("train")
+    assert rl.column_names == ["question", "ground_truth"]
+    assert sorted(zip(rl["question"], rl["ground_truth"])) == [(f"Q{i}", str(i)) for i in range(5)]
+
+
+def test_synthetic_word_problems_give_gsm8k_style_rows():
+    dm = TeacherStudentDataModule(schema="generic", synthetic_kind="word_problems", synthetic_size=40, val_size=0)
+    rows = dm.canonical_rows()
+    rl = dm.rl_dataset("train")
+    for row, truth in zip(rows, rl["ground_truth"]):
+        assert row["solution"].endswith(f"#### {row['answer']}") and truth == row["answer"]
+    assert TeacherStudentDataModule(schema="atlas_rl", synthetic_kind="word_problems", synthetic_size=5,
+                                    val_size=0).rl_dataset("train")["ground_truth"][0].count("####") == 1
 
 
 def test_synthetic_generic_rows_carry_teaching_and_approach():

@@ -104,8 +104,11 @@ def test_column_mapping_renames_and_keeps_optional_fields():
     assert rows.to_list() == [{"question": "What?", "solution": "S", "teaching": "H"}]
     with pytest.raises(DataError, match=r"missing column 'approx' \(mapped to 'approach'\)"):
         canonicalize(table, "generic", {"question": "q", "solution": "sol", "approach": "approx"})
-    with pytest.raises(DataError, match=r"unknown field\(s\) \['bogus'\]"):
-        canonicalize(table, "generic", {"bogus": "q"})
+    # a mapped field outside the schema is a task's own field: kept, with its own type
+    rows = canonicalize(table, "generic", {"question": "q", "solution": "sol", "weight": "extra"})
+    assert rows.to_list() == [{"question": "What?", "solution": "S", "weight": 1}]
+    with pytest.raises(DataError, match=r"missing column 'nope' \(field 'bogus' that the task reads\)"):
+        canonicalize(table, "generic", {"question": "q", "solution": "sol", "bogus": "nope"})
 
 
 def test_a_mapped_column_is_not_taken_again_by_the_field_of_its_name():

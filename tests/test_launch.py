@@ -219,7 +219,9 @@ def test_sigterm_stops_training_and_servers(tmp_path, tiny_model_dir, repo_env):
     proc.send_signal(signal.SIGTERM)
     log, _ = proc.communicate(timeout=90)
     assert proc.returncode == 130, log
-    assert "interrupted; stopping training and servers" in log
+    assert "interrupted; training gets up to 600 s to save a checkpoint" in log and "--ckpt_path" in log
+    # training was stopped first and could still use its servers while it finished its step
+    assert json.loads(Path(str(out) + ".stopped").read_text()) == {"generated_after_sigterm": 1}
     assert not listening(base)
 
 

@@ -94,12 +94,11 @@ def test_update_rejects_mismatched_shapes():
 
 
 def test_completion_share():
-    responses = ["<solution>4</solution>", "<solution>4</solution>", "still thinking", "so it is 7"]
     # 2nd hit the token budget, 3rd has no answer
-    assert completion_share(responses, [True, False, True, True]) == 0.5
+    assert completion_share([True, True, False, True], [True, False, True, True]) == 0.5
     assert math.isnan(completion_share([], []))
     with pytest.raises(ValueError, match="2 responses but 1 finish flags"):
-        completion_share(["a", "b"], [True])
+        completion_share([True, False], [True])
 
 
 def _free_port() -> int:

@@ -7,6 +7,7 @@ from rcl import rewards
 from rcl.rewards import (
     AdaptiveTeachingReward,
     CorrectnessReward,
+    FormatReward,
     RolloutSample,
     TeachingFormatReward,
     available_rewards,
@@ -14,9 +15,11 @@ from rcl.rewards import (
     get_reward,
     register_reward,
 )
+from rcl.tasks import get_task
 
 
-def sample(baseline, with_teaching, teaching_tokens=100, has_tags=True, completion="", ground_truth="4"):
+def sample(baseline, with_teaching, teaching_tokens=100, has_tags=True, completion="", ground_truth="4", task=None):
+    """A rollout sample; with `task`, scored by it as the direct protocol does."""
     return RolloutSample(
         question="2 + 2?",
         ground_truth=ground_truth,
@@ -27,7 +30,11 @@ def sample(baseline, with_teaching, teaching_tokens=100, has_tags=True, completi
         has_teaching_tags=has_tags,
         baseline_correct=baseline,
         with_teaching_correct=with_teaching,
+        score=task.score(completion, {"ground_truth": ground_truth}) if task is not None else None,
     )
+
+
+MATH = get_task("math")
 
 
 def original_reward(with_correct: bool, baseline_correct: bool, length: int, w: float) -> float:
@@ -105,14 +112,29 @@ def test_adaptive_teaching_needs_its_fields(changes, message):
         AdaptiveTeachingReward()([s])
 
 
-def test_correctness_reward():
+def test_correctness_reward_is_the_tasks_reward():
     samples = [
-        sample(None, None, completion="<solution>4</solution>"),
-        sample(None, None, completion="<solution>5</solution>"),
-        sample(None, None, completion="no answer"),
-        sample(None, None, completion="\\boxed{4}", ground_truth=""),
+        sample(None, None, completion="<solution>4</solution>", task=MATH),
+        sample(None, None, completion="<solution>5</solution>", task=MATH),
+        sample(None, None, completion="no answer", task=MATH),
+        sample(None, None, completion="\\boxed{4}", ground_truth="", task=MATH),
     ]
     assert CorrectnessReward()(samples) == [1.0, 0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="only the direct protocol"):
+        CorrectnessReward()([sample([True], [True], completion="<solution>4</solution>")])
+
+
+def test_format_reward_reads_the_tasks_format_and_gating_zeroes_correctness():
+    gated, additive = get_task("math", format="reasoning_answer"), get_task("math", format="reasoning_answer",
+                                                                             format_mode="additive")
+    completions = ["<reasoning>2+2</reasoning>\n<answer>4</answer>", "<reasoning>2+2</reasoning><answer>5</answer>",
+                   "<solution>4</solution>", "<reasoning>unclosed<answer>4</answer>"]
+    for task, correctness in ((gated, [1.0, 0.0, 0.0, 0.0]), (additive, [1.0, 0.0, 1.0, 1.0])):
+        samples = [sample(None, None, completion=c, task=task) for c in completions]
+        assert FormatReward()(samples) == [1.0, 1.0, 0.0, 0.0]
+        assert CorrectnessReward()(samples) == correctness
+    with pytest.raises(ValueError, match="set task.kwargs.format"):
+        FormatReward()([sample(None, None, completion="<solution>4</solution>", task=MATH)])
 
 
 def test_teaching_format_reward():
@@ -128,7 +150,7 @@ def test_teaching_format_reward():
 
 
 def test_registry(monkeypatch):
-    assert {"adaptive_teaching", "correctness", "teaching_format"} <= set(available_rewards())
+    assert {"adaptive_teaching", "correctness", "format", "teaching_format"} <= set(available_rewards())
     built = get_reward("adaptive_teaching", efficiency_weight=0.25)
     assert isinstance(built, AdaptiveTeachingReward) and built.efficiency_weight == 0.25
     with pytest.raises(ValueError, match="unknown reward 'nope'.*correctness"):
@@ -148,9 +170,9 @@ def test_registry(monkeypatch):
 
 def test_combine_rewards_weighted_sum_and_per_reward_values():
     samples = [
-        sample(None, None, completion="<thinking>a</thinking><teaching>b</teaching> <solution>4</solution>"),
-        sample(None, None, completion="<solution>4</solution>"),
-        sample(None, None, completion="<solution>3</solution>"),
+        sample(None, None, completion="<thinking>a</thinking><teaching>b</teaching> <solution>4</solution>", task=MATH),
+        sample(None, None, completion="<solution>4</solution>", task=MATH),
+        sample(None, None, completion="<solution>3</solution>", task=MATH),
     ]
     fns = {"correctness": CorrectnessReward(), "teaching_format": TeachingFormatReward()}
     total, per_reward = combine_rewards(samples, fns, {"teaching_format": 0.5})  # correctness defaults to 1.0

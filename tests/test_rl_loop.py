@@ -410,3 +410,14 @@ def test_sigint_saves_a_checkpoint_that_resumes_to_the_uninterrupted_result(mode
 
 class RegisterTestReward(FabricCallback):
     """Importing this module (for this callback) registers `test_char_sum` in a training subprocess too."""
+
+
+def test_gsm8k_quickstart_trains_on_the_task_and_logs_verifier_counts(models_dir, tmp_path):
+    out = tmp_path / "gsm8k"
+    cli_main("fit", ["--config", str(ROOT / "lightning_configs" / "quickstart_gsm8k.yaml"), *tiny_overrides(
+        out, "--trainer.max_steps", "1", "--eval.at_start", "false")])
+    train = [r for r in history(out) if "reward" in r]
+    assert train[0]["verifier/checks"] == 2 * 3, "every policy answer was checked by the task"
+    assert train[0]["verifier/errors"] == 0 and train[0]["verifier/timeouts"] == 0
+    assert 0.0 <= train[0]["accuracy"] <= 1.0
+    assert any("eval/accuracy" in r for r in history(out))

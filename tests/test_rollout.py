@@ -8,6 +8,8 @@ from rcl.engines import Completion, SamplingParams
 from rcl.prompts import PromptTemplates, render_prompt, teacher_messages
 from rcl.rewards import get_reward
 from rcl.rl.rollout import RolloutRunner, RolloutSettings
+from rcl.tasks import Score, Task, get_task
+from rcl.tasks.health import VerifierFailure
 from rcl.tiny_models import build_tokenizer
 
 
@@ -147,3 +149,67 @@ def test_adaptive_protocol_needs_a_student(tokenizers):
     runner = RolloutRunner(ScriptedEngine(tokenizers[0], teacher_reply), None, PromptTemplates(), {}, {})
     with pytest.raises(ValueError, match="needs a student engine"):
         runner.run([{"question": "q", "ground_truth": "1"}], 0, settings())
+
+
+class KeywordTask(Task):
+    """A test task with its own row field: right when the completion names the row's `keyword`."""
+
+    fields = ("keyword",)
+    name = "keyword_test"
+
+    def prompt(self, row):
+        return f"Say the secret word for {row['question']}"
+
+    def score(self, completion, row):
+        if "crash" in completion:
+            return Score(0.0, False, {"outcome": "error", "error": "the checker crashed"})
+        hit = row["keyword"] in completion
+        return Score(float(hit), hit, {"outcome": "correct" if hit else "wrong"})
+
+
+def test_the_task_renders_the_prompt_scores_the_answer_and_reads_its_own_fields(tokenizers):
+    replies = ["the word is plum", "pear", "crash", "plum!"]
+    policy = ScriptedEngine(tokenizers[0], lambda text, j: replies[j])
+    runner = RolloutRunner(policy, None, PromptTemplates(), {"correctness": get_reward("correctness")},
+                           {"correctness": 1.0}, KeywordTask())
+    rollout = runner.run([{"question": "fruit", "keyword": "plum"}], 0, settings(protocol="direct"))
+    assert "Say the secret word for fruit" in policy.calls[0][0][0]
+    assert rollout.rewards.tolist() == [1.0, 0.0, 0.0, 1.0]
+    assert [i.p_with for i in rollout.interactions] == [1.0, 0.0, 0.0, 1.0]
+    assert rollout.verifier == {"verifier/checks": 4.0, "verifier/errors": 1.0, "verifier/timeouts": 0.0}
+
+
+def test_adaptive_teaching_scores_the_students_answers_with_the_task(tokenizers):
+    teacher_tok, student_tok = tokenizers
+    student = ScriptedEngine(student_tok, lambda text, j: "plum" if "Guidance: good" in text else "fig")
+    runner = RolloutRunner(ScriptedEngine(teacher_tok, teacher_reply), student, PromptTemplates(),
+                           {"adaptive_teaching": get_reward("adaptive_teaching", efficiency_weight=0.0)},
+                           {"adaptive_teaching": 1.0}, KeywordTask())
+    rollout = runner.run([{"question": "fruit", "keyword": "plum"}], 0, settings())
+    assert all("Say the secret word for fruit" in texts[0] for texts, _ in student.calls)
+    assert {i.p_base for i in rollout.interactions} == {0.0}
+    assert [i.p_with for i in rollout.interactions] == [1.0, 0.0, 1.0, 0.0]
+    assert rollout.verifier["verifier/checks"] == 2 + 4 * 3  # k baseline + m per teaching
+
+
+def test_a_verifier_that_mostly_fails_stops_the_rollout(tokenizers):
+    policy = ScriptedEngine(tokenizers[0], lambda text, j: "crash")
+    runner = RolloutRunner(policy, None, PromptTemplates(), {"correctness": get_reward("correctness")},
+                           {"correctness": 1.0}, KeywordTask())
+    rows = [{"question": f"q{i}", "keyword": "plum"} for i in range(4)]
+    with pytest.raises(VerifierFailure, match="the verifier of task 'keyword_test' failed on 16 of 16 checks"):
+        runner.run(rows, 0, settings(protocol="direct"))
+
+
+def test_a_format_only_reward_is_never_accuracy(tokenizers):
+    # right format, wrong answer: the format reward pays, accuracy (p_with, the task's `correct`) stays 0
+    policy = ScriptedEngine(tokenizers[0], lambda text, j: "<reasoning>4+5 is 8</reasoning>\n<answer>8</answer>")
+    task = get_task("arithmetic", format="reasoning_answer", format_mode="additive")
+    runner = RolloutRunner(policy, None, PromptTemplates(), {"correctness": get_reward("correctness"),
+                                                             "format": get_reward("format")},
+                           {"correctness": 1.0, "format": 0.5}, task)
+    rollout = runner.run([{"question": "What is 4+5?", "ground_truth": "9"}], 0, settings(protocol="direct"))
+    assert rollout.rewards.tolist() == [0.5] * 4
+    assert rollout.reward_components["format"].tolist() == [1.0] * 4
+    assert rollout.reward_components["correctness"].tolist() == [0.0] * 4
+    assert [i.p_with for i in rollout.interactions] == [0.0] * 4

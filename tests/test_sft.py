@@ -165,6 +165,22 @@ def test_resume_continues_at_the_checkpoint_step(tmp_path, tiny_model_dir):
     assert (root / "config-resumed-last.yaml").is_file() and "overwrite: false" in (root / "config.yaml").read_text()
 
 
+def test_resume_mid_epoch_continues_with_the_next_batches(tmp_path, tiny_model_dir):
+    """18 batches an epoch, cut after 3: the resumed run must train on batches 4-6 of the same shuffled epoch (a
+    plain DataLoader restarted the epoch and replayed batches 1-3)."""
+    from safetensors.torch import load_file
+
+    constant = ["--model.init_args.optimizer.schedule", "constant", "--model.init_args.optimizer.warmup_ratio", "0"]
+    cut, whole = tmp_path / "cut", tmp_path / "whole"
+    build_cli("fit", tiny_args(cut, tiny_model_dir, 3, *constant))
+    build_cli("fit", tiny_args(whole, tiny_model_dir, 6, *constant))
+    resumed = build_cli("fit", tiny_args(cut, tiny_model_dir, 6, *constant, "--trainer.val_check_interval", "3",
+                                         "--ckpt_path", str(cut / "checkpoints" / "last.ckpt")))
+    assert resumed.trainer.global_step == 6
+    a, b = load_file(whole / "hf_model" / "model.safetensors"), load_file(cut / "hf_model" / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6, rtol=0) for k in a)
+
+
 def test_a_rerun_refuses_to_replace_the_earlier_run_unless_told(tmp_path, tiny_model_dir):
     from rcl.run_dir import RunFolderInUse
 

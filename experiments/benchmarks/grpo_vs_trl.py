@@ -168,11 +168,13 @@ def run_rcl(cfg: GRPOBenchConfig, out_dir: Path) -> dict:
 def reward_for_trl(name: str):
     """An rcl reward with TRL's reward-function signature."""
     from rcl.rewards import RolloutSample, get_reward
+    from rcl.tasks import get_task
 
-    reward = get_reward(name)
+    reward, task = get_reward(name), get_task("arithmetic")
 
     def rcl_reward(prompts, completions, ground_truth, **kwargs) -> list[float]:
-        samples = [RolloutSample(question="", ground_truth=gt, completion=c, completion_tokens=0)
+        samples = [RolloutSample(question="", ground_truth=gt, completion=c, completion_tokens=0,
+                                 score=task.score(c, {"ground_truth": gt}))
                    for c, gt in zip(completions, ground_truth)]
         return reward(samples)
 

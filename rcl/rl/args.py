@@ -99,6 +99,8 @@ class GenerationArgs:
     repetition_penalty: float = 1.0
     max_completion_length: int = 256
     """Most tokens of a policy completion."""
+    stop: list[str] = field(default_factory=list)
+    """Stop strings of the policy's completions, kept in the text (e.g. ["</answer>"] for the think_answer format)."""
     student_temperature: float = 0.7
     student_max_tokens: int = 256
     """Most tokens of a student solution."""

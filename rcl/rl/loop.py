@@ -58,6 +58,8 @@ from rcl.run_dir import (
     remove_outputs,
     truncate_to_step,
 )
+from rcl.tasks import Task, TaskArgs
+from rcl.tasks.self_test import RewardSelfTestError, reward_self_test, summary
 from rcl.tiny_models import ModelNotFound, check_model, resolve_model
 
 DEFAULT_OPTIMIZER = OptimizerArgs(learning_rate=1e-6, schedule="constant", max_grad_norm=1.0)
@@ -69,6 +71,7 @@ class ConfigError(ValueError):
 
 def setup(
     data: TeacherStudentDataModule,
+    task: TaskArgs = TaskArgs(),
     trainer: TrainerArgs = TrainerArgs(),
     teacher: ModelArgs = ModelArgs(),
     student: ModelArgs = ModelArgs(),
@@ -89,6 +92,7 @@ def setup(
 
     Args:
         data: The TeacherStudentDataModule; the loop reads its `rl_dataset("train"|"val")`.
+        task: What the rows are and how answers are scored (rcl.tasks): every correctness signal comes from it.
         trainer: Fabric runtime and loop length.
         teacher: The policy (the teacher in adaptive teaching).
         student: The student (unused by the direct protocol).
@@ -108,11 +112,12 @@ def setup(
     validate_config(trainer, grpo, engines)
     warn_reward_inversions(grpo, reward)
     preflight(data, trainer, teacher, student, grpo, ckpt_path, overwrite, command)
+    check_task(task, data, reward, grpo, command)
     fabric = build_fabric(trainer, default_callbacks(grpo, logging, engines) + list(callbacks or []), ckpt_path,
                           command)
     fabric.launch(
         main, data, trainer, teacher, student, grpo, generation, reward, optimizer, templates, eval, engines, ckpt_path,
-        command,
+        command, task=task,
     )
 
 
@@ -287,6 +292,36 @@ def load_tokenizer(args: ModelArgs):
     return AutoTokenizer.from_pretrained(resolve_model(args.model_name_or_path), padding_side="left")
 
 
+def check_task(args: TaskArgs, data, reward: RewardArgs, grpo: GRPOArgs, command: str) -> None:
+    """Build the task, read its rows, and (for fit) run the reward self-test on a few training rows, before any
+    process starts: a recipe whose rewards cannot tell a right answer from nothing fails in seconds."""
+    task = build_task(args)
+    try:
+        rows = data.rl_dataset("train", task.fields)
+        data.rl_dataset("val", task.fields)
+    except DataError as exc:
+        raise ConfigError(f"data: {exc}") from None
+    if command != "fit":
+        return
+    rewards = {name: get_reward(name, **reward.kwargs.get(name, {})) for name in reward.functions}
+    try:
+        table = reward_self_test(task, rewards, dict(reward.functions), rows.select(range(min(4, len(rows)))).to_list(),
+                                 grpo.protocol)
+    except RewardSelfTestError as err:
+        raise ConfigError(str(err)) from None
+    print(summary(table), flush=True)
+
+
+def build_task(args: TaskArgs) -> Task:
+    try:
+        task = args.build()
+    except (ValueError, TypeError, ImportError) as exc:
+        raise ConfigError(f"task: {exc}") from None
+    if not isinstance(task, Task):
+        raise ConfigError(f"task {args.name!r} is a multi-turn environment, which the RL loop does not run yet")
+    return task
+
+
 def build_engine(args: EngineArgs, model: torch.nn.Module | None, tokenizer: Any, **server_kwargs: Any):
     """`server_kwargs` go to a `ServerEngine` only (the teacher's weight transport)."""
     if args.backend == "in_process":
@@ -305,6 +340,7 @@ def rollout_settings(grpo: GRPOArgs, gen: GenerationArgs) -> RolloutSettings:
         top_k=gen.top_k,
         min_p=gen.min_p,
         repetition_penalty=gen.repetition_penalty,
+        stop=list(gen.stop),
     )
     student = SamplingParams(max_tokens=gen.student_max_tokens, temperature=gen.student_temperature)
     return RolloutSettings(
@@ -350,6 +386,7 @@ def main(
     engines_args: EnginesArgs,
     ckpt_path: str | None,
     command: str = "fit",
+    task: TaskArgs = TaskArgs(),
 ) -> dict:
     if grpo.prompts_per_step % fabric.world_size:  # devices "auto", -1 or a list are only counted here
         raise ConfigError(
@@ -358,6 +395,9 @@ def main(
         )
     out_dir = Path(trainer.out_dir)
     fabric.seed_everything(trainer.seed)
+    the_task = build_task(task)
+    train_rows, val_rows = data.rl_dataset("train", the_task.fields), data.rl_dataset("val", the_task.fields)
+    rewards = {name: get_reward(name, **reward.kwargs.get(name, {})) for name in reward.functions}
 
     teacher_tok = load_tokenizer(teacher)
     adaptive = grpo.protocol == "adaptive_teaching"
@@ -386,8 +426,7 @@ def main(
         student_engine = build_engine(engines_args.student, student_model, student_tok)
     engines = {"teacher": policy_engine, "student": student_engine}
 
-    rewards = {name: get_reward(name, **reward.kwargs.get(name, {})) for name in reward.functions}
-    runner = RolloutRunner(policy_engine, student_engine, templates, rewards, dict(reward.functions))
+    runner = RolloutRunner(policy_engine, student_engine, templates, rewards, dict(reward.functions), the_task)
     settings = rollout_settings(grpo, generation)
     stop_ids = [teacher_tok.eos_token_id]
 
@@ -411,8 +450,6 @@ def main(
         fabric.call("on_load_checkpoint", fabric=fabric, state=state, checkpoint=remainder)
         fabric.print(f"resumed from {ckpt_path} at step {state['step']}")
 
-    train_rows = data.rl_dataset("train")
-    val_rows = data.rl_dataset("val")
     if len(train_rows) < grpo.prompts_per_step:
         raise ConfigError(
             f"the training split has {len(train_rows)} prompts, fewer than grpo.prompts_per_step={grpo.prompts_per_step}"
@@ -677,7 +714,7 @@ def step_metrics(fabric, rollout: Rollout, stats: dict, state: dict, train_secon
     local["time/training"] = train_seconds
     metrics = _mean_over_processes(fabric, local)
     metrics["lr"] = state["scheduler"].get_last_lr()[0]
-    tokens = {f"tokens/{k}": float(v) for k, v in rollout.generated_tokens.items()}
+    tokens = {f"tokens/{k}": float(v) for k, v in rollout.generated_tokens.items()} | rollout.verifier  # summed
     metrics.update({k: v * fabric.world_size for k, v in _mean_over_processes(fabric, tokens).items()})
     return metrics
 

@@ -6,7 +6,9 @@ group member is scored against the same baseline and conditioned on the same con
   2. the student states a short approach (the probe, at most `max_probe_tokens`);
   3. the policy (teacher) writes G teachings for question + approach;
   4. the student solves m times with each teaching.
-Direct: the policy answers the question G times and a verifier scores it.
+Direct: the policy answers the question G times and the task scores it.
+Every answer (the student's in adaptive teaching, the policy's in direct) is scored by the task (`rcl.tasks`), whose
+prompt text fills {question} in the templates; verifier errors and timeouts are counted per rollout.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from typing import Any, Sequence
 
 import torch
 
-from rcl.answers import is_correct
 from rcl.engines import Completion, GenerationEngine, SamplingParams
 from rcl.grpo import group_advantages
 from rcl.metrics import completion_share
@@ -30,6 +31,8 @@ from rcl.prompts import (
     teacher_messages,
 )
 from rcl.rewards import RolloutSample, combine_rewards
+from rcl.tasks import Score, Task, get_task
+from rcl.tasks.health import VerifierHealth
 
 
 @dataclass(frozen=True)
@@ -66,8 +69,10 @@ class Interaction:
     p_base: float = 0.0
     p_with: float = 0.0
     completed: float = 0.0
-    """Share of the responses scored as p_with that ended by a stop with a parseable answer."""
+    """Share of the responses scored as p_with that ended by a stop with an answer the task could score."""
     reward: float = 0.0
+    score: Score | None = None
+    """The task's score of the policy's completion (direct protocol only)."""
 
 
 @dataclass
@@ -83,6 +88,8 @@ class Rollout:
     timings: dict[str, float]
     generated_tokens: dict[str, int]
     num_generations: int
+    verifier: dict[str, float] = field(default_factory=dict)
+    """This rollout's verifier counts: verifier/checks, verifier/errors, verifier/timeouts."""
 
     def __len__(self) -> int:
         return len(self.completions)
@@ -123,9 +130,10 @@ def encode_prompts(tokenizer: Any, conversations: Sequence[list[dict[str, str]]]
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
-def _correctness(outputs: Sequence[Completion], ground_truth: str) -> tuple[list[bool], float]:
-    correct = [is_correct(c.text, ground_truth) for c in outputs]
-    return correct, completion_share([c.text for c in outputs], [c.finish_reason == "stop" for c in outputs])
+def _correctness(task: Task, outputs: Sequence[Completion], row: dict) -> tuple[list[Score], list[bool], float]:
+    scores = [task.score(c.text, row) for c in outputs]
+    completed = completion_share([s.has_answer for s in scores], [c.finish_reason == "stop" for c in outputs])
+    return scores, [s.correct for s in scores], completed
 
 
 class RolloutRunner:
@@ -139,20 +147,25 @@ class RolloutRunner:
         templates: PromptTemplates,
         reward_functions: dict[str, Any],
         reward_weights: dict[str, float],
+        task: Task | None = None,
+        health: VerifierHealth | None = None,
     ):
         self.policy = policy_engine
         self.student = student_engine
         self.templates = templates
         self.reward_functions = reward_functions
         self.reward_weights = reward_weights
+        self.task = task if task is not None else get_task("math")
+        self.health = health if health is not None else VerifierHealth()
 
     def run(self, rows: Sequence[dict], seed: int, settings: RolloutSettings) -> Rollout:
         if settings.protocol == "adaptive_teaching":
             if self.student is None:
                 raise ValueError("the adaptive_teaching protocol needs a student engine")
-            prompt_ids, completions, interactions, timings, tokens = self._adaptive(rows, seed, settings)
+            prompt_ids, completions, interactions, timings, tokens, scores = self._adaptive(rows, seed, settings)
         else:
-            prompt_ids, completions, interactions, timings, tokens = self._direct(rows, seed, settings)
+            prompt_ids, completions, interactions, timings, tokens, scores = self._direct(rows, seed, settings)
+        counts = self.health.record(scores, f"the verifier of task {self.task.name!r}")
         start = time.perf_counter()
         samples = [_to_sample(i, c) for i, c in zip(interactions, completions)]
         rewards, components = combine_rewards(samples, self.reward_functions, self.reward_weights)
@@ -166,13 +179,13 @@ class RolloutRunner:
         timings["reward"] = timings.get("reward", 0.0) + time.perf_counter() - start
         return Rollout(
             prompt_ids, completions, interactions, rewards, components, advantages, zero_std, timings, tokens,
-            settings.num_generations,
+            settings.num_generations, counts.metrics(),
         )
 
     def _adaptive(self, rows, seed, s: RolloutSettings):
         t_tok, s_tok = self.policy.tokenizer, self.student.tokenizer
-        questions = [r["question"] for r in rows]
-        truths = [r["ground_truth"] for r in rows]
+        questions = [self.task.prompt(r) for r in rows]
+        truths = [r.get("ground_truth", "") for r in rows]
         timings = {"generation/student": 0.0, "generation/policy": 0.0, "reward": 0.0}
         tokens = {"student": 0, "policy": 0}
 
@@ -200,7 +213,8 @@ class RolloutRunner:
         tokens["policy"] += sum(len(c.token_ids) for group in teachings for c in group)
 
         start = time.perf_counter()
-        base_scores = [_correctness(outs, gt) for outs, gt in zip(base, truths)]
+        base_scores = [_correctness(self.task, outs, row) for outs, row in zip(base, rows)]
+        scores = [score for group, _, _ in base_scores for score in group]
         timings["reward"] += time.perf_counter() - start
         shown, owners = [], []
         for i, group in enumerate(teachings):
@@ -216,8 +230,9 @@ class RolloutRunner:
         prompt_ids, completions, interactions = [], [], []
         flat = [c for group in teachings for c in group]
         for j, (i, teaching, completion, outs) in enumerate(zip(owners, shown, flat, solved)):
-            base_correct, _ = base_scores[i]
-            with_correct, completed = _correctness(outs, truths[i])
+            base_correct = base_scores[i][1]
+            with_scores, with_correct, completed = _correctness(self.task, outs, rows[i])
+            scores += with_scores
             prompt_ids.append(policy_prompts[i])
             completions.append(completion)
             interactions.append(
@@ -240,21 +255,22 @@ class RolloutRunner:
                 )
             )
         timings["reward"] += time.perf_counter() - start
-        return prompt_ids, completions, interactions, timings, tokens
+        return prompt_ids, completions, interactions, timings, tokens, scores
 
     def _direct(self, rows, seed, s: RolloutSettings):
         t_tok = self.policy.tokenizer
-        questions = [r["question"] for r in rows]
-        truths = [r["ground_truth"] for r in rows]
+        questions = [self.task.prompt(r) for r in rows]
+        truths = [r.get("ground_truth", "") for r in rows]
         start = time.perf_counter()
         prompts = encode_prompts(t_tok, [student_messages(self.templates, "baseline", q) for q in questions])
         outs = self.policy.generate(prompts, replace(s.policy, n=s.num_generations, seed=seed))
         timings = {"generation/policy": time.perf_counter() - start}
         start = time.perf_counter()
-        prompt_ids, completions, interactions = [], [], []
+        prompt_ids, completions, interactions, scores = [], [], [], []
         for i, group in enumerate(outs):
             for c in group:
-                correct, completed = _correctness([c], truths[i])
+                (score,), correct, completed = _correctness(self.task, [c], rows[i])
+                scores.append(score)
                 prompt_ids.append(prompts[i])
                 completions.append(c)
                 interactions.append(
@@ -264,11 +280,12 @@ class RolloutRunner:
                         policy_completion=c.text,
                         p_with=float(correct[0]),
                         completed=completed,
+                        score=score,
                     )
                 )
         timings["reward"] = time.perf_counter() - start
         tokens = {"policy": sum(len(c.token_ids) for c in completions)}
-        return prompt_ids, completions, interactions, timings, tokens
+        return prompt_ids, completions, interactions, timings, tokens, scores
 
 
 def _to_sample(interaction: Interaction, completion: Completion) -> RolloutSample:
@@ -283,4 +300,5 @@ def _to_sample(interaction: Interaction, completion: Completion) -> RolloutSampl
         has_teaching_tags=interaction.has_teaching_tags if adaptive else None,
         baseline_correct=interaction.baseline_correct,
         with_teaching_correct=interaction.with_teaching_correct,
+        score=interaction.score,
     )

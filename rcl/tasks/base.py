@@ -10,6 +10,7 @@ own fields (`ground_truth` for math, `tests`/`test`/`entry_point` for code, ...)
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +26,14 @@ class Score:
     correct: bool
     """All-or-nothing correctness: what accuracy, pass@k and NDR count."""
     details: dict[str, Any] = field(default_factory=dict)
-    """Verifier details, JSON-serialisable: the extracted answer, tests passed/total, the outcome class, errors."""
+    """Verifier details, JSON-serialisable: the extracted answer, tests passed/total, the outcome class, errors.
+    Conventions: `outcome` names the class (`no_answer` when nothing scorable was found), `error` is set when the
+    check could not be made (and `outcome` is then `error` or `timeout`)."""
+
+    @property
+    def has_answer(self) -> bool:
+        """Whether the completion held something to score (what the completion rate counts)."""
+        return self.details.get("outcome") not in ("no_answer", "bad_format")
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,8 @@ class Environment(ABC):
 
     name: ClassVar[str] = ""
     max_turns: int = 1
+    fields: ClassVar[tuple[str, ...]] = ()
+    """Row fields the task reads besides `question` (e.g. ground_truth, tests): RL rows carry them through."""
 
     @abstractmethod
     def reset(self, row: dict, seed: int = 0) -> str:
@@ -71,6 +81,15 @@ class Task(Environment):
     def score(self, completion: str, row: dict) -> Score:
         """Score one completion for `row`. Must not raise for any model output; a verifier failure is reported in
         `details["error"]` (and counted by the caller), never silently as a wrong answer."""
+
+    def gold_completion(self, row: dict) -> str:
+        """A completion that must score as correct on `row` (the reward self-test runs the recipe's rewards on it)."""
+        raise NotImplementedError(f"task {self.name!r} has no gold_completion, which the reward self-test needs")
+
+    def format_only_completion(self, row: dict) -> str:
+        """A completion with the task's output format and no right answer (default: a wrong gold of another row is
+        used by the self-test instead, so this is only the empty shape)."""
+        return ""
 
     def reset(self, row: dict, seed: int = 0) -> str:
         self._row = row
@@ -106,3 +125,20 @@ def get_task(name: str, **kwargs: Any) -> Environment:
 
 def available_tasks() -> list[str]:
     return sorted(_TASKS)
+
+
+@dataclass
+class TaskArgs:
+    """The task: how rows are prompted and completions scored (rcl.tasks; `python -m rcl score` takes the same)."""
+
+    name: str = "arithmetic"
+    """A registered task: arithmetic, math, gsm8k, or one that `module` registers."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the task, e.g. {strict: true, format: think_answer, format_mode: gate} for math."""
+    module: str | None = None
+    """A module to import first, which registers the task with `rcl.tasks.register_task` (e.g. experiments.my_task)."""
+
+    def build(self) -> Environment:
+        if self.module:
+            importlib.import_module(self.module)
+        return get_task(self.name, **self.kwargs)

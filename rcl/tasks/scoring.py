@@ -1,0 +1,127 @@
+"""Score saved completions with a task (`python -m rcl score`); `score_records` is the scoring core, for evaluation.
+
+Input: JSON lines, each the task's row fields plus `completion` (math, gsm8k and arithmetic: `ground_truth`; other
+tasks: their `fields`). Output: each input line with `reward`, `correct` and `details` (the verifier's: the extracted
+answer or tests passed, the outcome class, any error) added. A malformed line stops the command with its file and line
+number, and nothing is written (the output appears only once every line is scored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+import yaml
+
+from rcl.tasks.base import Environment, Score, Task, TaskArgs
+from rcl.tasks.health import VerifierCounts, VerifierFailure, VerifierHealth
+
+
+class ScoreInputError(ValueError):
+    """A line of the input cannot be scored; the message names the file and line."""
+
+
+def check_record(task: Task, record: object, where: str) -> dict:
+    """`record` as a dict with a string `completion` and the task's fields, or ScoreInputError naming `where`."""
+    if not isinstance(record, dict):
+        raise ScoreInputError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    if not isinstance(record.get("completion"), str):
+        raise ScoreInputError(f"{where}: needs a string 'completion'")
+    missing = [f for f in task.fields if f not in record]
+    if missing:
+        raise ScoreInputError(f"{where}: task {task.name!r} needs the field(s) {', '.join(missing)}")
+    return record
+
+
+def score_records(task: Task, records: Iterable[dict], health: VerifierHealth | None = None) -> list[dict]:
+    """Each record with `reward`, `correct` and `details` added. Raises VerifierFailure when most checks failed."""
+    records = list(records)
+    scores: list[Score] = [task.score(record["completion"], record) for record in records]
+    (health or VerifierHealth()).record(scores, f"the verifier of task {task.name!r}")
+    return [{**record, "reward": s.reward, "correct": s.correct, "details": s.details}
+            for record, s in zip(records, scores)]
+
+
+def read_records(task: Task, path: Path) -> list[dict]:
+    records = []
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ScoreInputError(f"{path} line {number}: not valid JSON ({err.msg})") from None
+            records.append(check_record(task, value, f"{path} line {number}"))
+    return records
+
+
+def write_atomically(path: Path, lines: Iterable[str]) -> None:
+    """Write to a temporary file next to `path`, then rename: readers never see a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.writelines(lines)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def summarize(task: Environment, scored: list[dict]) -> str:
+    n = len(scored)
+    correct = sum(r["correct"] for r in scored)
+    mean = sum(r["reward"] for r in scored) / n if n else float("nan")
+    outcomes = Counter(r["details"].get("outcome", "?") for r in scored)
+    counts = VerifierCounts()
+    counts.add(Score(r["reward"], r["correct"], r["details"]) for r in scored)
+    return (f"scored {n} completions with task {task.name!r}: accuracy {correct / n if n else float('nan'):.3f} "
+            f"({correct}/{n}), mean reward {mean:.3f}; outcomes "
+            + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items()))
+            + f"; verifier errors {counts.errors}, timeouts {counts.timeouts}")
+
+
+def task_args(name: str | None, config: str | None, kwargs: str | None) -> TaskArgs:
+    """The task of `--config` (a recipe with a `task:` section, or the section alone), then `--task` and `--kwargs`
+    over it."""
+    section: dict = {}
+    if config:
+        content = yaml.safe_load(Path(config).read_text()) or {}
+        section = content.get("task", content) if isinstance(content, dict) else {}
+    if name:
+        section = {**section, "name": name} if section.get("name") == name else {"name": name}
+    if kwargs:
+        section["kwargs"] = {**section.get("kwargs", {}), **yaml.safe_load(kwargs)}
+    unknown = set(section) - {"name", "kwargs", "module"}
+    if unknown:
+        raise ScoreInputError(f"unknown task keys {sorted(unknown)}; a task section has name, kwargs and module")
+    if "name" not in section:
+        raise ScoreInputError("say which task: --task NAME, or --config with a task: section")
+    return TaskArgs(**section)
+
+
+def cli_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m rcl score", description=__doc__.splitlines()[0],
+                                     allow_abbrev=False)
+    parser.add_argument("--task", help="task name (arithmetic, math, gsm8k, ...); overrides the config's")
+    parser.add_argument("--input", required=True, help="JSONL: the task's row fields plus `completion` per line")
+    parser.add_argument("--output", required=True, help="JSONL written with reward, correct and details added")
+    parser.add_argument("--config", help="YAML with a task: section (an RL recipe works) or the section itself")
+    parser.add_argument("--kwargs", help="task keyword arguments as YAML, e.g. '{strict: true}'")
+    args = parser.parse_args(argv)
+    try:
+        task = task_args(args.task, args.config, args.kwargs).build()
+        if not isinstance(task, Task):
+            raise ScoreInputError(f"task {task.name!r} is a multi-turn environment; rcl score scores single turns")
+        scored = score_records(task, read_records(task, Path(args.input)))
+    except (ScoreInputError, VerifierFailure, ValueError, OSError) as err:
+        raise SystemExit(f"rcl score: {err}") from None
+    write_atomically(Path(args.output), (json.dumps(r, ensure_ascii=False) + "\n" for r in scored))
+    print(summarize(task, scored) + f" -> {args.output}", file=sys.stderr)
