@@ -186,3 +186,14 @@ def test_fields_name_what_rows_must_carry():
     assert get_task("deduction", sandbox=SANDBOX).fields == ("tests",)
     assert get_task("sat").fields == ("num_vars", "clauses")
     assert get_task("abduction", sandbox=SANDBOX).fields == ("program", "output")
+
+
+def test_a_program_timeout_is_the_models_failure_not_the_verifiers():
+    from rcl.tasks.health import VerifierCounts
+
+    slow = CodeTask(sandbox=dict(SANDBOX, timeout_s=1.0))
+    loop = slow.score("```python\nwhile True: pass\n```", ROW)
+    assert loop.details["outcome"] == "timeout"
+    broken = slow.score("print(1)", {"question": "q"})
+    counts = VerifierCounts().add([loop, broken])
+    assert (counts.checks, counts.timeouts, counts.errors) == (2, 0, 1)
