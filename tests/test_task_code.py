@@ -108,6 +108,8 @@ def test_tests_may_be_a_json_string_and_max_tests_truncates(task):
     training = CodeTask(sandbox=SANDBOX, max_tests=2)
     score = training.score(code, row)
     assert score.details["total"] == 2 and score.correct and score.reward == pytest.approx(2.0)
+    evaluation = training.for_evaluation()
+    assert evaluation.score(code, row).details["total"] == 3 and training.max_tests == 2
 
 
 def test_failure_classes_reach_the_score(task):
@@ -197,3 +199,32 @@ def test_a_program_timeout_is_the_models_failure_not_the_verifiers():
     broken = slow.score("print(1)", {"question": "q"})
     counts = VerifierCounts().add([loop, broken])
     assert (counts.checks, counts.timeouts, counts.errors) == (2, 0, 1)
+
+
+def test_a_direct_rollout_scores_code_with_partial_credit_in_one_batch_per_group(tiny_model_dir, monkeypatch):
+    from test_rollout import ScriptedEngine, settings
+    from transformers import AutoTokenizer
+
+    from rcl.prompts import PromptTemplates
+    from rcl.rewards import get_reward
+    from rcl.rl.rollout import RolloutRunner
+
+    replies = [
+        "```python\nprint(sum(map(int, input().split())))\n```",  # all 3 tests: 1 + bonus 1
+        "```python\na, b = map(int, input().split())\nprint(abs(a) + abs(b))\n```",  # 2 of 3
+        "```python\nwhile True: pass\n```",  # timeout: 0
+        "I cannot write code.",  # no fence: the whole text runs, a syntax error: 0
+    ]
+    code = CodeTask(sandbox=dict(SANDBOX, timeout_s=2.0))
+    batches = []
+    real = code.score_batch
+    monkeypatch.setattr(code, "score_batch", lambda texts, rows: batches.append(len(texts)) or real(texts, rows))
+    policy = ScriptedEngine(AutoTokenizer.from_pretrained(tiny_model_dir), lambda text, j: replies[j])
+    runner = RolloutRunner(policy, None, PromptTemplates(), {"correctness": get_reward("correctness")},
+                           {"correctness": 1.0}, code)
+    rollout = runner.run([ROW], 0, settings(protocol="direct"))
+    assert rollout.rewards.tolist() == pytest.approx([2.0, 2 / 3, 0.0, 0.0])
+    assert [i.p_with for i in rollout.interactions] == [1.0, 0.0, 0.0, 0.0]
+    assert [i.score.details["outcome"] for i in rollout.interactions] == ["pass", "wrong_answer", "timeout", "crash"]
+    assert batches == [4]
+    assert rollout.verifier["verifier/timeouts"] == 0.0  # the program's timeout is not the verifier's

@@ -130,8 +130,15 @@ def encode_prompts(tokenizer: Any, conversations: Sequence[list[dict[str, str]]]
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
+def _scores(task: Task, texts: Sequence[str], row: dict) -> list[Score]:
+    """The task's scores of several completions of one row; in parallel through `score_batch` when the task has one
+    (the code tasks run each completion's tests in the sandbox's worker pool)."""
+    batch = getattr(task, "score_batch", None)
+    return list(batch(list(texts), [row] * len(texts))) if batch else [task.score(text, row) for text in texts]
+
+
 def _correctness(task: Task, outputs: Sequence[Completion], row: dict) -> tuple[list[Score], list[bool], float]:
-    scores = [task.score(c.text, row) for c in outputs]
+    scores = _scores(task, [c.text for c in outputs], row)
     completed = completion_share([s.has_answer for s in scores], [c.finish_reason == "stop" for c in outputs])
     return scores, [s.correct for s in scores], completed
 
@@ -268,8 +275,8 @@ class RolloutRunner:
         start = time.perf_counter()
         prompt_ids, completions, interactions, scores = [], [], [], []
         for i, group in enumerate(outs):
-            for c in group:
-                (score,), correct, completed = _correctness(self.task, [c], rows[i])
+            for c, score in zip(group, _scores(self.task, [c.text for c in group], rows[i])):
+                completed = completion_share([score.has_answer], [c.finish_reason == "stop"])
                 scores.append(score)
                 prompt_ids.append(prompts[i])
                 completions.append(c)
@@ -278,7 +285,7 @@ class RolloutRunner:
                         question=questions[i],
                         ground_truth=truths[i],
                         policy_completion=c.text,
-                        p_with=float(correct[0]),
+                        p_with=float(score.correct),
                         completed=completed,
                         score=score,
                     )

@@ -24,6 +24,7 @@ training); leave it unset for evaluation, which then runs every test.
 from __future__ import annotations
 
 import ast
+import copy
 import json
 import random
 from collections import Counter
@@ -139,6 +140,12 @@ class CodeTask(SandboxedTask):
                 rows = random.Random(seed).sample(rows, num)
             return rows
         return stdio_rows(split, 100 if num is None else num, seed, self.tests_per_problem, self.families)
+
+    def for_evaluation(self) -> CodeTask:
+        """This task with every test run (no `max_tests`): what evaluation should score with."""
+        evaluation = copy.copy(self)
+        evaluation.max_tests = None
+        return evaluation
 
     def gold_completion(self, row: dict) -> str:
         """The row's reference program, formatted as an answer (an SFT label; check it with rcl.tasks.labels)."""
