@@ -219,3 +219,36 @@ def test_mixture_rows_are_scored_by_their_own_task(tmp_path):
     assert len(table) == 24 and set(mixture.fields) <= set(table.column_names)
     with pytest.raises(ValueError, match="weights"):
         get_task("mixture", tasks={"sat": {}}, weights={"abduction": 1.0})
+
+
+def test_per_task_metrics_of_a_mixture_rollout(tiny_model_dir):
+    from test_rollout import ScriptedEngine, settings
+    from transformers import AutoTokenizer
+
+    from rcl.prompts import PromptTemplates
+    from rcl.rewards import get_reward
+    from rcl.rl.rollout import RolloutRunner
+    from rcl.tasks.mixture import per_task_means
+
+    mixture = get_task("mixture", tasks={"sat": {}, "abduction": {"sandbox": SANDBOX, "families": ["quadratic"]}})
+    rows = [row for row in mixture.rows("train", 12, seed=3)]
+    sat_row = next(row for row in rows if row["task"] == "sat")
+    abd_row = next(row for row in rows if row["task"] == "abduction")
+    answers = {sat_row["question"]: mixture.gold_completion(sat_row), abd_row["question"]: "<INPUT>nope</INPUT>"}
+
+    def reply(text, j):  # sample 0 answers right for SAT and wrong for abduction; sample 1 gives nothing
+        return next((answer for question, answer in answers.items() if question[:200] in text), "") if j == 0 else ""
+
+    policy = ScriptedEngine(AutoTokenizer.from_pretrained(tiny_model_dir), reply)
+    runner = RolloutRunner(policy, None, PromptTemplates(), {"correctness": get_reward("correctness")},
+                           {"correctness": 1.0}, mixture)
+    rollout = runner.run([sat_row, abd_row], 0, settings(protocol="direct", num_generations=2))
+    assert rollout.by_task == {
+        "tasks/sat/count": 2.0, "tasks/sat/correct": 1.0, "tasks/sat/reward": 1.0,
+        "tasks/abduction/count": 2.0, "tasks/abduction/correct": 0.0, "tasks/abduction/reward": 0.0,
+    }
+    assert per_task_means(rollout.by_task, "eval/") == {
+        "eval/tasks/sat/accuracy": 0.5, "eval/tasks/sat/reward": 0.5,
+        "eval/tasks/abduction/accuracy": 0.0, "eval/tasks/abduction/reward": 0.0,
+    }
+    assert per_task_means({"tasks/sat/count": 0.0, "tasks/sat/correct": 0.0, "tasks/sat/reward": 0.0}) == {}

@@ -59,6 +59,7 @@ from rcl.run_dir import (
     truncate_to_step,
 )
 from rcl.tasks import Task, TaskArgs
+from rcl.tasks.mixture import per_task_means
 from rcl.tasks.self_test import RewardSelfTestError, reward_self_test, summary
 from rcl.tiny_models import ModelNotFound, check_model, resolve_model
 
@@ -715,7 +716,8 @@ def step_metrics(fabric, rollout: Rollout, stats: dict, state: dict, train_secon
     metrics = _mean_over_processes(fabric, local)
     metrics["lr"] = state["scheduler"].get_last_lr()[0]
     tokens = {f"tokens/{k}": float(v) for k, v in rollout.generated_tokens.items()} | rollout.verifier  # summed
-    metrics.update({k: v * fabric.world_size for k, v in _mean_over_processes(fabric, tokens).items()})
+    summed = {k: v * fabric.world_size for k, v in _mean_over_processes(fabric, tokens | rollout.by_task).items()}
+    metrics.update({k: v for k, v in summed.items() if k not in rollout.by_task} | per_task_means(summed))
     return metrics
 
 
@@ -739,6 +741,11 @@ def evaluate(fabric, state, runner: RolloutRunner, val_rows, settings, eval_args
                               dtype=torch.float64, device=fabric.device)
         correct, count = fabric.all_reduce(totals, reduce_op="sum").tolist()
         metrics["eval/accuracy"] = correct / count
+        if rollout.by_task:
+            keys = sorted(rollout.by_task)
+            sums = fabric.all_reduce(torch.tensor([rollout.by_task[k] for k in keys], dtype=torch.float64,
+                                                  device=fabric.device), reduce_op="sum").tolist()
+            metrics.update(per_task_means(dict(zip(keys, sums)), prefix="eval/"))
     fabric.print(f"eval @ step {state['step']}: " + ", ".join(f"{k[5:]} {v:.3f}" for k, v in sorted(metrics.items())))
     return metrics
 

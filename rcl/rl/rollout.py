@@ -33,6 +33,7 @@ from rcl.prompts import (
 from rcl.rewards import RolloutSample, combine_rewards
 from rcl.tasks import Score, Task, get_task
 from rcl.tasks.health import VerifierHealth
+from rcl.tasks.mixture import per_task_sums
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,8 @@ class Rollout:
     num_generations: int
     verifier: dict[str, float] = field(default_factory=dict)
     """This rollout's verifier counts: verifier/checks, verifier/errors, verifier/timeouts."""
+    by_task: dict[str, float] = field(default_factory=dict)
+    """For a task mixture (direct protocol): per-task sums, tasks/<name>/{count, correct, reward}."""
 
     def __len__(self) -> int:
         return len(self.completions)
@@ -184,9 +187,11 @@ class RolloutRunner:
             else (torch.zeros_like(rewards), torch.zeros(len(rewards), dtype=torch.bool))
         )
         timings["reward"] = timings.get("reward", 0.0) + time.perf_counter() - start
+        names = getattr(self.task, "subtasks", None)
+        by_task = per_task_sums(names, [(i.score, i.p_with, i.reward) for i in interactions]) if names else {}
         return Rollout(
             prompt_ids, completions, interactions, rewards, components, advantages, zero_std, timings, tokens,
-            settings.num_generations, counts.metrics(),
+            settings.num_generations, counts.metrics(), by_task,
         )
 
     def _adaptive(self, rows, seed, s: RolloutSettings):

@@ -12,6 +12,31 @@ from typing import Any
 from rcl.tasks.base import Score, Task, get_task, register_task
 
 
+def per_task_sums(names: list[str], results: list[tuple[Score | None, float, float]]) -> dict[str, float]:
+    """Sums for per-task metrics, one key set for every process (so they can be summed across processes):
+    `tasks/<name>/count`, `.../correct` and `.../reward` over (score, correctness, reward) triples, by the score's
+    details["task"]."""
+    sums = {f"tasks/{name}/{key}": 0.0 for name in names for key in ("count", "correct", "reward")}
+    for score, correct, reward in results:
+        name = score.details.get("task") if score is not None else None
+        if name in names:
+            sums[f"tasks/{name}/count"] += 1.0
+            sums[f"tasks/{name}/correct"] += correct
+            sums[f"tasks/{name}/reward"] += reward
+    return sums
+
+
+def per_task_means(sums: dict[str, float], prefix: str = "") -> dict[str, float]:
+    """`<prefix>tasks/<name>/accuracy` and `.../reward` from summed `per_task_sums` (tasks without rows left out)."""
+    means = {}
+    for key, count in sums.items():
+        if key.endswith("/count") and count > 0:
+            base = key[: -len("/count")]
+            means[f"{prefix}{base}/accuracy"] = sums[f"{base}/correct"] / count
+            means[f"{prefix}{base}/reward"] = sums[f"{base}/reward"] / count
+    return means
+
+
 @register_task("mixture")
 class MixtureTask(Task):
     """Rows drawn from several tasks by weight; each completion scored by its row's task."""
@@ -38,6 +63,11 @@ class MixtureTask(Task):
         rows = [{**next(pools[name]), "task": name} for name in picks]
         blank = dict.fromkeys(key for row in rows for key in row)  # every row has every column (null if not its own)
         return [{**blank, **row} for row in rows]
+
+    @property
+    def subtasks(self) -> list[str]:
+        """The mixture's task names: what per-task metrics (`tasks/<name>/...`) are split by."""
+        return list(self.tasks)
 
     def _task(self, row: dict) -> Task:
         name = row.get("task")
