@@ -204,7 +204,8 @@ def test_mixture_rows_are_scored_by_their_own_task(tmp_path):
     assert rows == mixture.rows("train", 24, seed=0)
     counts = {name: sum(row["task"] == name for row in rows) for name in kwargs}
     assert sum(counts.values()) == 24 and counts["sat"] > counts["abduction"] > 0 and counts["deduction"] > 0
-    assert set(mixture.fields) == {"task", "num_vars", "clauses", "program", "output", "tests"}
+    assert set(mixture.fields) == {"task", "num_vars", "clauses", "planted", "program", "output", "input", "tests",
+                                   "solution"}
     assert len({tuple(row) for row in rows}) == 1  # every row has every column
     golds = [mixture.gold_completion(row) for row in rows]
     scores = mixture.score_batch(golds, rows)

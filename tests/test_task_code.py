@@ -182,12 +182,12 @@ def test_humaneval_split_and_sampling(task):
 
 
 def test_fields_name_what_rows_must_carry():
-    assert CodeTask(sandbox=SANDBOX).fields == ("test", "entry_point", "prompt")
-    assert CodeTask(sandbox=SANDBOX, dataset="programs").fields == ("tests",)
-    assert CodeTask(sandbox=SANDBOX, test_format="stdio").fields == ("tests",)
-    assert get_task("deduction", sandbox=SANDBOX).fields == ("tests",)
-    assert get_task("sat").fields == ("num_vars", "clauses")
-    assert get_task("abduction", sandbox=SANDBOX).fields == ("program", "output")
+    assert CodeTask(sandbox=SANDBOX).fields == ("test", "entry_point", "prompt", "solution")
+    assert CodeTask(sandbox=SANDBOX, dataset="programs").fields == ("tests", "solution")
+    assert CodeTask(sandbox=SANDBOX, test_format="stdio").fields == ("tests", "solution")
+    assert get_task("deduction", sandbox=SANDBOX).fields == ("tests", "solution")
+    assert get_task("sat").fields == ("num_vars", "clauses", "planted")
+    assert get_task("abduction", sandbox=SANDBOX).fields == ("program", "output", "input")
 
 
 def test_a_program_timeout_is_the_models_failure_not_the_verifiers():
@@ -228,3 +228,26 @@ def test_a_direct_rollout_scores_code_with_partial_credit_in_one_batch_per_group
     assert [i.score.details["outcome"] for i in rollout.interactions] == ["pass", "wrong_answer", "timeout", "crash"]
     assert batches == [4]
     assert rollout.verifier["verifier/timeouts"] == 0.0  # the program's timeout is not the verifier's
+
+
+def test_the_code_quickstart_runs_a_step_on_exported_rows(tmp_path, models_dir):
+    from pathlib import Path
+
+    from rcl.rl.loop import cli_main
+    from rcl.tasks.export import export
+
+    configs = Path(__file__).resolve().parents[1] / "lightning_configs"
+    rows = tmp_path / "rl.jsonl"
+    export("code", str(rows), num=12, kwargs={"dataset": "programs", "tests_per_problem": 2})
+    out = tmp_path / "run"
+    cli_main("fit", [
+        "--config", str(configs / "quickstart_code.yaml"), "--data.init_args.dataset", str(rows),
+        "--data.init_args.val_size", "4", "--trainer.out_dir", str(out),
+        # only to keep the test short (an untrained policy: the rewards are ~0, the plumbing is what is checked):
+        "--teacher.model_name_or_path", "tiny-1m", "--student.model_name_or_path", "tiny-1m",
+        "--trainer.max_steps", "1", "--grpo.prompts_per_step", "2", "--grpo.num_generations", "2",
+        "--generation.max_completion_length", "8", "--eval.num_prompts", "2", "--trainer.loggers", "[csv]"])
+    steps = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    trained = [r for r in steps if "reward" in r]
+    assert [r["step"] for r in trained] == [1] and trained[0]["verifier/checks"] == 4.0
+    assert any("eval/accuracy" in r for r in steps)

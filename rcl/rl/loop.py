@@ -133,7 +133,7 @@ def preflight(data, trainer: TrainerArgs, teacher: ModelArgs, student: ModelArgs
         except ModelNotFound as exc:
             raise ConfigError(f"{role}.model_name_or_path: {exc}") from None
     try:
-        data.rl_dataset("train"), data.rl_dataset("val")
+        data.rl_dataset("train", ()), data.rl_dataset("val", ())  # the task's own fields are check_task's
     except DataError as exc:
         raise ConfigError(f"data: {exc}") from None
     if ckpt_path and not Path(ckpt_path).exists():

@@ -32,7 +32,7 @@ QUESTION = (
 class AbductionTask(SandboxedTask):
     """Find the input (the Affine ABD environment, on generated programs)."""
 
-    fields = ("program", "output")
+    fields = ("program", "output", "input")
 
     def __init__(self, sandbox: SandboxConfig | dict | None = None, families: list[str] | None = None):
         super().__init__(sandbox)

@@ -9,6 +9,8 @@ Row fields:
   - `test` + `entry_point` (HumanEval's convention): `test` defines `check(candidate)`, and `entry_point` names the
     function passed as `candidate`. One test: check passes or not. Optional `prompt` (the signature and docstring) is
     put before the completion's code when that code does not define `entry_point` itself (a body-only completion).
+- `solution`: a reference program (HumanEval: the prompt plus the canonical solution). RL rows carry it: the reward
+  self-test scores it as the gold answer, and it is the SFT label.
 - `language` (optional): a language configured in the sandbox; default the task's `language`.
 
 Scores (Score.details): `passed`, `total`, `outcome` (pass, or the first failing test's class: wrong_answer, timeout,
@@ -96,7 +98,9 @@ class SandboxedTask(Task):
 class CodeTask(SandboxedTask):
     """Write a program that passes the row's tests (see the module docstring for row fields and rewards)."""
 
-    FIELDS = {"stdio": ("tests",), "assert": ("test", "entry_point", "prompt")}
+    FIELDS = {"stdio": ("tests", "solution"), "assert": ("test", "entry_point", "prompt", "solution")}
+    """Row fields RL rows carry, by test format; `solution` (a reference program) is what the reward self-test and
+    SFT labels use as the gold answer."""
 
     def __init__(
         self,
@@ -111,7 +115,7 @@ class CodeTask(SandboxedTask):
         test_format: Literal["stdio", "assert"] | None = None,
         families: list[str] | None = None,
     ):
-        """test_format: which row fields the rows carry (stdio: tests; assert: test, entry_point, prompt), for rows
+        """test_format: which row fields the rows carry (FIELDS: stdio or assert tests, plus solution), for rows
         that come from a dataset rather than `rows()`; default: the format of `dataset` (humaneval: assert,
         programs: stdio). Scoring reads whichever a row has. families: the program families `dataset: programs`
         draws from (default all; rcl.tasks.programs.FAMILIES)."""

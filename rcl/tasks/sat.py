@@ -67,7 +67,7 @@ def render(num_vars: int, clauses: list[list[int]]) -> str:
 class SatTask(Task):
     """Planted k-SAT near the clause ratio 4.2 (the Affine guide's generator: 10-20 variables, k = 3-5)."""
 
-    fields = ("num_vars", "clauses")
+    fields = ("num_vars", "clauses", "planted")
 
     def __init__(self, min_vars: int = 10, max_vars: int = 20, min_k: int = 3, max_k: int = 5, ratio: float = 4.2):
         if not 1 <= min_vars <= max_vars or not 1 <= min_k <= max_k or max_k > min_vars:
