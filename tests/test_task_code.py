@@ -251,3 +251,35 @@ def test_the_code_quickstart_runs_a_step_on_exported_rows(tmp_path, models_dir):
     trained = [r for r in steps if "reward" in r]
     assert [r["step"] for r in trained] == [1] and trained[0]["verifier/checks"] == 4.0
     assert any("eval/accuracy" in r for r in steps)
+
+
+def test_code_recipes_are_consistent_with_their_sft_and_data():
+    from pathlib import Path
+
+    import yaml
+
+    from rcl.tasks import TaskArgs
+
+    configs = Path(__file__).resolve().parents[1] / "lightning_configs"
+
+    def load(name):
+        return yaml.safe_load((configs / name).read_text())
+
+    quick, sft = load("quickstart_code.yaml"), load("quickstart_code_sft.yaml")
+    assert quick["templates"] == sft["data"]["init_args"]["templates"]  # sampled in the format it was trained on
+    assert quick["teacher"]["model_name_or_path"] == "runs/quickstart_code_sft/hf_model"
+    for recipe, data_file in ((quick, "rl.jsonl"), (sft, "sft.jsonl")):
+        assert recipe["data"]["init_args"]["dataset"] == f"data/quickstart_code/{data_file}"
+    header = (configs / "quickstart_code.yaml").read_text().split("\ntrainer:")[0]
+    assert "data/quickstart_code/sft.jsonl --split sft" in header
+    assert "data/quickstart_code/rl.jsonl --split train" in header
+    families = quick["task"]["kwargs"]["families"]
+    assert f"families: [{', '.join(families)}]" in header
+    grpo = TaskArgs(**load("code_grpo.yaml")["task"]).build()
+    assert (grpo.max_tests, grpo.reward_mode, grpo.base_weight, grpo.perfect_weight) == (5, "partial", 1.0, 1.0)
+    assert grpo.sandbox_config.require_isolation and grpo.fields == ("tests", "solution")
+    teaching = TaskArgs(**load("code_rcl.yaml")["task"]).build()
+    assert teaching.reward_mode == "binary" and load("code_rcl.yaml")["grpo"]["protocol"] == "adaptive_teaching"
+    affine = TaskArgs(**load("affine_tasks.yaml")["task"]).build()
+    assert affine.subtasks == ["sat", "abduction", "deduction"]
+    assert affine.tasks["deduction"].sandbox_config.require_isolation
