@@ -153,11 +153,21 @@ def humaneval(task):
     return rows
 
 
-def test_humaneval_canonical_solutions_score_164_of_164(task, humaneval):
-    scores = task.score_batch([task.gold_completion(row) for row in humaneval], humaneval)
-    failed = [(row["task_id"], score.details) for row, score in zip(humaneval, scores) if not score.correct]
-    assert failed == []
-    assert sum(score.reward for score in scores) == pytest.approx(2.0 * 164)
+def test_humaneval_canonical_solutions_score_164_of_164_through_rcl_score(task, humaneval, tmp_path, capsys):
+    from rcl.__main__ import main
+
+    source, scored = tmp_path / "canonical.jsonl", tmp_path / "scored.jsonl"
+    fields = ("task_id", "question", "prompt", "test", "entry_point", "solution")
+    source.write_text("".join(json.dumps({**{k: row[k] for k in fields}, "completion": task.gold_completion(row)})
+                              + "\n" for row in humaneval))
+    main(["score", "--task", "code", "--kwargs", "{sandbox: {workers: 2}}", "--input", str(source),
+          "--output", str(scored)])
+    results = [json.loads(line) for line in scored.read_text().splitlines()]
+    failed = [(r["task_id"], r["details"]) for r in results if not r["correct"]]
+    assert failed == [] and len(results) == 164
+    assert sum(r["reward"] for r in results) == pytest.approx(2.0 * 164)
+    assert {r["details"]["outcome"] for r in results} == {"pass"}
+    assert "accuracy 1.000 (164/164)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("stub", ["    pass\n", "    return None\n"])
