@@ -30,6 +30,7 @@ from callbacks.sample_logging import SampleLogger
 from callbacks.teaching_metrics import TeachingMetrics
 from callbacks.weight_sync import WeightSync
 from rcl.engines import HFEngine, SamplingParams
+from rcl import lora as lora_lib
 from rcl.grpo import completion_logprobs, completion_mask, group_advantages, grpo_loss, mask_truncated
 from rcl.optim import OptimizerArgs, build_optimizer, build_scheduler
 from rcl.progress import StepClock, format_duration
@@ -87,6 +88,7 @@ def setup(
     ckpt_path: str | None = None,
     overwrite: bool = False,
     command: str = "fit",
+    lora: lora_lib.LoraArgs = lora_lib.LoraArgs(),
 ) -> None:
     """Train (or, with command=validate, evaluate) a policy with GRPO.
 
@@ -108,8 +110,10 @@ def setup(
         ckpt_path: Resume from this Fabric checkpoint.
         overwrite: Replace an earlier run's outputs in `trainer.out_dir`. Without it, a fresh `fit` into a folder that
             holds a run is refused (resume that run with `ckpt_path`, or pick another `trainer.out_dir`).
+        lora: LoRA adapters on the policy (peft); with beta > 0 the reference is the policy with its adapters off.
     """
     validate_config(trainer, grpo, engines)
+    validate_lora(lora, trainer, grpo)
     warn_reward_inversions(grpo, reward)
     preflight(data, trainer, teacher, student, grpo, ckpt_path, overwrite, command)
     check_task(task, data, reward, grpo, command)
@@ -117,7 +121,7 @@ def setup(
                           command)
     fabric.launch(
         main, data, trainer, teacher, student, grpo, generation, reward, optimizer, templates, eval, engines, ckpt_path,
-        command, task=task,
+        command, task=task, lora=lora,
     )
 
 
@@ -228,6 +232,20 @@ def validate_config(trainer: TrainerArgs, grpo: GRPOArgs, engines: EnginesArgs) 
                           "teacher would generate with its initial weights: serve it with `rcl serve` (api: rcl)")
 
 
+def validate_lora(lora: lora_lib.LoraArgs, trainer: TrainerArgs, grpo: GRPOArgs) -> None:
+    try:
+        lora_lib.check_quantization(lora, trainer.accelerator)
+    except lora_lib.LoraConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    if lora.enabled and grpo.sync_ref_model:
+        raise ConfigError("grpo.sync_ref_model with lora.enabled: the reference is the policy with its adapters off, "
+                          "so there is no separate reference to move; turn one of them off")
+    sharded = "fsdp" in trainer.strategy or "stage_3" in trainer.strategy
+    if lora.enabled and lora.export == "adapter" and sharded and trainer.export_hf:
+        raise ConfigError(f"lora.export adapter under trainer.strategy={trainer.strategy} is not supported yet; use "
+                          "lora.export merged (gathered like weight sync)")
+
+
 def warn_reward_inversions(grpo: GRPOArgs, reward: RewardArgs) -> list:
     """Warn (and return the cases) when the recipe's (k, m) let the adaptive reward rank a worse teaching higher."""
     if grpo.protocol != "adaptive_teaching" or "adaptive_teaching" not in reward.functions:
@@ -271,13 +289,13 @@ def build_loggers(names: list[str], out_dir: Path, version: str = "") -> list:
     return loggers
 
 
-def load_causal_lm(args: ModelArgs, trainable: bool, seed: int = 0) -> torch.nn.Module:
-    from transformers import AutoModelForCausalLM
-
+def load_causal_lm(args: ModelArgs, trainable: bool, seed: int = 0,
+                   lora: lora_lib.LoraArgs | None = None) -> torch.nn.Module:
+    """`lora` (the trained policy only) adds adapters; a saved adapter folder loads merged without it."""
     dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
-    model = AutoModelForCausalLM.from_pretrained(
-        resolve_model(args.model_name_or_path, seed=seed), dtype=dtype, attn_implementation=args.attn_implementation
-    )
+    model = lora_lib.load_for_training(resolve_model(args.model_name_or_path, seed=seed),
+                                       lora if trainable and lora is not None else lora_lib.LoraArgs(),
+                                       dtype=dtype, attn_implementation=args.attn_implementation)
     if trainable and args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
@@ -387,6 +405,7 @@ def main(
     ckpt_path: str | None,
     command: str = "fit",
     task: TaskArgs = TaskArgs(),
+    lora: lora_lib.LoraArgs = lora_lib.LoraArgs(),
 ) -> dict:
     if grpo.prompts_per_step % fabric.world_size:  # devices "auto", -1 or a list are only counted here
         raise ConfigError(
@@ -404,12 +423,16 @@ def main(
     student_tok = load_tokenizer(student) if adaptive else None
 
     # Loaded whole on the host: fabric.setup then moves it, or shards it (FSDP, DeepSpeed ZeRO partition on init).
-    policy = load_causal_lm(teacher, trainable=True)
+    policy = load_causal_lm(teacher, trainable=True, lora=lora)
+    peft_policy = lora_lib.find_peft(policy) is not None
+    if peft_policy:
+        fabric.print(f"LoRA policy: {lora_lib.describe_trainable(policy)}")
     if is_deepspeed(fabric) and optimizer_args.max_grad_norm:
         fabric.strategy.config["gradient_clipping"] = optimizer_args.max_grad_norm  # DeepSpeed clips inside its step
     reference = None
     if grpo.beta != 0:
-        reference = load_causal_lm(teacher, trainable=False).to(fabric.device)
+        reference = (lora_lib.DisabledAdapter(policy) if peft_policy
+                     else load_causal_lm(teacher, trainable=False).to(fabric.device))
     optimizer = build_optimizer(policy.parameters(), optimizer_args)
     policy, optimizer = fabric.setup(policy, optimizer)
     scheduler = build_scheduler(optimizer, trainer.max_steps, optimizer_args)
@@ -474,7 +497,7 @@ def main(
                 close()
 
     if trainer.export_hf:
-        export_hf(fabric, policy, teacher_tok, out_dir / "hf_model")
+        export_hf(fabric, policy, teacher_tok, out_dir / "hf_model", lora.export)
     return state
 
 
@@ -768,7 +791,7 @@ def _checkpoint_view(state: dict) -> dict:
     view = {k: state[k] for k in ("model", "optimizer", "scheduler", "step", "prompts_seen")}
     # the rollout whose remaining num_iterations passes are still to come, so a resume finishes it exactly
     view["pending"] = state["pending"].state_dict() if state.get("pending") is not None else {}
-    if state.get("ref_model") is not None:
+    if isinstance(state.get("ref_model"), torch.nn.Module):  # not the policy's disabled adapter (no weights of its own)
         view["ref_model"] = state["ref_model"]
     return view
 
@@ -812,13 +835,21 @@ def save_checkpoint(fabric, state: dict, keep_last: int) -> Path:
     return path
 
 
-def export_hf(fabric, model, tokenizer, out: Path) -> None:
-    """Save the policy as an HF folder (full weights gathered on rank 0 under sharded strategies)."""
+def export_hf(fabric, model, tokenizer, out: Path, lora_export: str = "merged") -> None:
+    """Save the policy as an HF folder (full weights gathered on rank 0 under sharded strategies); a LoRA policy as
+    its merged weights or as its adapter alone (`lora_export`)."""
     from rcl.serving.weights import iter_full_state
 
-    state_dict = dict(iter_full_state(model, fabric))
+    peft = lora_lib.find_peft(model)
+    if peft is not None and lora_export == "adapter":
+        if fabric.global_rank == 0:
+            lora_lib.export_model(peft, tokenizer, out, "adapter")
+            fabric.print(f"exported the policy's adapter to {out}")
+        fabric.barrier()
+        return
+    state_dict = dict(iter_full_state(model, fabric))  # a LoRA policy comes out merged, under base names
     if fabric.global_rank == 0:
-        unwrap(model).save_pretrained(str(out), state_dict=state_dict)
+        (peft.get_base_model() if peft is not None else unwrap(model)).save_pretrained(str(out), state_dict=state_dict)
         tokenizer.save_pretrained(str(out))
         fabric.print(f"exported the policy to {out}")
     fabric.barrier()
