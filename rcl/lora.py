@@ -46,6 +46,9 @@ class LoraArgs:
     """Load the base in 8 or 4 bits with bitsandbytes (QLoRA; CUDA only)."""
     export: Literal["merged", "adapter"] = "merged"
     """What the final export holds: the merged full model, or the adapter alone (with its base's path)."""
+    sync: Literal["merged", "adapter"] = "merged"
+    """What reaches teacher servers after each step: the merged weights (any server), or the adapter alone (servers
+    started with `rcl serve --enable-lora`; vLLM serves it as a LoRA request, the hf engine merges it)."""
 
 
 def target_modules(spec: str | list[str]) -> list[str]:

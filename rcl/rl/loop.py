@@ -117,8 +117,8 @@ def setup(
     warn_reward_inversions(grpo, reward)
     preflight(data, trainer, teacher, student, grpo, ckpt_path, overwrite, command)
     check_task(task, data, reward, grpo, command)
-    fabric = build_fabric(trainer, default_callbacks(grpo, logging, engines) + list(callbacks or []), ckpt_path,
-                          command)
+    fabric = build_fabric(trainer, default_callbacks(grpo, logging, engines, lora) + list(callbacks or []),
+                          ckpt_path, command)
     fabric.launch(
         main, data, trainer, teacher, student, grpo, generation, reward, optimizer, templates, eval, engines, ckpt_path,
         command, task=task, lora=lora,
@@ -244,6 +244,9 @@ def validate_lora(lora: lora_lib.LoraArgs, trainer: TrainerArgs, grpo: GRPOArgs)
     if lora.enabled and lora.export == "adapter" and sharded and trainer.export_hf:
         raise ConfigError(f"lora.export adapter under trainer.strategy={trainer.strategy} is not supported yet; use "
                           "lora.export merged (gathered like weight sync)")
+    if lora.sync == "adapter" and (not lora.enabled or sharded):
+        raise ConfigError("lora.sync adapter needs lora.enabled and an unsharded strategy (ddp or one process); "
+                          "use lora.sync merged")
 
 
 def warn_reward_inversions(grpo: GRPOArgs, reward: RewardArgs) -> list:
@@ -259,7 +262,8 @@ def warn_reward_inversions(grpo: GRPOArgs, reward: RewardArgs) -> list:
     return cases
 
 
-def default_callbacks(grpo: GRPOArgs, logging: LoggingArgs, engines: EnginesArgs) -> list[FabricCallback]:
+def default_callbacks(grpo: GRPOArgs, logging: LoggingArgs, engines: EnginesArgs,
+                      lora: lora_lib.LoraArgs = lora_lib.LoraArgs()) -> list[FabricCallback]:
     callbacks: list[FabricCallback] = [
         TeachingMetrics(),
         DegradationTracker(window=logging.degradation_window, ndr_threshold=logging.ndr_warn_threshold,
@@ -269,7 +273,8 @@ def default_callbacks(grpo: GRPOArgs, logging: LoggingArgs, engines: EnginesArgs
     ]
     if grpo.sync_ref_model:
         callbacks.append(RefModelSync(grpo.ref_model_mixup_alpha, grpo.ref_model_sync_steps))
-    callbacks.append(WeightSync(engines.sync_every_n_steps, engines.sync_bucket_mb))
+    callbacks.append(WeightSync(engines.sync_every_n_steps, engines.sync_bucket_mb,
+                                adapter_only=lora.enabled and lora.sync == "adapter"))
     return callbacks
 
 
