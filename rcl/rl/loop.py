@@ -16,7 +16,7 @@ import time
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.fabric.strategies import DeepSpeedStrategy
@@ -31,6 +31,7 @@ from callbacks.teaching_metrics import TeachingMetrics
 from callbacks.weight_sync import WeightSync
 from rcl.engines import HFEngine, SamplingParams
 from rcl import lora as lora_lib
+from rcl.rl import ppo as ppo_lib
 from rcl.grpo import completion_logprobs, completion_mask, group_advantages, grpo_loss, mask_truncated
 from rcl.optim import OptimizerArgs, build_optimizer, build_scheduler
 from rcl.progress import StepClock, format_duration
@@ -89,6 +90,8 @@ def setup(
     overwrite: bool = False,
     command: str = "fit",
     lora: lora_lib.LoraArgs = lora_lib.LoraArgs(),
+    algorithm: Literal["grpo", "ppo"] = "grpo",
+    ppo: ppo_lib.PPOArgs = ppo_lib.PPOArgs(),
 ) -> None:
     """Train (or, with command=validate, evaluate) a policy with GRPO.
 
@@ -111,8 +114,12 @@ def setup(
         overwrite: Replace an earlier run's outputs in `trainer.out_dir`. Without it, a fresh `fit` into a folder that
             holds a run is refused (resume that run with `ckpt_path`, or pick another `trainer.out_dir`).
         lora: LoRA adapters on the policy (peft); with beta > 0 the reference is the policy with its adapters off.
+        algorithm: grpo (group advantages, `grpo`'s objective) or ppo (a critic and GAE, `ppo`'s objective; the same
+            rollouts, rewards and callbacks).
+        ppo: PPO's critic and objective (algorithm ppo).
     """
-    validate_config(trainer, grpo, engines)
+    validate_config(trainer, grpo, engines, algorithm)
+    validate_ppo(algorithm, grpo, ppo)
     validate_lora(lora, trainer, grpo)
     warn_reward_inversions(grpo, reward)
     preflight(data, trainer, teacher, student, grpo, ckpt_path, overwrite, command)
@@ -121,7 +128,7 @@ def setup(
                           ckpt_path, command)
     fabric.launch(
         main, data, trainer, teacher, student, grpo, generation, reward, optimizer, templates, eval, engines, ckpt_path,
-        command, task=task, lora=lora,
+        command, task=task, lora=lora, ppo=ppo if algorithm == "ppo" else None,
     )
 
 
@@ -199,8 +206,9 @@ def deepspeed_engine(fabric, model):
     return getattr(model, "_forward_module", model)
 
 
-def validate_config(trainer: TrainerArgs, grpo: GRPOArgs, engines: EnginesArgs) -> None:
-    if grpo.num_generations < 2:
+def validate_config(trainer: TrainerArgs, grpo: GRPOArgs, engines: EnginesArgs,
+                    algorithm: str = "grpo") -> None:
+    if grpo.num_generations < 2 and algorithm == "grpo":
         raise ConfigError(f"grpo.num_generations must be >= 2 for group advantages, got {grpo.num_generations}")
     if grpo.beta == 0 and grpo.sync_ref_model:
         raise ConfigError("grpo.sync_ref_model needs grpo.beta > 0 (with beta 0 no reference model is loaded)")
@@ -230,6 +238,19 @@ def validate_config(trainer: TrainerArgs, grpo: GRPOArgs, engines: EnginesArgs) 
     if engines.teacher.backend == "server" and engines.teacher.api == "openai":
         raise ConfigError("engines.teacher.api is 'openai', but OpenAI-style servers take no weight pushes, so the "
                           "teacher would generate with its initial weights: serve it with `rcl serve` (api: rcl)")
+
+
+def validate_ppo(algorithm: str, grpo: GRPOArgs, ppo: ppo_lib.PPOArgs) -> None:
+    if algorithm != "ppo":
+        return
+    if grpo.num_iterations != 1:
+        raise ConfigError("algorithm ppo takes its passes over a rollout from ppo.ppo_epochs: set grpo.num_iterations 1")
+    if grpo.beta != 0:
+        raise ConfigError("algorithm ppo puts the KL term in the reward: set ppo.kl_coef (and grpo.beta 0)")
+    if ppo.ppo_epochs < 1 or ppo.mini_batch_size < 1:
+        raise ConfigError("ppo.ppo_epochs and ppo.mini_batch_size must be >= 1")
+    if ppo.adaptive_kl and ppo.kl_coef <= 0:
+        raise ConfigError("ppo.adaptive_kl needs an initial ppo.kl_coef > 0")
 
 
 def validate_lora(lora: lora_lib.LoraArgs, trainer: TrainerArgs, grpo: GRPOArgs) -> None:
@@ -411,6 +432,7 @@ def main(
     command: str = "fit",
     task: TaskArgs = TaskArgs(),
     lora: lora_lib.LoraArgs = lora_lib.LoraArgs(),
+    ppo: ppo_lib.PPOArgs | None = None,
 ) -> dict:
     if grpo.prompts_per_step % fabric.world_size:  # devices "auto", -1 or a list are only counted here
         raise ConfigError(
@@ -435,7 +457,7 @@ def main(
     if is_deepspeed(fabric) and optimizer_args.max_grad_norm:
         fabric.strategy.config["gradient_clipping"] = optimizer_args.max_grad_norm  # DeepSpeed clips inside its step
     reference = None
-    if grpo.beta != 0:
+    if grpo.beta != 0 or (ppo is not None and ppo.kl_coef != 0):
         reference = (lora_lib.DisabledAdapter(policy) if peft_policy
                      else load_causal_lm(teacher, trainable=False).to(fabric.device))
     optimizer = build_optimizer(policy.parameters(), optimizer_args)
@@ -467,12 +489,18 @@ def main(
         "ref_model": reference,
         "out_dir": str(out_dir),
         "pending": None,
+        "ppo": ppo,
     }
+    if ppo is not None:
+        ppo_lib.setup_critic(fabric, state, ppo, teacher.model_name_or_path, optimizer_args, trainer.max_steps,
+                             trainer.seed)
     if ckpt_path:
         view = _checkpoint_view(state)
         remainder = fabric.load(ckpt_path, view)
         state.update(step=view["step"], prompts_seen=view["prompts_seen"],
                      pending=PendingRollout.from_state(view["pending"], fabric.device))
+        if state.get("kl_controller") is not None:
+            state["kl_controller"].value = float(view["kl_coef"])
         if "rng" in remainder:
             torch.set_rng_state(remainder["rng"])
         fabric.call("on_load_checkpoint", fabric=fabric, state=state, checkpoint=remainder)
@@ -503,6 +531,8 @@ def main(
 
     if trainer.export_hf:
         export_hf(fabric, policy, teacher_tok, out_dir / "hf_model", lora.export)
+        if ppo is not None:
+            ppo_lib.export_critic(fabric, state["critic"], out_dir / "hf_model")
     return state
 
 
@@ -532,7 +562,14 @@ def fit(
             if grpo.num_iterations > 1 and pending.old_logps is None:
                 pending.old_logps = behaviour_logprobs(state["model"], rollout, grpo, generation, fabric)
             start = time.perf_counter()
-            stats = train_step(fabric, state, rollout, grpo, generation, optimizer_args, stop_ids, pending.old_logps)
+            if state.get("ppo") is not None:
+                stats = ppo_lib.train_step(
+                    fabric, state, rollout, state["ppo"], generation, optimizer_args,
+                    lambda index, comp: _mask(rollout, index, comp, stop_ids, grpo),
+                    step_seed(trainer.seed, state["step"], fabric.global_rank, salt=3))
+            else:
+                stats = train_step(fabric, state, rollout, grpo, generation, optimizer_args, stop_ids,
+                                   pending.old_logps)
             state["step"] += 1
             pending.next_iteration = iteration + 1
             if pending.next_iteration == grpo.num_iterations:
@@ -728,7 +765,7 @@ def step_metrics(fabric, rollout: Rollout, stats: dict, state: dict, train_secon
     truncated = torch.tensor([float(c.finish_reason == "length") for c in rollout.completions])
     local = {
         "reward": rewards.mean().item(),
-        "reward_std": groups.std(dim=1).mean().item(),
+        "reward_std": groups.std(dim=1).mean().item() if rollout.num_generations > 1 else 0.0,
         "frac_reward_zero_std": rollout.zero_std_groups.float().mean().item(),
         "completions/mean_length": lengths.mean().item(),
         "completions/min_length": lengths.min().item(),
@@ -798,6 +835,7 @@ def _checkpoint_view(state: dict) -> dict:
     view["pending"] = state["pending"].state_dict() if state.get("pending") is not None else {}
     if isinstance(state.get("ref_model"), torch.nn.Module):  # not the policy's disabled adapter (no weights of its own)
         view["ref_model"] = state["ref_model"]
+    view.update(ppo_lib.checkpoint_items(state))
     return view
 
 
