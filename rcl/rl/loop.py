@@ -31,6 +31,7 @@ from callbacks.teaching_metrics import TeachingMetrics
 from callbacks.weight_sync import WeightSync
 from rcl.engines import HFEngine, SamplingParams
 from rcl import lora as lora_lib
+from rcl.rl import multiturn as multiturn_lib
 from rcl.rl import ppo as ppo_lib
 from rcl.grpo import completion_logprobs, completion_mask, group_advantages, grpo_loss, mask_truncated
 from rcl.optim import OptimizerArgs, build_optimizer, build_scheduler
@@ -60,7 +61,7 @@ from rcl.run_dir import (
     remove_outputs,
     truncate_to_step,
 )
-from rcl.tasks import Task, TaskArgs
+from rcl.tasks import Environment, Task, TaskArgs
 from rcl.tasks.self_test import RewardSelfTestError, reward_self_test, summary
 from rcl.tiny_models import ModelNotFound, check_model, resolve_model
 
@@ -92,6 +93,7 @@ def setup(
     lora: lora_lib.LoraArgs = lora_lib.LoraArgs(),
     algorithm: Literal["grpo", "ppo"] = "grpo",
     ppo: ppo_lib.PPOArgs = ppo_lib.PPOArgs(),
+    multiturn: multiturn_lib.MultiTurnArgs = multiturn_lib.MultiTurnArgs(),
 ) -> None:
     """Train (or, with command=validate, evaluate) a policy with GRPO.
 
@@ -117,6 +119,8 @@ def setup(
         algorithm: grpo (group advantages, `grpo`'s objective) or ppo (a critic and GAE, `ppo`'s objective; the same
             rollouts, rewards and callbacks).
         ppo: PPO's critic and objective (algorithm ppo).
+        multiturn: Episodes of multi-turn environments (tasks that are not single-turn); their rewards are the
+            environment's, so `reward` is not used for them.
     """
     validate_config(trainer, grpo, engines, algorithm)
     validate_ppo(algorithm, grpo, ppo)
@@ -128,7 +132,7 @@ def setup(
                           ckpt_path, command)
     fabric.launch(
         main, data, trainer, teacher, student, grpo, generation, reward, optimizer, templates, eval, engines, ckpt_path,
-        command, task=task, lora=lora, ppo=ppo if algorithm == "ppo" else None,
+        command, task=task, lora=lora, ppo=ppo if algorithm == "ppo" else None, multiturn=multiturn,
     )
 
 
@@ -345,7 +349,7 @@ def check_task(args: TaskArgs, data, reward: RewardArgs, grpo: GRPOArgs, command
         data.rl_dataset("val", task.fields)
     except DataError as exc:
         raise ConfigError(f"data: {exc}") from None
-    if command != "fit":
+    if command != "fit" or not isinstance(task, Task):  # an environment's rewards are its own
         return
     rewards = {name: get_reward(name, **reward.kwargs.get(name, {})) for name in reward.functions}
     try:
@@ -356,14 +360,11 @@ def check_task(args: TaskArgs, data, reward: RewardArgs, grpo: GRPOArgs, command
     print(summary(table), flush=True)
 
 
-def build_task(args: TaskArgs) -> Task:
+def build_task(args: TaskArgs) -> Environment:
     try:
-        task = args.build()
+        return args.build()
     except (ValueError, TypeError, ImportError) as exc:
         raise ConfigError(f"task: {exc}") from None
-    if not isinstance(task, Task):
-        raise ConfigError(f"task {args.name!r} is a multi-turn environment, which the RL loop does not run yet")
-    return task
 
 
 def build_engine(args: EngineArgs, model: torch.nn.Module | None, tokenizer: Any, **server_kwargs: Any):
@@ -433,6 +434,7 @@ def main(
     task: TaskArgs = TaskArgs(),
     lora: lora_lib.LoraArgs = lora_lib.LoraArgs(),
     ppo: ppo_lib.PPOArgs | None = None,
+    multiturn: multiturn_lib.MultiTurnArgs = multiturn_lib.MultiTurnArgs(),
 ) -> dict:
     if grpo.prompts_per_step % fabric.world_size:  # devices "auto", -1 or a list are only counted here
         raise ConfigError(
@@ -476,7 +478,14 @@ def main(
         student_engine = build_engine(engines_args.student, student_model, student_tok)
     engines = {"teacher": policy_engine, "student": student_engine}
 
-    runner = RolloutRunner(policy_engine, student_engine, templates, rewards, dict(reward.functions), the_task)
+    if isinstance(the_task, Task):
+        runner = RolloutRunner(policy_engine, student_engine, templates, rewards, dict(reward.functions), the_task)
+    else:
+        if adaptive:
+            raise ConfigError(f"task {task.name!r} is a multi-turn environment: use grpo.protocol direct")
+        runner = multiturn_lib.MultiTurnRunner(
+            policy_engine, multiturn_lib.copy_factory(the_task), templates, multiturn.reward_aggregate,
+            multiturn.workers, multiturn.timeout_s, multiturn.max_total_tokens)
     settings = rollout_settings(grpo, generation)
     stop_ids = [teacher_tok.eos_token_id]
 
@@ -658,12 +667,24 @@ def _micro_batches(n: int, size: int) -> list[list[int]]:
 
 
 def _mask(rollout: Rollout, index: list[int], completion_ids: torch.Tensor, stop_ids: list[int], grpo: GRPOArgs):
+    if rollout.action_masks is not None:  # multi-turn: the sampled tokens of every turn, never environment text
+        return action_mask(rollout, index, completion_ids, grpo)
     lengths = torch.tensor([len(rollout.completions[i].token_ids) for i in index], device=completion_ids.device)
     mask = completion_mask(completion_ids, stop_ids, lengths=lengths)
     if grpo.mask_truncated_completions:
         truncated = torch.tensor([_truncated(rollout.completions[i]) for i in index], device=mask.device)
         mask = mask_truncated(mask, truncated)
     return mask
+
+
+def action_mask(rollout: Rollout, index: list[int], completion_ids: torch.Tensor, grpo: GRPOArgs) -> torch.Tensor:
+    mask = torch.zeros(completion_ids.shape, dtype=torch.float32)
+    for row, i in enumerate(index):
+        m = rollout.action_masks[i]
+        mask[row, : len(m)] = torch.tensor(m, dtype=torch.float32)
+        if grpo.mask_truncated_completions and _truncated(rollout.completions[i]):
+            mask[row] = 0
+    return mask.to(completion_ids.device)
 
 
 def _truncated(completion) -> bool:
