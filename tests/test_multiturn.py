@@ -188,3 +188,35 @@ def test_craft_and_shop_shaping():
     shop = get_task("shop")
     result = run_episode(shop, optimal_policy, shop.rows("train", 1)[0])
     assert result.rewards == pytest.approx([0.1, 0.3, 1.0])  # the guide's WebShop 0.1 / 0.3 / 1.0
+
+
+def test_the_example_user_environment_registers_and_plays():
+    from rcl.tasks import TaskArgs
+
+    env = TaskArgs(name="countdown", module="experiments.my_environment").build()
+    rows = env.rows("train", 10)
+    optimal = [run_episode(env, optimal_policy, r) for r in rows]
+    assert all(o.success for o in optimal)
+    assert all(o.rewards == [0.1] * (len(o.rewards) - 1) + [1.0] for o in optimal)
+    assert sum(run_episode(env, random_policy(i), r).success for i, r in enumerate(rows)) < 10
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
+def test_the_rl_loop_trains_on_a_multi_turn_environment(models_dir, tmp_path, algorithm):
+    import json
+    from pathlib import Path
+
+    from rcl.rl.loop import cli_main
+
+    out = tmp_path / algorithm
+    recipe = str(Path(__file__).resolve().parents[1] / "lightning_configs" / "quickstart_grid.yaml")
+    extra = ["--grpo.num_generations", "2", "--grpo.prompts_per_step", "2"] if algorithm == "grpo" else \
+        ["--grpo.prompts_per_step", "2"]
+    cli_main("fit", ["--config", recipe, "--algorithm", algorithm, "--trainer.out_dir", str(out),
+                     "--trainer.loggers", "[csv]", "--trainer.max_steps", "2", "--eval.num_prompts", "2",
+                     "--trainer.export_hf", "false", *extra])
+    rows = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    train = [r for r in rows if "reward" in r]
+    assert len(train) == 2 and all("rewards/env_return/mean" in r for r in train)
+    assert ("value/loss" in train[0]) == (algorithm == "ppo")
+    assert rows[-1]["step"] == 2 and "eval/accuracy" in rows[-1]

@@ -19,23 +19,31 @@ ACTIONS = ("forward", "left", "right", "pickup", "toggle")
 class GridEnv(ToyEnvironment):
     max_turns = 20
 
-    def __init__(self, size: int = 5, **kwargs):
+    def __init__(self, size: int = 5, terse: bool = False, char_actions: bool = False, **kwargs):
         """
         Args:
             size: Side of the square grid.
+            terse: Short observations ("at 2,1 facing E; ball 3,3"), for tiny models and short CPU runs.
+            char_actions: Any first character is an action: its code point modulo 5 indexes (forward, left, right,
+                pickup, toggle), so every one-token answer acts and a tiny model only has to learn which characters
+                mean what (named actions are still read as such).
             **kwargs: max_turns, step_reward, completion_reward.
         """
         super().__init__(**kwargs)
-        self.size = size
+        self.size, self.terse, self.char_actions = size, terse, char_actions
 
     def start(self) -> str:
         cells = [(x, y) for x in range(self.size) for y in range(self.size)]
         self.agent, self.ball = self.rng.sample(cells, 2)
         self.facing = self.rng.choice(DIRECTIONS)
+        if self.terse:
+            return f"grid {self.size}; {self.describe()}"
         return (f"Pick up the ball. Actions: {', '.join(ACTIONS)}. The grid is {self.size}x{self.size}, x grows east "
                 f"and y grows south.\n{self.describe()}")
 
     def describe(self) -> str:
+        if self.terse:
+            return f"at {self.agent[0]},{self.agent[1]} facing {self.facing[0].upper()}; ball {self.ball[0]},{self.ball[1]}"
         return (f"You are at ({self.agent[0]},{self.agent[1]}) facing {self.facing}. "
                 f"The ball is at ({self.ball[0]},{self.ball[1]}).")
 
@@ -48,6 +56,8 @@ class GridEnv(ToyEnvironment):
 
     def apply(self, action: str) -> tuple[str, float, bool, dict]:
         action = action.lower().split()[0] if action.split() else ""
+        if self.char_actions and action not in ACTIONS and action:
+            action = ACTIONS[ord(action[0]) % len(ACTIONS)]
         before = self.distance()
         if action == "pickup":
             if self.front() == self.ball:
@@ -63,7 +73,8 @@ class GridEnv(ToyEnvironment):
         elif action == "toggle":
             return f"There is nothing to toggle. {self.describe()}", 0.0, False, {}
         else:
-            return f"Unknown action. Actions: {', '.join(ACTIONS)}. {self.describe()}", 0.0, False, {"invalid": True}
+            hint = "" if self.terse else f"Actions: {', '.join(ACTIONS)}. "
+            return f"Unknown action. {hint}{self.describe()}", 0.0, False, {"invalid": True}
         reward = self.step_reward if self.distance() < before else 0.0
         return self.describe(), reward, False, {}
 
