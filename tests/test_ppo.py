@@ -169,3 +169,17 @@ def test_ppo_beats_a_random_policy_on_the_bandit_within_50_cpu_steps(models_dir,
     assert rows[-1]["eval/accuracy"] == 1.0
     assert (out / "hf_model" / "value_head.safetensors").is_file()
     assert all(math.isfinite(r["value/loss"]) for r in train)
+
+
+def test_affine_ppo_recipe_pins_the_guides_hyper_parameters():
+    from rcl.rl.loop import parse_recipe
+
+    parsed = parse_recipe("fit", ["--config", str(CONFIGS / "affine_ppo.yaml")])
+    p = parsed["ppo"]
+    assert parsed["algorithm"] == "ppo"
+    assert (p.clip_range, p.vf_coef, p.entropy_coef, p.lam, p.gamma, p.ppo_epochs) == (0.2, 0.5, 0.01, 0.95, 0.99, 4)
+    assert parsed["optimizer"].learning_rate == 1e-5 and parsed["optimizer"].max_grad_norm == 1.0
+    assert p.whiten_advantages and p.critic == "value_head"
+    lora = parsed["lora"]
+    assert lora.enabled and (lora.r, lora.alpha, lora.dropout, lora.target_modules) == (64, 128.0, 0.05, "attention")
+    assert parsed["task"].name == "grid" and parsed["task"].module == "rcl.tasks.envs"
