@@ -1,13 +1,16 @@
-"""The whole embedded pipeline on CPU: tiny student SFT, tiny teacher SFT, then GRPO; a table and a plot at the end.
+"""The whole embedded pipeline on CPU: tiny student SFT, tiny teacher SFT, GRPO, then an evaluation of the teacher
+before and after RL; a table and a plot at the end.
 
-    python -m experiments.quickstart            # three training runs; README lists measured times
-    python -m experiments.quickstart --skip-sft # reuse the SFT outputs of an earlier run
+    python -m experiments.quickstart             # three training runs and the evaluation; README lists times
+    python -m experiments.quickstart --skip-sft  # reuse the SFT outputs of an earlier run
+    python -m experiments.quickstart --skip-eval # no evaluation after training
 
 Each run replaces the outputs of the quickstart's earlier run of it (`--overwrite true`); the plot is drawn from the
 RL history the same command wrote, and a fresh RL run removes an older plot with its history.
 
-Every step is an ordinary `python -m rcl fit --config lightning_configs/<recipe>.yaml` run, so each can be re-run
-or changed on its own. The RL run's history (runs/quickstart_rcl/history.jsonl) feeds the table and the plot.
+Every step is an ordinary `python -m rcl fit|evaluate --config lightning_configs/<recipe>.yaml` run, so each can be
+re-run or changed on its own. The RL run's history (runs/quickstart_rcl/history.jsonl) feeds the table and the plot;
+the evaluation (runs/eval_quickstart/results.json) gives RL's change with a paired interval.
 """
 
 from __future__ import annotations
@@ -26,14 +29,17 @@ STEPS = (
     ("GRPO (adaptive teaching)", "lightning_configs/quickstart_rcl.yaml", "runs/quickstart_rcl/hf_model"),
 )
 RL_DIR = Path("runs/quickstart_rcl")
+EVAL_RECIPE, EVAL_DIR = "lightning_configs/eval_quickstart.yaml", Path("runs/eval_quickstart")
 
 
-def run_step(name: str, recipe: str, overrides: list[str]) -> float:
-    """One `python -m rcl fit` run. The quickstart re-makes its own runs, so it replaces their earlier outputs."""
-    overrides = [*overrides, "--overwrite", "true"]
-    print(f"\n=== {name}: python -m rcl fit --config {recipe} {' '.join(overrides)}", flush=True)
+def run_step(name: str, recipe: str, overrides: list[str], command: str = "fit") -> float:
+    """One `python -m rcl fit|evaluate` run. The quickstart re-makes its own training runs, so it replaces their
+    earlier outputs."""
+    if command == "fit":
+        overrides = [*overrides, "--overwrite", "true"]
+    print(f"\n=== {name}: python -m rcl {command} --config {recipe} {' '.join(overrides)}", flush=True)
     start = time.perf_counter()
-    code = subprocess.run([sys.executable, "-m", "rcl", "fit", "--config", recipe, *overrides]).returncode
+    code = subprocess.run([sys.executable, "-m", "rcl", command, "--config", recipe, *overrides]).returncode
     if code:
         raise SystemExit(f"quickstart: {name} stopped with exit status {code} (its output is above)")
     return time.perf_counter() - start
@@ -81,7 +87,7 @@ def print_table(summary: dict, seconds: dict[str, float]) -> None:
         ("eval/teaching_tokens_mean", "teaching tokens"),
     ):
         if key in first:
-            table.add_row(label, f"{first[key]:.3f}", f"{last[key]:.3f}")
+            table.add_row(label, with_interval(first, key), with_interval(last, key))
     table.add_row("mean reward, first / last fifth of steps", f"{summary['reward_first_fifth']:.3f}",
                   f"{summary['reward_last_fifth']:.3f}")
     console = Console()
@@ -91,6 +97,30 @@ def print_table(summary: dict, seconds: dict[str, float]) -> None:
     learns = summary["reward_last_fifth"] > summary["reward_first_fifth"]
     console.print(f"teacher + student beats student alone: {'yes' if beats else 'NO'}; "
                   f"reward rose over training: {'yes' if learns else 'NO'}")
+
+
+def with_interval(metrics: dict, key: str) -> str:
+    """The value, and its 80% Jeffreys interval when the loop logged one (the accuracies)."""
+    from rcl.eval.report import fmt
+
+    return fmt(metrics[key], metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high"))
+
+
+def rl_change(results: dict) -> dict | None:
+    """teacher_rl minus teacher_sft, teacher + student accuracy on the same problems, from the evaluation."""
+    return next((d for d in results["paired_differences"] if (d["model"], d["reference"], d["protocol"]) ==
+                 ("teacher_rl", "teacher_sft", "adaptive_teaching")), None)
+
+
+def print_rl_change(results: dict) -> None:
+    change = rl_change(results)
+    if change is None:
+        print("evaluation: no teacher_rl - teacher_sft difference in the results")
+        return
+    level = int(round(100 * change["ci_level"]))
+    print(f"RL's change in teacher + student accuracy, paired over {change['problems']} held-out problems "
+          f"(python -m rcl evaluate --config {EVAL_RECIPE}): {change['delta']:+.3f} "
+          f"[{change['ci_low']:+.3f}, {change['ci_high']:+.3f}] ({level}% interval)")
 
 
 def trailing_mean(values: list[float], window: int) -> list[float]:
@@ -133,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-sft", action="store_true", help="reuse existing SFT outputs")
     parser.add_argument("--seed", type=int, default=None, help="override every recipe's seed")
+    parser.add_argument("--skip-eval", action="store_true", help="no evaluation of the teachers after training")
     args = parser.parse_args(argv)
     seconds: dict[str, float] = {}
     for name, recipe, output in STEPS:
@@ -145,6 +176,12 @@ def main(argv: list[str] | None = None) -> None:
     history = load_history(RL_DIR / "history.jsonl")
     print_table(summarize(history), seconds)
     print(f"plot: {plot(history, RL_DIR / 'quickstart.png')}")
+    if not args.skip_eval:
+        import shutil
+
+        shutil.rmtree(EVAL_DIR, ignore_errors=True)  # the models were just trained: nothing earlier applies
+        run_step("evaluation", EVAL_RECIPE, [], command="evaluate")
+        print_rl_change(json.loads((EVAL_DIR / "results.json").read_text()))
 
 
 if __name__ == "__main__":

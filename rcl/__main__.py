@@ -1,5 +1,5 @@
-"""`python -m rcl <command>`: routes to the SFT LightningCLI, the RL Fabric loop, scoring, the server or the
-launcher."""
+"""`python -m rcl <command>`: routes to the SFT LightningCLI, the RL Fabric loop, scoring, evaluation, the server
+or the launcher."""
 
 from __future__ import annotations
 
@@ -16,6 +16,10 @@ Training (LightningCLI-style YAML; several --config files merge in order, dotted
 Scoring:
   score      score saved completions with a task: --task math --input completions.jsonl --output scored.jsonl
 
+Evaluation:
+  evaluate   models x tasks x protocols with intervals, pass@k and teaching effects: --config <eval recipe>
+             (`evaluate compare results_a.json results_b.json ...`: deltas, Pareto dominance and frontiers)
+
 Generation and orchestration:
   serve      start a generation server (TRL vllm-serve compatible): --model PATH --engine hf|vllm
   launch     start teacher/student servers on their GPUs, train, and stop only what it started
@@ -23,6 +27,7 @@ Generation and orchestration:
 Run `python -m rcl <command> --help` for the options of a command, e.g.
   python -m rcl fit --config lightning_configs/quickstart_sft.yaml
   python -m rcl fit --config lightning_configs/quickstart_rcl.yaml --trainer.max_steps 10
+  python -m rcl evaluate --config lightning_configs/eval_quickstart.yaml
 """
 
 TRAINING = ("fit", "validate", "test", "predict")
@@ -38,6 +43,10 @@ def main(argv: list[str] | None = None) -> None:
         from rcl.cli import run_training
 
         run_training(command, rest)
+    elif command == "evaluate":
+        from rcl.eval.cli import cli_main
+
+        cli_main(rest)
     elif command == "score":
         from rcl.tasks.scoring import cli_main
 

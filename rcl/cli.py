@@ -11,7 +11,7 @@ import difflib
 import importlib
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, NoReturn
 
 import yaml
 
@@ -139,3 +139,17 @@ def explain_parse_error(message: str, options: Iterable[str] = ()) -> str:
         if given.startswith(("{", "[")) and spaced != given:
             out += f" (YAML needs a space after each colon: {spaced})"
     return out
+
+
+def refuse_parse_error(parser: Any, err: Exception, exit_on_error: bool, prefix: str = "rcl") -> NoReturn:
+    """A jsonargparse failure of `parser` as one line: printed with exit status 2, or raised as
+    `argparse.ArgumentError` when the caller handles it (`exit_on_error=False`)."""
+    import argparse
+    import sys
+
+    options = [flag for action in parser._actions for flag in action.option_strings]
+    message = explain_parse_error(str(err), options)
+    if exit_on_error:
+        print(f"{prefix}: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
+    raise argparse.ArgumentError(None, message) from None

@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning.fabric.accelerators.cuda as fabric_cuda
 import pytest
 import torch
+import yaml
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
 from rcl.sft import decoder_layer_policy
@@ -16,7 +17,8 @@ from rcl.sft_cli import build_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "lightning_configs"
-SFT_RECIPES = sorted(p for p in CONFIGS.glob("*.yaml") if "grpo:" not in p.read_text())
+SFT_RECIPES = sorted(p for p in CONFIGS.glob("*.yaml")
+                     if not {"grpo", "models"} & set(yaml.safe_load(p.read_text()) or {}))  # not RL, not eval
 STRATEGIES = sorted((CONFIGS / "strategies").glob("*.yaml"))
 
 

@@ -75,3 +75,25 @@ def test_trailing_mean_is_the_mean_of_each_full_window():
     assert trailing_mean([1.0, 2.0, 3.0, 6.0], 2) == [1.5, 2.5, 4.5]
     assert trailing_mean([1.0, 2.0, 3.0], 3) == [2.0]
     assert trailing_mean([4.0, 5.0], 1) == [4.0, 5.0]
+
+
+def test_table_shows_the_logged_intervals(capsys):
+    history = _history([0.1] * 5 + [0.4] * 5, {0: (0.1, 0.3), 10: (0.1, 0.45)})
+    for row in history:
+        if "eval/with_teaching_accuracy" in row:
+            row.update({"eval/with_teaching_accuracy_ci_low": 0.25, "eval/with_teaching_accuracy_ci_high": 0.5})
+    print_table(summarize(history), {})
+    assert "0.450 [0.250, 0.500]" in capsys.readouterr().out
+
+
+def test_rl_change_is_read_from_the_evaluation(capsys):
+    from experiments.quickstart import print_rl_change
+
+    results = {"paired_differences": [
+        {"model": "teacher_rl", "reference": "teacher_sft", "protocol": "adaptive_teaching", "delta": 0.04,
+         "ci_low": -0.01, "ci_high": 0.09, "ci_level": 0.8, "problems": 200, "task": "arithmetic"}]}
+    print_rl_change(results)
+    out = capsys.readouterr().out
+    assert "paired over 200 held-out problems" in out and "+0.040 [-0.010, +0.090] (80% interval)" in out
+    print_rl_change({"paired_differences": []})
+    assert "no teacher_rl - teacher_sft difference" in capsys.readouterr().out

@@ -72,6 +72,11 @@ def test_adaptive_teaching_run_logs_teaching_metrics_and_exports(models_dir, tmp
     evals = [r for r in rows if "eval/ndr" in r]
     assert [r["step"] for r in train] == [1, 2]
     assert [r["step"] for r in evals] == [0, 2], "evaluation before training and at the end"
+    from rcl.eval.stats import jeffreys_interval
+
+    for r in evals:  # 80% Jeffreys intervals over the 3 evaluation prompts
+        for name in ("eval/accuracy", "eval/with_teaching_accuracy", "eval/baseline_accuracy", "eval/ndr"):
+            assert (r[f"{name}_ci_low"], r[f"{name}_ci_high"]) == pytest.approx(jeffreys_interval(r[name] * 3, 3))
     for key in ("teaching/ndr", "teaching/tes", "teaching/learning_gain", "teaching/completion_rate",
                 "teaching/baseline_accuracy", "teaching/with_teaching_accuracy", "reward", "reward_std",
                 "frac_reward_zero_std", "completions/mean_length", "time/generation/policy",

@@ -33,6 +33,8 @@ from rcl.engines import HFEngine, SamplingParams
 from rcl import lora as lora_lib
 from rcl.rl import multiturn as multiturn_lib
 from rcl.rl import ppo as ppo_lib
+from rcl.eval.report import fmt
+from rcl.eval.stats import interval_metrics
 from rcl.grpo import completion_logprobs, completion_mask, group_advantages, grpo_loss, mask_truncated
 from rcl.optim import OptimizerArgs, build_optimizer, build_scheduler
 from rcl.progress import StepClock, format_duration
@@ -820,12 +822,19 @@ def evaluate(fabric, state, runner: RolloutRunner, val_rows, settings, eval_args
     if rows:
         rollout = runner.run(rows, step_seed(seed, 0, fabric.global_rank, salt=1), eval_settings(settings, eval_args))
         fabric.call("on_validation_end", fabric=fabric, state=state, rollout=rollout, metrics=metrics)
-        # a sum and a count per process, so processes with one prompt fewer do not weigh more
-        totals = torch.tensor([sum(i.p_with for i in rollout.interactions), len(rollout.interactions)],
-                              dtype=torch.float64, device=fabric.device)
-        correct, count = fabric.all_reduce(totals, reduce_op="sum").tolist()
+        # sums and a count per process, so processes with one prompt fewer do not weigh more
+        totals = torch.tensor([sum(i.p_with for i in rollout.interactions), sum(i.p_base for i in rollout.interactions),
+                               len(rollout.interactions)], dtype=torch.float64, device=fabric.device)
+        correct, base_correct, count = fabric.all_reduce(totals, reduce_op="sum").tolist()
         metrics["eval/accuracy"] = correct / count
-    fabric.print(f"eval @ step {state['step']}: " + ", ".join(f"{k[5:]} {v:.3f}" for k, v in sorted(metrics.items())))
+        metrics.update(interval_metrics("eval/accuracy", correct, count))
+        if "eval/with_teaching_accuracy" in metrics:
+            metrics.update(interval_metrics("eval/with_teaching_accuracy", correct, count))
+            metrics.update(interval_metrics("eval/baseline_accuracy", base_correct, count))
+            metrics.update(interval_metrics("eval/ndr", metrics["eval/ndr"] * count, count))  # one teaching per prompt
+    shown = sorted(k for k in metrics if not k.endswith(("_ci_low", "_ci_high")))  # intervals print with their value
+    fabric.print(f"eval @ step {state['step']}: " + ", ".join(
+        f"{k[5:]} {fmt(metrics[k], metrics.get(f'{k}_ci_low'), metrics.get(f'{k}_ci_high'))}" for k in shown))
     return metrics
 
 
@@ -928,7 +937,7 @@ def parse_recipe(command: str, argv: list[str], exit_on_error: bool = True) -> d
     """
     from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
 
-    from rcl.cli import explain_parse_error, help_defaults, show_class_keys_in_help
+    from rcl.cli import help_defaults, refuse_parse_error, show_class_keys_in_help
 
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     parser = ArgumentParser(prog=f"python -m rcl {command}", description=__doc__.splitlines()[0],
@@ -941,12 +950,7 @@ def parse_recipe(command: str, argv: list[str], exit_on_error: bool = True) -> d
     try:
         init = parser.instantiate_classes(parser.parse_args(argv))
     except argparse.ArgumentError as err:
-        options = [flag for action in parser._actions for flag in action.option_strings]
-        message = explain_parse_error(str(err), options)
-        if exit_on_error:
-            print(f"rcl: {message}", file=sys.stderr)
-            raise SystemExit(2) from None
-        raise argparse.ArgumentError(None, message) from None
+        refuse_parse_error(parser, err, exit_on_error)
     return {k: v for k, v in vars(init).items() if k not in ("config", "__path__")}
 
 
