@@ -93,6 +93,10 @@ class Rollout:
     """This rollout's verifier counts: verifier/checks, verifier/errors, verifier/timeouts."""
     by_task: dict[str, float] = field(default_factory=dict)
     """For a task mixture (direct protocol): per-task sums, tasks/<name>/{count, correct, reward}."""
+    action_masks: list[list[int]] | None = None
+    """Multi-turn: per completion, 1 on the policy's sampled tokens and 0 on environment text (the loss mask)."""
+    turn_rewards: list[list[tuple[int, float]]] | None = None
+    """Multi-turn: per completion, (position of a turn's last token, that step's reward)."""
 
     def __len__(self) -> int:
         return len(self.completions)
@@ -110,6 +114,10 @@ class Rollout:
             "timings": dict(self.timings),
             "generated_tokens": dict(self.generated_tokens),
             "num_generations": self.num_generations,
+            "verifier": dict(self.verifier),
+            "by_task": dict(self.by_task),
+            "action_masks": self.action_masks,
+            "turn_rewards": [[list(t) for t in row] for row in self.turn_rewards] if self.turn_rewards else None,
         }
 
     @classmethod
@@ -125,6 +133,11 @@ class Rollout:
             timings=dict(state["timings"]),
             generated_tokens=dict(state["generated_tokens"]),
             num_generations=int(state["num_generations"]),
+            verifier=dict(state.get("verifier", {})),
+            by_task=dict(state.get("by_task", {})),
+            action_masks=state.get("action_masks"),
+            turn_rewards=[[tuple(t) for t in row] for row in state["turn_rewards"]] if state.get("turn_rewards")
+            else None,
         )
 
 
