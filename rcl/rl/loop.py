@@ -61,6 +61,7 @@ from rcl.rl.args import (
 from rcl.rl.async_rollouts import LocalWorker, RolloutPipeline, VersionedEngine, staleness
 from rcl.rl.importance import resolve_correction, sampler_logprobs
 from rcl.rl.rollout import Rollout, RolloutRunner, RolloutSettings
+from rcl.rl.trend import trend_line
 from rcl.interrupt import StopRequest, TrainingInterrupted, report, resume_command
 from rcl.run_dir import (
     RL_OUTPUTS,
@@ -942,13 +943,20 @@ def evaluate(fabric, state, runner: RolloutRunner, val_rows, settings, eval_args
     shown = sorted(k for k in metrics if not k.endswith(("_ci_low", "_ci_high")))  # intervals print with their value
     fabric.print(f"eval @ step {state['step']}: " + ", ".join(
         f"{k[5:]} {fmt(metrics[k], metrics.get(f'{k}_ci_low'), metrics.get(f'{k}_ci_high'))}" for k in shown))
+    state.setdefault("evals", []).append({"step": state["step"], **metrics})  # this process's, not checkpointed
+    trend = trend_line(state["evals"])
+    if trend:
+        fabric.print(trend)
     return metrics
 
 
 def progress_line(step: int, max_steps: int, m: dict, eta_s: float | None = None) -> str:
     parts = [f"step {step}/{max_steps}", f"reward {m['reward']:.3f}", f"acc {m['accuracy']:.3f}"]
     if "teaching/ndr" in m:
-        parts += [f"base {m['teaching/baseline_accuracy']:.3f}", f"ndr {m['teaching/ndr']:.3f}"]
+        parts.append(f"base {m['teaching/baseline_accuracy']:.3f}")
+        # the degradation window's NDR when it is tracked: one step's NDR swings too much to read
+        parts.append(f"ndr(window) {m['teaching/window_ndr']:.3f}" if "teaching/window_ndr" in m
+                     else f"ndr {m['teaching/ndr']:.3f}")
     parts.append(f"loss {m.get('loss', float('nan')):.4f}")
     gen = sum(v for k, v in m.items() if k.startswith("time/generation"))
     parts.append(f"gen {gen:.1f}s train {m['time/training']:.1f}s")
