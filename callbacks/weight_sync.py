@@ -33,8 +33,10 @@ class WeightSync(FabricCallback):
     gets one (the loop logs it right after), else with `fabric.log_dict`.
     """
 
-    def __init__(self, every_n_steps: int = 1, bucket_mb: float = 64.0, verify_every_n_pushes: int = 1,
-                 verify_tolerance: float = 1e-3):
+    def __init__(self, every_n_steps: int = 1, bucket_mb: float = 64.0, adapter_only: bool = False,
+                 verify_every_n_pushes: int = 1, verify_tolerance: float = 1e-3):
+        """`adapter_only`: push a LoRA policy's adapter (`/load_adapter/` of `rcl serve --enable-lora`), not the merged
+        weights."""
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
         if bucket_mb <= 0:
@@ -43,6 +45,8 @@ class WeightSync(FabricCallback):
             raise ValueError("verify_every_n_pushes and verify_tolerance must be >= 0")
         self.every_n_steps = every_n_steps
         self.bucket_bytes = max(1, int(bucket_mb * 1024 * 1024))
+        self.adapter_only = adapter_only
+        self._adapter_version = 0
         self.verify_every_n_pushes = verify_every_n_pushes
         self.verify_tolerance = verify_tolerance
         self.pushes = 0
@@ -136,6 +140,8 @@ class WeightSync(FabricCallback):
         """
         if not callable(getattr(engine, "update_weights", None)):
             return None
+        if self.adapter_only:
+            return self._push_adapter(fabric, model, engine)
         named = iter_full_state(model, fabric)
         outcome: dict = {}
         if fabric.global_rank == 0:
@@ -151,6 +157,21 @@ class WeightSync(FabricCallback):
         outcome = fabric.broadcast(outcome, src=0)
         if "error" in outcome:
             raise WeightSyncError(f"pushing the policy's weights to the generation servers failed: {outcome['error']}")
+        return outcome["stats"]
+
+    def _push_adapter(self, fabric: Any, model: Any, engine: Any) -> dict:
+        from rcl.serving.adapters import push_adapter
+
+        self._adapter_version += 1
+        outcome: dict = {}
+        if fabric.global_rank == 0:  # adapters are replicated under DDP (sharded strategies are refused up front)
+            try:
+                outcome["stats"] = push_adapter(engine, model, self._adapter_version)
+            except Exception as exc:  # noqa: BLE001 - re-raised on every rank below
+                outcome["error"] = f"{type(exc).__name__}: {exc}"
+        outcome = fabric.broadcast(outcome, src=0)
+        if "error" in outcome:
+            raise WeightSyncError(f"pushing the policy's adapter to the generation servers failed: {outcome['error']}")
         return outcome["stats"]
 
 

@@ -160,7 +160,7 @@ def _parse_recipe(train_args: list[str]) -> dict[str, Any]:
 
     try:
         recipe = parse_recipe("fit", train_args, exit_on_error=False)
-        validate_config(recipe["trainer"], recipe["grpo"], recipe["engines"])
+        validate_config(recipe["trainer"], recipe["grpo"], recipe["engines"], recipe.get("algorithm", "grpo"))
         preflight(recipe["data"], recipe["trainer"], recipe["teacher"], recipe["student"], recipe["grpo"],
                   recipe["ckpt_path"], recipe["overwrite"], "fit")
     except argparse.ArgumentError as exc:
