@@ -106,13 +106,15 @@ class WeightSync(FabricCallback):
         start = time.perf_counter()
         prompt = engine.tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]
         served: dict = {}
-        if fabric.global_rank == 0:
+        per_process = getattr(engine, "per_process", False)  # each process checks its own copy
+        if fabric.global_rank == 0 or per_process:
             try:
                 completion = engine.generate([prompt], SamplingParams(max_tokens=PROBE_TOKENS, temperature=0))[0][0]
                 served = {"ids": list(completion.token_ids), "logprobs": completion.logprobs}
             except Exception as exc:  # noqa: BLE001 - re-raised on every rank below
                 served = {"error": f"{type(exc).__name__}: {exc}"}
-        served = fabric.broadcast(served, src=0)
+        if not per_process:
+            served = fabric.broadcast(served, src=0)
         if "error" in served:
             raise WeightSyncError(f"the weights check could not query the generation servers: {served['error']}")
         if served["logprobs"] is None:
@@ -142,6 +144,8 @@ class WeightSync(FabricCallback):
             return None
         if self.adapter_only:
             return self._push_adapter(fabric, model, engine)
+        if getattr(engine, "per_process", False):  # every process has its own copy (an in-process async worker)
+            return engine.update_weights(iter_full_state(model, fabric, all_ranks=True), bucket_bytes=self.bucket_bytes)
         named = iter_full_state(model, fabric)
         outcome: dict = {}
         if fabric.global_rank == 0:

@@ -163,3 +163,27 @@ def requests_version(url: str) -> int:
     import requests
 
     return requests.get(f"{url}/weights_version/").json()["weights_version"]
+
+
+def test_ddp_two_processes_each_push_to_and_check_their_own_worker(models_dir, tmp_path, repo_env):
+    """Two DDP processes, each with its own in-process worker, train end to end through the pipeline (that each
+    process pushes to its own worker is checked in test_weight_sync)."""
+    import subprocess
+    import sys
+
+    from test_rl_loop import ROOT
+
+    out = tmp_path / "ddp"
+    dense = ["--reward.functions", "{bench_digits: 1.0}", "--reward.kwargs", "{}", "--eval.at_start", "false",
+             "--optimizer.learning_rate", "0.01"]  # registered by the benchmark's trainer entry
+    args = tiny_overrides(out, *dense, "--trainer.strategy", "ddp", "--trainer.devices", "2",
+                          "--trainer.accelerator", "cpu", "--grpo.prompts_per_step", "4", "--trainer.max_steps", "3",
+                          "--grpo.max_off_policy_steps", "1")
+    repo_env["RCL_MODELS_DIR"] = str(models_dir)
+    proc = subprocess.run([sys.executable, "-m", "experiments.benchmarks.async_throughput", "--trainer", "--config",
+                           DIRECT, *args], cwd=ROOT, env=repo_env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    train = [r for r in history(out) if "reward" in r]
+    assert [r["staleness/max"] for r in train] == [0.0, 1.0, 1.0]
+    assert train[-1]["is/log_ratio_abs_mean"] > 1e-6, "the steps changed the weights: the stale sampler differs"
+    assert all(r["sync/verify_max_abs_diff"] < 1e-4 for r in train)

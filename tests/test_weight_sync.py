@@ -340,3 +340,18 @@ def test_a_fresh_run_refuses_a_server_that_serves_another_model(tmp_path):
         assert requests.get(f"{url}/weights_version/").json()["weights_version"] == 0
     finally:
         stop_server(proc)
+
+
+def test_every_process_pushes_to_its_own_local_worker(policy):
+    """An in-process async worker lives in each training process: rank 1's copy must get rank 1's push (a push from
+    rank 0 only would leave it sampling with the start weights forever)."""
+    import copy
+
+    from rcl.rl.async_rollouts import LocalWorker, VersionedEngine
+
+    model, tok = policy
+    worker = VersionedEngine(LocalWorker(copy.deepcopy(model), tok), lambda: 0)
+    train_one_step(model, seed=40)
+    assert worker.engine.checksum() != checksum_of(model)
+    stats = WeightSync(verify_every_n_pushes=1).push(OneProcessOfTwo(1), {"model": model, "step": 1}, worker)
+    assert worker.engine.checksum() == checksum_of(model) and stats["verify_max_abs_diff"] < 1e-4

@@ -76,7 +76,10 @@ class VersionedEngine:
 
 class LocalWorker(HFBackend):
     """The in-process generation worker of an async run: its own copy of the policy, updated by the same bucketed
-    push a server gets (`update_weights`), so generation can run while the trainer changes the live weights."""
+    push a server gets (`update_weights`), so generation can run while the trainer changes the live weights. Every
+    training process has its own (`per_process`): each pushes to, and checks, its own copy."""
+
+    per_process = True
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, max_batch_size: int = 256):
         self.model = model.eval().requires_grad_(False)
