@@ -115,7 +115,9 @@ def grpo_settings_command(args: argparse.Namespace) -> str:
 def async_command(args: argparse.Namespace) -> str:
     cfg = async_throughput.AsyncBenchConfig(preset=args.preset, steps=args.steps, settings=args.settings,
                                             server_core=args.server_core, trainer_core=args.trainer_core,
-                                            max_completion_length=args.max_completion_length)
+                                            max_completion_length=args.max_completion_length, engine=args.engine,
+                                            accelerator=args.accelerator, dtype=args.dtype,
+                                            peak_tflops=args.peak_tflops)
     result = async_throughput.run_benchmark(cfg)
     name = "async" + (f"_{args.name}" if args.name else "")
     path = write_results(name, result)

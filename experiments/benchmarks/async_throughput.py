@@ -6,6 +6,14 @@ completions of steps 2..S over the summed `time/step` of those steps (step 1 car
 every setting are plotted against samples seen, in one figure.
 
     python -m experiments.benchmarks async --steps 40 --server-core 0 --trainer-core 1
+
+On GPUs (one vLLM server on GPU 0, training on GPU 1; the model must be a local folder, the machine is offline):
+
+    python -m experiments.benchmarks async --preset /models/Qwen2.5-0.5B-Instruct --engine vllm --accelerator cuda \
+        --server-core -1 --trainer-core -1 --steps 30 --max-completion-length 256 --dtype bfloat16
+
+It adds generated tokens/s per GPU (policy tokens per step / step time / 2 GPUs), a training MFU estimate
+(6 x parameters x policy tokens / step time / the trainer GPU's `--peak-tflops`), and the mean weight-push seconds.
 """
 
 from __future__ import annotations
@@ -35,6 +43,13 @@ class AsyncBenchConfig:
     server_core: int = 0
     trainer_core: int = 1
     seed: int = 0
+    engine: str = "hf"
+    """Server engine: hf (CPU) or vllm (GPU 0)."""
+    accelerator: str = "cpu"
+    """Trainer: cpu, or cuda (GPU 1, or GPU 0 beside the server when there is one GPU)."""
+    dtype: str = "float32"
+    peak_tflops: float = 989.0
+    """Dense bf16 peak of the trainer's GPU for the MFU estimate (H100/H200 SXM: 989)."""
 
 
 def _pinned(core: int, cmd: list[str]) -> list[str]:
@@ -53,16 +68,22 @@ def trainer_command(cfg: AsyncBenchConfig, url: str, off_policy: int, out: Path)
             "--reward.functions", "{bench_digits: 1.0}", "--reward.kwargs", "{}",
             "--eval.at_start", "false", "--eval.every_n_steps", "0", "--eval.num_prompts", "8",
             "--logging.sample_every_n_steps", "0",
-            "--engines.teacher.backend", "server", "--engines.teacher.urls", f"[{url}]"]
+            "--engines.teacher.backend", "server", "--engines.teacher.urls", f"[{url}]",
+            "--trainer.accelerator", cfg.accelerator, "--teacher.dtype", cfg.dtype,
+            "--trainer.precision", "bf16-true" if cfg.dtype == "bfloat16" else "32-true",
+            *(["--engines.verify_tolerance", "0.05"] if cfg.engine == "vllm" else [])]
 
 
 def _start_server(cfg: AsyncBenchConfig, port: int, env: dict) -> subprocess.Popen:
     import requests
 
-    cmd = _pinned(cfg.server_core, [sys.executable, "-m", "rcl", "serve", "--model", cfg.preset, "--engine", "hf",
-                                    "--port", str(port), "--seed", "0", "--log-level", "warning"])
+    cmd = _pinned(cfg.server_core, [sys.executable, "-m", "rcl", "serve", "--model", cfg.preset, "--engine", cfg.engine,
+                                    "--port", str(port), "--seed", "0", "--log-level", "warning", "--dtype", cfg.dtype])
+    if cfg.engine == "vllm":
+        cmd += ["--gpu-memory-utilization", "0.5" if _gpu_count() < 2 else "0.85"]
+        env = {**env, "CUDA_VISIBLE_DEVICES": "0"}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
         try:
             if requests.get(f"http://127.0.0.1:{port}/health/", timeout=2).ok:
@@ -73,9 +94,29 @@ def _start_server(cfg: AsyncBenchConfig, port: int, env: dict) -> subprocess.Pop
     raise RuntimeError("the benchmark's server did not become healthy")
 
 
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def parameter_count(model: str) -> int:
+    """Parameters of `model` without loading its weights (built on the meta device)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from rcl.tiny_models import resolve_model
+
+    with torch.device("meta"):
+        lm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(resolve_model(model)))
+    return sum(p.numel() for p in lm.parameters())
+
+
 def run_setting(cfg: AsyncBenchConfig, off_policy: int, port: int) -> dict:
     env = {**worker_env(), "OMP_NUM_THREADS": "1"}
     server = _start_server(cfg, port, env)
+    if cfg.accelerator == "cuda":
+        env = {**env, "CUDA_VISIBLE_DEVICES": "1" if _gpu_count() > 1 else "0"}
     try:
         with tempfile.TemporaryDirectory(prefix="rcl-async-") as tmp:
             out = Path(tmp) / "run"
@@ -91,7 +132,14 @@ def run_setting(cfg: AsyncBenchConfig, off_policy: int, port: int) -> dict:
     per_step = cfg.prompts_per_step * cfg.num_generations
     timed = train[1:]
     seconds = sum(r["time/step"] for r in timed)
+    tokens = sum(r.get("tokens/policy", 0.0) for r in timed) / seconds
+    pushes = [r["sync/seconds"] for r in timed if "sync/seconds" in r]
+    gpus = 2 if cfg.accelerator == "cuda" and cfg.engine == "vllm" else 0
     return {
+        "policy_tokens_per_s": tokens,
+        "tokens_per_s_per_gpu": tokens / gpus if gpus else None,
+        "mfu": 6 * parameter_count(cfg.preset) * tokens / (cfg.peak_tflops * 1e12) if gpus else None,
+        "push_s": sum(pushes) / len(pushes) if pushes else None,
         "max_off_policy_steps": off_policy,
         "samples_per_s": per_step * len(timed) / seconds,
         "step_s": seconds / len(timed),
@@ -120,9 +168,10 @@ def table(results: list[dict]) -> str:
     sync = next((r for r in results if r["max_off_policy_steps"] == 0), None)
     rows = [[r["max_off_policy_steps"], r["samples_per_s"], (r["samples_per_s"] / sync["samples_per_s"]) if sync else
              "", r["step_s"], r["trainer_wait_s"], r["server_wait_s"], r["staleness_mean"],
-             sum(r["rewards"][-10:]) / len(r["rewards"][-10:])] for r in results]
+             sum(r["rewards"][-10:]) / len(r["rewards"][-10:]), r.get("push_s") or "",
+             r.get("tokens_per_s_per_gpu") or "", r.get("mfu") or ""] for r in results]
     return format_table(["max_off_policy_steps", "samples/s", "x sync", "step s", "trainer wait s", "server wait s",
-                         "staleness", "reward (last 10)"], rows)
+                         "staleness", "reward (last 10)", "push s", "tokens/s/GPU", "MFU"], rows)
 
 
 def plot(results: list[dict], path: Path) -> Path:
@@ -153,6 +202,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server-core", type=int, default=defaults.server_core, help="-1: no pinning")
     p.add_argument("--trainer-core", type=int, default=defaults.trainer_core, help="-1: no pinning")
     p.add_argument("--max-completion-length", type=int, default=defaults.max_completion_length)
+    p.add_argument("--engine", choices=("hf", "vllm"), default=defaults.engine)
+    p.add_argument("--accelerator", choices=("cpu", "cuda"), default=defaults.accelerator)
+    p.add_argument("--dtype", default=defaults.dtype)
+    p.add_argument("--peak-tflops", type=float, default=defaults.peak_tflops)
 
 
 def train(argv: list[str]) -> None:
