@@ -265,3 +265,23 @@ def test_lora_rl_under_ddp_two_processes_on_cpu(models_dir, tmp_path, repo_env):
     base = AutoModelForCausalLM.from_pretrained(resolve_model("tiny-1m")).state_dict()
     exported = AutoModelForCausalLM.from_pretrained(out / "hf_model").state_dict()
     assert any(not torch.equal(exported[n], base[n]) for n in base if "q_proj.weight" in n)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="ZeRO-3 / FSDP runs need a CUDA GPU")
+@pytest.mark.parametrize("strategy", ["deepspeed_stage_3", "fsdp"])
+def test_lora_rl_under_a_sharded_strategy_on_one_gpu(models_dir, tmp_path, strategy):
+    """One process, so in-process generation is allowed; the merged export goes through the sharded gather."""
+    from rcl.rl.loop import cli_main
+    from rcl.tiny_models import resolve_model
+
+    if strategy.startswith("deepspeed"):
+        pytest.importorskip("deepspeed")
+    _register_char_reward()
+    out = tmp_path / strategy
+    cli_main("fit", rl_args(out, "tiny-1m", "--trainer.strategy", strategy, "--trainer.accelerator", "gpu",
+                            "--trainer.devices", "1", "--optimizer.learning_rate", "0.01"))
+    base = AutoModelForCausalLM.from_pretrained(resolve_model("tiny-1m")).state_dict()
+    exported = AutoModelForCausalLM.from_pretrained(out / "hf_model").state_dict()
+    assert set(exported) == set(base)
+    assert any(not torch.equal(exported[n], base[n]) for n in base if "q_proj.weight" in n)
