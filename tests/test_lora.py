@@ -285,3 +285,18 @@ def test_lora_rl_under_a_sharded_strategy_on_one_gpu(models_dir, tmp_path, strat
     exported = AutoModelForCausalLM.from_pretrained(out / "hf_model").state_dict()
     assert set(exported) == set(base)
     assert any(not torch.equal(exported[n], base[n]) for n in base if "q_proj.weight" in n)
+
+
+def test_sft_with_lora_merged_export_reloads_as_the_trained_model(tmp_path, tiny_model_dir):
+    from rcl.sft_cli import build_cli
+
+    root = tmp_path / "sft"
+    cli = build_cli("fit", sft_args(root, tiny_model_dir, 3))  # the recipe's export: merged
+    assert not lora.is_adapter_folder(root / "hf_model")
+    exported = AutoModelForCausalLM.from_pretrained(root / "hf_model").eval()
+    trained = cli.model.model.eval()
+    ids = torch.tensor([[5, 17, 42, 99, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(exported(input_ids=ids).logits, trained(input_ids=ids).logits, rtol=1e-4, atol=1e-5)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    assert not torch.allclose(exported(input_ids=ids).logits, base(input_ids=ids).logits)
