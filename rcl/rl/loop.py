@@ -35,7 +35,14 @@ from rcl.rl import multiturn as multiturn_lib
 from rcl.rl import ppo as ppo_lib
 from rcl.eval.report import fmt
 from rcl.eval.stats import interval_metrics
-from rcl.grpo import completion_logprobs, completion_mask, group_advantages, grpo_loss, mask_truncated
+from rcl.grpo import (
+    completion_logprobs,
+    completion_mask,
+    group_advantages,
+    grpo_loss,
+    importance_correction,
+    mask_truncated,
+)
 from rcl.optim import OptimizerArgs, build_optimizer, build_scheduler
 from rcl.progress import StepClock, format_duration
 from rcl.prompts import PromptTemplates
@@ -51,7 +58,10 @@ from rcl.rl.args import (
     RewardArgs,
     TrainerArgs,
 )
+from rcl.rl.async_rollouts import LocalWorker, RolloutPipeline, VersionedEngine, staleness
+from rcl.rl.importance import resolve_correction, sampler_logprobs
 from rcl.rl.rollout import Rollout, RolloutRunner, RolloutSettings
+from rcl.rl.trend import trend_line
 from rcl.interrupt import StopRequest, TrainingInterrupted, report, resume_command
 from rcl.run_dir import (
     RL_OUTPUTS,
@@ -64,6 +74,7 @@ from rcl.run_dir import (
     truncate_to_step,
 )
 from rcl.tasks import Environment, Task, TaskArgs
+from rcl.tasks.mixture import per_task_means
 from rcl.tasks.self_test import RewardSelfTestError, reward_self_test, summary
 from rcl.tiny_models import ModelNotFound, check_model, resolve_model
 
@@ -149,7 +160,7 @@ def preflight(data, trainer: TrainerArgs, teacher: ModelArgs, student: ModelArgs
         except ModelNotFound as exc:
             raise ConfigError(f"{role}.model_name_or_path: {exc}") from None
     try:
-        data.rl_dataset("train"), data.rl_dataset("val")
+        data.rl_dataset("train", ()), data.rl_dataset("val", ())  # the task's own fields are check_task's
     except DataError as exc:
         raise ConfigError(f"data: {exc}") from None
     if ckpt_path and not Path(ckpt_path).exists():
@@ -235,12 +246,7 @@ def validate_config(trainer: TrainerArgs, grpo: GRPOArgs, engines: EnginesArgs,
             "would need every process to generate in lockstep (each forward gathers the shards), which HFEngine does "
             "not do: serve the teacher (engines.teacher.backend server, e.g. through `python -m rcl launch`)"
         )
-    if engines.teacher.backend == "server" and engines.sync_every_n_steps > 1:
-        raise ConfigError(
-            f"engines.sync_every_n_steps={engines.sync_every_n_steps}: teacher servers would sample with weights up to "
-            f"{engines.sync_every_n_steps - 1} steps old, and the loss would treat those rollouts as on-policy (rcl "
-            "has no off-policy correction): use 1"
-        )
+    off_policy_checks(grpo, engines)
     if engines.teacher.backend == "server" and engines.teacher.api == "openai":
         raise ConfigError("engines.teacher.api is 'openai', but OpenAI-style servers take no weight pushes, so the "
                           "teacher would generate with its initial weights: serve it with `rcl serve` (api: rcl)")
@@ -256,6 +262,8 @@ def validate_ppo(algorithm: str, grpo: GRPOArgs, ppo: ppo_lib.PPOArgs,
     if grpo.num_iterations != 1:
         raise ConfigError("algorithm ppo takes its passes over a rollout from ppo.ppo_epochs: set "
                           "grpo.num_iterations 1")
+    if grpo.max_off_policy_steps:
+        raise ConfigError("algorithm ppo trains on-policy rollouts only: set grpo.max_off_policy_steps 0")
     if grpo.beta != 0:
         raise ConfigError("algorithm ppo puts the KL term in the reward: set ppo.kl_coef (and grpo.beta 0)")
     if ppo.ppo_epochs < 1 or ppo.mini_batch_size < 1:
@@ -279,6 +287,22 @@ def validate_lora(lora: lora_lib.LoraArgs, trainer: TrainerArgs, grpo: GRPOArgs)
     if lora.sync == "adapter" and (not lora.enabled or sharded):
         raise ConfigError("lora.sync adapter needs lora.enabled and an unsharded strategy (ddp or one process); "
                           "use lora.sync merged")
+
+
+def off_policy_checks(grpo: GRPOArgs, engines: EnginesArgs) -> None:
+    """Rollouts sampled with older weights need the importance-sampling correction, and one rollout per step."""
+    if grpo.max_off_policy_steps < 0:
+        raise ConfigError(f"grpo.max_off_policy_steps must be >= 0, got {grpo.max_off_policy_steps}")
+    if grpo.max_off_policy_steps > 0 and grpo.num_iterations != 1:
+        raise ConfigError(f"grpo.max_off_policy_steps={grpo.max_off_policy_steps} needs grpo.num_iterations 1 (the "
+                          "pipeline schedules one rollout per optimizer step)")
+    stale = engines.sync_every_n_steps > 1 and (engines.teacher.backend == "server" or grpo.max_off_policy_steps > 0)
+    if (stale or grpo.max_off_policy_steps > 0) and resolve_correction(grpo, engines) == "off":
+        why = (f"engines.sync_every_n_steps={engines.sync_every_n_steps}" if stale
+               else f"grpo.max_off_policy_steps={grpo.max_off_policy_steps}")
+        raise ConfigError(f"{why}: rollouts are sampled with older weights than the trainer's, and "
+                          "grpo.importance_sampling is off, so the loss would treat them as on-policy: use auto, tis, "
+                          "mis or tis_mis")
 
 
 def warn_reward_inversions(grpo: GRPOArgs, reward: RewardArgs) -> list:
@@ -306,7 +330,9 @@ def default_callbacks(grpo: GRPOArgs, logging: LoggingArgs, engines: EnginesArgs
     if grpo.sync_ref_model:
         callbacks.append(RefModelSync(grpo.ref_model_mixup_alpha, grpo.ref_model_sync_steps))
     callbacks.append(WeightSync(engines.sync_every_n_steps, engines.sync_bucket_mb,
-                                adapter_only=lora.enabled and lora.sync == "adapter"))
+                                adapter_only=lora.enabled and lora.sync == "adapter",
+                                verify_every_n_pushes=engines.verify_every_n_pushes,
+                                verify_tolerance=engines.verify_tolerance))
     return callbacks
 
 
@@ -419,6 +445,24 @@ def eval_settings(train: RolloutSettings, eval_args: EvalArgs) -> RolloutSetting
     )
 
 
+def training_threads(requested: int, local_processes: int, environ: dict | None = None,
+                     cores: int | None = None) -> int:
+    """`trainer.num_threads`, resolved: the request, else $OMP_NUM_THREADS, else this process's share of the cores it
+    may run on."""
+    import os
+
+    if requested < 0:
+        raise ConfigError(f"trainer.num_threads must be >= 0, got {requested}")
+    if requested:
+        return requested
+    env = os.environ if environ is None else environ
+    if env.get("OMP_NUM_THREADS", "").isdigit() and int(env["OMP_NUM_THREADS"]) > 0:
+        return int(env["OMP_NUM_THREADS"])
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, local_processes))
+
+
 def step_seed(seed: int, step: int, rank: int, salt: int = 0) -> int:
     return (seed * 1_000_003 + step * 10_007 + rank * 101 + salt * 7) % (2**31 - 1)
 
@@ -449,6 +493,10 @@ def main(
             f"processes; use a multiple of {fabric.world_size}"
         )
     out_dir = Path(trainer.out_dir)
+    # an in-process async run computes on two threads of its own (training, the generation worker): each gets a share
+    computing = max(1, fabric.world_size // trainer.num_nodes) * (
+        2 if grpo.max_off_policy_steps > 0 and engines_args.teacher.backend == "in_process" else 1)
+    torch.set_num_threads(training_threads(trainer.num_threads, computing))
     fabric.seed_everything(trainer.seed)
     the_task = build_task(task)
     train_rows, val_rows = data.rl_dataset("train", the_task.fields), data.rl_dataset("val", the_task.fields)
@@ -473,8 +521,14 @@ def main(
     policy, optimizer = fabric.setup(policy, optimizer)
     scheduler = build_scheduler(optimizer, trainer.max_steps, optimizer_args)
 
-    policy_engine = build_engine(engines_args.teacher, unwrap(policy), teacher_tok,
-                                 weight_transport=engines_args.sync_transport, group_port=engines_args.sync_group_port)
+    if grpo.max_off_policy_steps > 0 and engines_args.teacher.backend == "in_process":
+        import copy
+
+        sampler = LocalWorker(copy.deepcopy(unwrap(policy)), teacher_tok, engines_args.teacher.max_batch_size)
+    else:
+        sampler = build_engine(engines_args.teacher, unwrap(policy), teacher_tok,
+                               weight_transport=engines_args.sync_transport, group_port=engines_args.sync_group_port)
+    policy_engine = VersionedEngine(sampler, lambda: state["step"])
     student_engine = None
     if adaptive:
         student_model = (
@@ -506,7 +560,10 @@ def main(
         "out_dir": str(out_dir),
         "pending": None,
         "ppo": ppo,
+        "is_correction": resolve_correction(grpo, engines_args),
     }
+    if grpo.max_off_policy_steps > 0:
+        state["prefetched"] = {}
     if ppo is not None:
         ppo_lib.setup_critic(fabric, state, ppo, teacher.model_name_or_path, optimizer_args, trainer.max_steps,
                              trainer.seed)
@@ -517,6 +574,8 @@ def main(
                      pending=PendingRollout.from_state(view["pending"], fabric.device))
         if state.get("kl_controller") is not None:
             state["kl_controller"].value = float(view["kl_coef"])
+        if "prefetched" in state:
+            state["prefetched"] = view["prefetched"]
         if "rng" in remainder:
             torch.set_rng_state(remainder["rng"])
         fabric.call("on_load_checkpoint", fabric=fabric, state=state, checkpoint=remainder)
@@ -561,12 +620,44 @@ def fit(
         _record(fabric, history_path, evaluate(fabric, state, runner, val_rows, settings, eval_args, trainer.seed), 0)
     local_prompts = grpo.prompts_per_step // fabric.world_size
     clock = StepClock(state["step"])
+
+    def draw(step: int) -> tuple[list[dict], int]:
+        rows = next_prompts(train_rows, state, grpo.prompts_per_step, trainer.seed, fabric.global_rank, local_prompts)
+        fabric.call("on_train_batch_start", fabric=fabric, state=state, rows=rows)
+        return rows, step_seed(trainer.seed, step, fabric.global_rank)
+
+    pipeline = None
+    if grpo.max_off_policy_steps > 0:
+        pipeline = RolloutPipeline(lambda rows, seed: runner.run(rows, seed, settings), draw,
+                                   grpo.max_off_policy_steps, trainer.max_steps, state["step"],
+                                   RolloutPipeline.ready_from_state(state.get("prefetched")))
+        state["prefetched"] = pipeline
+        engines["teacher"].before_push = pipeline.drain
+    try:
+        _fit_steps(fabric, state, runner, engines, val_rows, settings, trainer, grpo, generation, eval_args,
+                   optimizer_args, stop_ids, history_path, stop, clock, draw, pipeline)
+    finally:
+        if pipeline is not None:
+            pipeline.close()
+    if not eval_args.every_n_steps or state["step"] % eval_args.every_n_steps:
+        _record(fabric, history_path,
+                evaluate(fabric, state, runner, val_rows, settings, eval_args, trainer.seed), state["step"])
+    save_checkpoint(fabric, state, trainer.keep_last_checkpoints)
+    fabric.call("on_train_end", fabric=fabric, state=state)
+    for logger in fabric.loggers:
+        logger.finalize("success")
+
+
+def _fit_steps(fabric, state, runner, engines, val_rows, settings, trainer, grpo, generation, eval_args,
+               optimizer_args, stop_ids, history_path, stop, clock, draw, pipeline) -> None:
+    last_step_end = time.perf_counter()
     while state["step"] < trainer.max_steps:
         if state["pending"] is None:  # a resumed run first finishes the rollout its checkpoint was taken in
-            rows = next_prompts(train_rows, state, grpo.prompts_per_step, trainer.seed, fabric.global_rank,
-                                local_prompts)
-            fabric.call("on_train_batch_start", fabric=fabric, state=state, rows=rows)
-            rollout = runner.run(rows, step_seed(trainer.seed, state["step"], fabric.global_rank), settings)
+            if pipeline is None:
+                rows, seed = draw(state["step"])
+                rollout = runner.run(rows, seed, settings)
+            else:
+                rollout = pipeline.take(state["step"])
             if settings.scale_rewards == "batch" and fabric.world_size > 1:
                 rescale_by_global_std(fabric, rollout)
             state["pending"] = PendingRollout(rollout, next_iteration=0, old_logps=None)
@@ -590,26 +681,28 @@ def fit(
             pending.next_iteration = iteration + 1
             if pending.next_iteration == grpo.num_iterations:
                 state["pending"] = None
+            if pipeline is not None:
+                stats.update(pipeline.pop_timings())
             metrics = step_metrics(fabric, rollout, stats, state, time.perf_counter() - start, grpo)
+            metrics["time/step"], last_step_end = time.perf_counter() - last_step_end, time.perf_counter()
             fabric.call("on_train_batch_end", fabric=fabric, state=state, rollout=rollout, metrics=metrics,
                         engines=engines, iteration=iteration)
+            if pipeline is not None:
+                pipeline.fill(state["step"])  # the weights of this step are pushed: the next rollouts may start
             if state["step"] % trainer.log_every_n_steps == 0 or state["step"] == trainer.max_steps:
                 _record(fabric, history_path, metrics, state["step"])
                 fabric.print(progress_line(state["step"], trainer.max_steps, metrics,
                                            clock.eta(state["step"], trainer.max_steps)))
             if eval_args.every_n_steps and state["step"] % eval_args.every_n_steps == 0:
+                if pipeline is not None:  # evaluation and the worker would share the engines and the seeded RNG
+                    pipeline.drain()
                 _record(fabric, history_path,
                         evaluate(fabric, state, runner, val_rows, settings, eval_args, trainer.seed), state["step"])
             if trainer.checkpoint_every_n_steps and state["step"] % trainer.checkpoint_every_n_steps == 0:
                 save_checkpoint(fabric, state, trainer.keep_last_checkpoints)
             stop_if_signalled(fabric, state, trainer, stop)
-    if not eval_args.every_n_steps or state["step"] % eval_args.every_n_steps:
-        _record(fabric, history_path,
-                evaluate(fabric, state, runner, val_rows, settings, eval_args, trainer.seed), state["step"])
-    save_checkpoint(fabric, state, trainer.keep_last_checkpoints)
-    fabric.call("on_train_end", fabric=fabric, state=state)
-    for logger in fabric.loggers:
-        logger.finalize("success")
+    if pipeline is not None:
+        pipeline.drain()
 
 
 @dataclass
@@ -753,6 +846,11 @@ def train_step(fabric, state, rollout, grpo, generation, optimizer_args, stop_id
                 with torch.no_grad():
                     ref_logp = completion_logprobs(reference, ids, attn, comp.shape[1], generation.temperature)
             old = old_logps[k] if old_logps is not None else logp.detach()
+            is_weights, is_stats = None, {}
+            if state.get("is_correction", "off") != "off":
+                is_weights, mask, is_stats = importance_correction(
+                    old, sampler_logprobs(rollout, index, comp.shape[1], logp.device), mask, state["is_correction"],
+                    grpo.is_cap, grpo.mis_threshold)
             loss, stats = grpo_loss(
                 logp, old, ref_logp, advantages[index], mask,
                 beta=grpo.beta,
@@ -763,7 +861,9 @@ def train_step(fabric, state, rollout, grpo, generation, optimizer_args, stop_id
                 num_micro_batches=len(batches),
                 tokens_per_process=tokens_per_process,
                 rows_per_process=len(rows),
+                is_weights=is_weights,
             )
+            stats.update(is_stats)
             fabric.backward(loss)
         totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
         for name, value in stats.items():
@@ -774,6 +874,8 @@ def train_step(fabric, state, rollout, grpo, generation, optimizer_args, stop_id
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     state["scheduler"].step()
+    ages = staleness(rollout, state["step"])
+    totals.update({"staleness/mean": float(ages.mean()), "staleness/max": float(ages.max())})
     return totals
 
 
@@ -808,7 +910,8 @@ def step_metrics(fabric, rollout: Rollout, stats: dict, state: dict, train_secon
     metrics = _mean_over_processes(fabric, local)
     metrics["lr"] = state["scheduler"].get_last_lr()[0]
     tokens = {f"tokens/{k}": float(v) for k, v in rollout.generated_tokens.items()} | rollout.verifier  # summed
-    metrics.update({k: v * fabric.world_size for k, v in _mean_over_processes(fabric, tokens).items()})
+    summed = {k: v * fabric.world_size for k, v in _mean_over_processes(fabric, tokens | rollout.by_task).items()}
+    metrics.update({k: v for k, v in summed.items() if k not in rollout.by_task} | per_task_means(summed))
     return metrics
 
 
@@ -837,16 +940,28 @@ def evaluate(fabric, state, runner: RolloutRunner, val_rows, settings, eval_args
             metrics.update(interval_metrics("eval/with_teaching_accuracy", correct, count))
             metrics.update(interval_metrics("eval/baseline_accuracy", base_correct, count))
             metrics.update(interval_metrics("eval/ndr", metrics["eval/ndr"] * count, count))  # one teaching per prompt
+        if rollout.by_task:
+            keys = sorted(rollout.by_task)
+            sums = fabric.all_reduce(torch.tensor([rollout.by_task[k] for k in keys], dtype=torch.float64,
+                                                  device=fabric.device), reduce_op="sum").tolist()
+            metrics.update(per_task_means(dict(zip(keys, sums)), prefix="eval/"))
     shown = sorted(k for k in metrics if not k.endswith(("_ci_low", "_ci_high")))  # intervals print with their value
     fabric.print(f"eval @ step {state['step']}: " + ", ".join(
         f"{k[5:]} {fmt(metrics[k], metrics.get(f'{k}_ci_low'), metrics.get(f'{k}_ci_high'))}" for k in shown))
+    state.setdefault("evals", []).append({"step": state["step"], **metrics})  # this process's, not checkpointed
+    trend = trend_line(state["evals"])
+    if trend:
+        fabric.print(trend)
     return metrics
 
 
 def progress_line(step: int, max_steps: int, m: dict, eta_s: float | None = None) -> str:
     parts = [f"step {step}/{max_steps}", f"reward {m['reward']:.3f}", f"acc {m['accuracy']:.3f}"]
     if "teaching/ndr" in m:
-        parts += [f"base {m['teaching/baseline_accuracy']:.3f}", f"ndr {m['teaching/ndr']:.3f}"]
+        parts.append(f"base {m['teaching/baseline_accuracy']:.3f}")
+        # the degradation window's NDR when it is tracked: one step's NDR swings too much to read
+        parts.append(f"ndr(window) {m['teaching/window_ndr']:.3f}" if "teaching/window_ndr" in m
+                     else f"ndr {m['teaching/ndr']:.3f}")
     parts.append(f"loss {m.get('loss', float('nan')):.4f}")
     gen = sum(v for k, v in m.items() if k.startswith("time/generation"))
     parts.append(f"gen {gen:.1f}s train {m['time/training']:.1f}s")
@@ -868,6 +983,9 @@ def _checkpoint_view(state: dict) -> dict:
     view = {k: state[k] for k in ("model", "optimizer", "scheduler", "step", "prompts_seen")}
     # the rollout whose remaining num_iterations passes are still to come, so a resume finishes it exactly
     view["pending"] = state["pending"].state_dict() if state.get("pending") is not None else {}
+    if "prefetched" in state:  # an async run's rollouts generated for later steps
+        prefetched = state["prefetched"]
+        view["prefetched"] = prefetched.state_dict() if isinstance(prefetched, RolloutPipeline) else prefetched
     if isinstance(state.get("ref_model"), torch.nn.Module):  # not the policy's disabled adapter (no weights of its own)
         view["ref_model"] = state["ref_model"]
     view.update(ppo_lib.checkpoint_items(state))
