@@ -62,7 +62,10 @@ def target_modules(spec: str | list[str]) -> list[str]:
 
 
 def peft_config(args: LoraArgs):
-    from peft import LoraConfig
+    try:
+        from peft import LoraConfig
+    except ImportError:
+        raise LoraConfigError("lora.enabled needs peft: pip install 'rcl[peft]'") from None
 
     return LoraConfig(
         r=args.r,
@@ -106,6 +109,7 @@ def quantization_kwargs(args: LoraArgs) -> dict[str, Any]:
 def apply_lora(model: nn.Module, args: LoraArgs) -> nn.Module:
     """Wrap `model` in a peft LoRA model whose adapters are initialised from `args.init_seed` only (the global RNG is
     left as it was, so the rest of the run's randomness does not depend on whether LoRA is on)."""
+    config = peft_config(args)  # first: says how to install peft when it is missing
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     if args.quantization != "none":
@@ -113,7 +117,7 @@ def apply_lora(model: nn.Module, args: LoraArgs) -> nn.Module:
     devices = [model.device] if getattr(model, "device", None) is not None and model.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(args.init_seed)
-        return get_peft_model(model, peft_config(args))
+        return get_peft_model(model, config)
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:

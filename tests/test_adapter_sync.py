@@ -1,6 +1,8 @@
 """Adapter-only sync to an `rcl serve --enable-lora` hf server: after each push the server generates exactly what
 the trainer's merged model generates; a server without --enable-lora refuses; the merge maths is peft's."""
 
+import copy
+
 import pytest
 import torch
 from serving_support import server_env, start_server, stop_server
@@ -61,7 +63,8 @@ def test_server_generates_what_the_merged_trainer_model_generates(lora_server, t
         stats = sync.sync(OneProcess(), policy, engine)
         assert stats["bytes"] > 0
         local = greedy(HFEngine(policy.eval(), tok), prompts)  # the peft model computes W + s * B @ A on the fly
-        assert greedy(engine, prompts) == local
+        merged = copy.deepcopy(policy).merge_and_unload()  # and the trainer's merged model
+        assert greedy(engine, prompts) == local == greedy(HFEngine(merged, tok), prompts)
     assert local != base, "the adapter must change what is generated, or the test shows nothing"
     assert engine._request(lora_server, "GET", "/adapter_version/")["adapter_version"] == 2
 

@@ -240,3 +240,63 @@ def test_rl_refuses_qlora_on_cpu_and_lora_with_a_synced_reference(tmp_path):
         validate_lora(LoraArgs(enabled=True, quantization="4bit"), TrainerArgs(accelerator="cpu"), GRPOArgs())
     with pytest.raises(ConfigError, match="no separate reference"):
         validate_lora(LoraArgs(enabled=True), TrainerArgs(), GRPOArgs(beta=0.1, sync_ref_model=True))
+
+
+def test_lora_rl_under_ddp_two_processes_on_cpu(models_dir, tmp_path, repo_env):
+    import subprocess
+    import sys
+
+    from rcl.tiny_models import resolve_model
+
+    out = tmp_path / "ddp"
+    # the bandit's rewards vary between random completions and need nothing from this test module in the children
+    args = rl_args(out, "tiny-1m", "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator",
+                   "cpu", "--grpo.prompts_per_step", "4", "--optimizer.learning_rate", "0.01",
+                   "--task.name", "bandit", "--task.module", "rcl.tasks.envs", "--task.kwargs", "{}",
+                   "--reward.functions", "{correctness: 1.0}", "--generation.max_completion_length", "2")
+    repo_env["RCL_MODELS_DIR"] = str(models_dir)
+    proc = subprocess.run([sys.executable, "-m", "rcl", "fit", *args], cwd=ROOT, env=repo_env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "LoRA policy: trainable parameters:" in proc.stdout + proc.stderr
+    second = torch.load(out / "checkpoints" / "step-000002.ckpt", weights_only=True)
+    assert "ref_model" not in second
+    assert any("lora_B" in n and t.abs().sum() > 0 for n, t in second["model"].items()), "adapters trained"
+    base = AutoModelForCausalLM.from_pretrained(resolve_model("tiny-1m")).state_dict()
+    exported = AutoModelForCausalLM.from_pretrained(out / "hf_model").state_dict()
+    assert any(not torch.equal(exported[n], base[n]) for n in base if "q_proj.weight" in n)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="ZeRO-3 / FSDP runs need a CUDA GPU")
+@pytest.mark.parametrize("strategy", ["deepspeed_stage_3", "fsdp"])
+def test_lora_rl_under_a_sharded_strategy_on_one_gpu(models_dir, tmp_path, strategy):
+    """One process, so in-process generation is allowed; the merged export goes through the sharded gather."""
+    from rcl.rl.loop import cli_main
+    from rcl.tiny_models import resolve_model
+
+    if strategy.startswith("deepspeed"):
+        pytest.importorskip("deepspeed")
+    _register_char_reward()
+    out = tmp_path / strategy
+    cli_main("fit", rl_args(out, "tiny-1m", "--trainer.strategy", strategy, "--trainer.accelerator", "gpu",
+                            "--trainer.devices", "1", "--optimizer.learning_rate", "0.01"))
+    base = AutoModelForCausalLM.from_pretrained(resolve_model("tiny-1m")).state_dict()
+    exported = AutoModelForCausalLM.from_pretrained(out / "hf_model").state_dict()
+    assert set(exported) == set(base)
+    assert any(not torch.equal(exported[n], base[n]) for n in base if "q_proj.weight" in n)
+
+
+def test_sft_with_lora_merged_export_reloads_as_the_trained_model(tmp_path, tiny_model_dir):
+    from rcl.sft_cli import build_cli
+
+    root = tmp_path / "sft"
+    cli = build_cli("fit", sft_args(root, tiny_model_dir, 3))  # the recipe's export: merged
+    assert not lora.is_adapter_folder(root / "hf_model")
+    exported = AutoModelForCausalLM.from_pretrained(root / "hf_model").eval()
+    trained = cli.model.model.eval()
+    ids = torch.tensor([[5, 17, 42, 99, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(exported(input_ids=ids).logits, trained(input_ids=ids).logits, rtol=1e-4, atol=1e-5)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    assert not torch.allclose(exported(input_ids=ids).logits, base(input_ids=ids).logits)

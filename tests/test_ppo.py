@@ -183,3 +183,31 @@ def test_affine_ppo_recipe_pins_the_guides_hyper_parameters():
     lora = parsed["lora"]
     assert lora.enabled and (lora.r, lora.alpha, lora.dropout, lora.target_modules) == (64, 128.0, 0.05, "attention")
     assert parsed["task"].name == "grid" and parsed["task"].module == "rcl.tasks.envs"
+
+
+def test_ppo_resumes_exactly_with_its_critic(models_dir, tmp_path):
+    from rcl.rl.loop import cli_main
+
+    common = ["--config", str(CONFIGS / "quickstart_ppo.yaml"), "--trainer.loggers", "[csv]",
+              "--trainer.export_hf", "false", "--eval.at_start", "false", "--trainer.keep_last_checkpoints", "5"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    cli_main("fit", [*common, "--trainer.out_dir", str(full), "--trainer.max_steps", "4"])
+    cli_main("fit", [*common, "--trainer.out_dir", str(cut), "--trainer.max_steps", "2"])
+    cli_main("fit", [*common, "--trainer.out_dir", str(cut), "--trainer.max_steps", "4",
+                     "--ckpt_path", str(cut / "checkpoints" / "step-000002.ckpt")])
+    a = torch.load(full / "checkpoints" / "step-000004.ckpt", weights_only=True)
+    b = torch.load(cut / "checkpoints" / "step-000004.ckpt", weights_only=True)
+    for part in ("model", "critic"):
+        assert a[part].keys() == b[part].keys() and a[part]
+        for name in a[part]:
+            torch.testing.assert_close(a[part][name], b[part][name], rtol=0, atol=0)
+
+
+def test_ppo_under_a_sharded_strategy_is_refused():
+    from rcl.rl.args import GRPOArgs
+    from rcl.rl.loop import ConfigError, TrainerArgs, validate_ppo
+
+    with pytest.raises(ConfigError, match="not supported yet"):
+        validate_ppo("ppo", GRPOArgs(num_generations=1), ppo.PPOArgs(), TrainerArgs(strategy="deepspeed_stage_3"))
+    with pytest.raises(ConfigError, match="ppo.kl_coef"):
+        validate_ppo("ppo", GRPOArgs(beta=0.1), ppo.PPOArgs())

@@ -136,7 +136,7 @@ def setup(
             environment's, so `reward` is not used for them.
     """
     validate_config(trainer, grpo, engines, algorithm)
-    validate_ppo(algorithm, grpo, ppo)
+    validate_ppo(algorithm, grpo, ppo, trainer)
     validate_lora(lora, trainer, grpo)
     warn_reward_inversions(grpo, reward)
     preflight(data, trainer, teacher, student, grpo, ckpt_path, overwrite, command)
@@ -252,11 +252,16 @@ def validate_config(trainer: TrainerArgs, grpo: GRPOArgs, engines: EnginesArgs,
                           "teacher would generate with its initial weights: serve it with `rcl serve` (api: rcl)")
 
 
-def validate_ppo(algorithm: str, grpo: GRPOArgs, ppo: ppo_lib.PPOArgs) -> None:
+def validate_ppo(algorithm: str, grpo: GRPOArgs, ppo: ppo_lib.PPOArgs,
+                 trainer: TrainerArgs = TrainerArgs()) -> None:
     if algorithm != "ppo":
         return
+    if "deepspeed" in trainer.strategy or "fsdp" in trainer.strategy:
+        raise ConfigError(f"algorithm ppo under trainer.strategy={trainer.strategy} is not supported yet (the critic "
+                          "is a second model with its own optimizer): use one process or ddp")
     if grpo.num_iterations != 1:
-        raise ConfigError("algorithm ppo takes its passes over a rollout from ppo.ppo_epochs: set grpo.num_iterations 1")
+        raise ConfigError("algorithm ppo takes its passes over a rollout from ppo.ppo_epochs: set "
+                          "grpo.num_iterations 1")
     if grpo.max_off_policy_steps:
         raise ConfigError("algorithm ppo trains on-policy rollouts only: set grpo.max_off_policy_steps 0")
     if grpo.beta != 0:

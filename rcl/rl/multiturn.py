@@ -22,7 +22,7 @@ from typing import Any, Callable, Literal, Sequence
 
 import torch
 
-from rcl.engines import Completion, SamplingParams
+from rcl.engines import Completion
 from rcl.grpo import group_advantages
 from rcl.rl.rollout import Interaction, Rollout
 from rcl.tasks.base import Environment

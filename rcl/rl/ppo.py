@@ -244,7 +244,8 @@ def train_step(fabric, state, rollout, ppo: PPOArgs, generation, optimizer_args,
     return stats
 
 
-def setup_critic(fabric, state: dict, ppo: PPOArgs, policy_path: str, optimizer_args, max_steps: int, seed: int) -> None:
+def setup_critic(fabric, state: dict, ppo: PPOArgs, policy_path: str, optimizer_args, max_steps: int,
+                 seed: int) -> None:
     """Build the critic and its optimizer into the loop's state (before any checkpoint is loaded)."""
     from dataclasses import replace
 

@@ -418,7 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--enable-prefix-caching", action="store_true", help="vllm engine")
     p.add_argument("--enforce-eager", action="store_true", help="vllm engine: no CUDA graphs")
     p.add_argument("--enable-lora", action="store_true",
-                   help="take LoRA adapters on /load_adapter/ (adapter-only weight sync); vllm: served as LoRA requests")
+                   help="take LoRA adapters on /load_adapter/ (adapter-only weight sync); vllm: served as LoRA "
+                        "requests")
     p.add_argument("--max-lora-rank", type=int, default=64, help="vllm engine, with --enable-lora")
     for f in fields(ServerLimits):
         p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, help="request limit")

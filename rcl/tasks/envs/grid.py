@@ -43,7 +43,8 @@ class GridEnv(ToyEnvironment):
 
     def describe(self) -> str:
         if self.terse:
-            return f"at {self.agent[0]},{self.agent[1]} facing {self.facing[0].upper()}; ball {self.ball[0]},{self.ball[1]}"
+            (x, y), (bx, by) = self.agent, self.ball
+            return f"at {x},{y} facing {self.facing[0].upper()}; ball {bx},{by}"
         return (f"You are at ({self.agent[0]},{self.agent[1]}) facing {self.facing}. "
                 f"The ball is at ({self.ball[0]},{self.ball[1]}).")
 
