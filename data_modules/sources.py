@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any, Iterator
 
 import datasets
 
@@ -29,32 +30,37 @@ def _json_type(value) -> str | None:
     return {str: "string", list: "array", dict: "object"}[type(value)]
 
 
+def json_lines(path: str | Path, error: type[Exception] = DataError) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) for every non-blank line; `error` names the file and line of one that is not JSON."""
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise error(f"{path} line {number}: not valid JSON ({e.msg})") from None
+
+
 def check_jsonl(path: str | Path) -> int:
     """Raise DataError naming the file and line of the first line that is not a JSON object, or whose field has another
     JSON type than in earlier lines (`datasets` fails on both with a traceback). Blank lines are fine. Returns the
     number of rows."""
     first_type: dict[str, tuple[str, int]] = {}
     rows = 0
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
+    for number, value in json_lines(path):
+        if not isinstance(value, dict):
+            raise DataError(f"{path} line {number}: expected a JSON object, got {_json_type(value)}")
+        rows += 1
+        for key, item in value.items():
+            kind = _json_type(item)
+            if kind is None:
                 continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path} line {number}: not valid JSON ({e.msg})") from None
-            if not isinstance(value, dict):
-                raise DataError(f"{path} line {number}: expected a JSON object, got {_json_type(value)}")
-            rows += 1
-            for key, item in value.items():
-                kind = _json_type(item)
-                if kind is None:
-                    continue
-                expected, seen_at = first_type.setdefault(key, (kind, number))
-                if kind != expected:
-                    raise DataError(
-                        f"{path} line {number}: column {key!r} expected {expected} (as on line {seen_at}), got {kind}"
-                    )
+            expected, seen_at = first_type.setdefault(key, (kind, number))
+            if kind != expected:
+                raise DataError(
+                    f"{path} line {number}: column {key!r} expected {expected} (as on line {seen_at}), got {kind}"
+                )
     return rows
 
 

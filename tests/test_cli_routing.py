@@ -20,7 +20,7 @@ def test_help_explains_commands(repo_env):
     proc = subprocess.run([sys.executable, "-m", "rcl", "--help"], cwd=ROOT, env=repo_env, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0
-    for command in ("fit", "validate", "score", "serve", "launch"):
+    for command in ("fit", "validate", "score", "evaluate", "serve", "launch"):
         assert f"  {command}" in proc.stdout
 
 

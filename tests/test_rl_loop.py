@@ -75,7 +75,7 @@ def test_adaptive_teaching_run_logs_teaching_metrics_and_exports(models_dir, tmp
     from rcl.eval.stats import jeffreys_interval
 
     for r in evals:  # 80% Jeffreys intervals over the 3 evaluation prompts
-        for name in ("eval/accuracy", "eval/with_teaching_accuracy", "eval/baseline_accuracy"):
+        for name in ("eval/accuracy", "eval/with_teaching_accuracy", "eval/baseline_accuracy", "eval/ndr"):
             assert (r[f"{name}_ci_low"], r[f"{name}_ci_high"]) == pytest.approx(jeffreys_interval(r[name] * 3, 3))
     for key in ("teaching/ndr", "teaching/tes", "teaching/learning_gain", "teaching/completion_rate",
                 "teaching/baseline_accuracy", "teaching/with_teaching_accuracy", "reward", "reward_std",

@@ -745,6 +745,7 @@ def evaluate(fabric, state, runner: RolloutRunner, val_rows, settings, eval_args
         if "eval/with_teaching_accuracy" in metrics:
             metrics.update(interval_metrics("eval/with_teaching_accuracy", correct, count))
             metrics.update(interval_metrics("eval/baseline_accuracy", base_correct, count))
+            metrics.update(interval_metrics("eval/ndr", metrics["eval/ndr"] * count, count))  # one teaching per prompt
     shown = sorted(k for k in metrics if not k.endswith(("_ci_low", "_ci_high")))  # intervals print with their value
     fabric.print(f"eval @ step {state['step']}: " + ", ".join(
         f"{k[5:]} {fmt(metrics[k], metrics.get(f'{k}_ci_low'), metrics.get(f'{k}_ci_high'))}" for k in shown))

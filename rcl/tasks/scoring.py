@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from data_modules.sources import json_lines
 from rcl.tasks.base import Environment, Score, Task, TaskArgs
 from rcl.tasks.health import VerifierCounts, VerifierFailure, VerifierHealth
 
@@ -49,17 +50,7 @@ def score_records(task: Task, records: Iterable[dict], health: VerifierHealth | 
 
 
 def read_records(task: Task, path: Path) -> list[dict]:
-    records = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ScoreInputError(f"{path} line {number}: not valid JSON ({err.msg})") from None
-            records.append(check_record(task, value, f"{path} line {number}"))
-    return records
+    return [check_record(task, value, f"{path} line {number}") for number, value in json_lines(path, ScoreInputError)]
 
 
 def write_atomically(path: Path, lines: Iterable[str]) -> None:
