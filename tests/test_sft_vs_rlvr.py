@@ -156,6 +156,16 @@ def test_study_recipes_parse_and_name_recipes_that_exist(name):
     assert sft_t["student_baseline"] == rl_t["student_baseline"] == eval_t["student_baseline"]
 
 
+def test_wandb_joins_both_arms_to_the_csv_and_tensorboard_loggers():
+    from experiments.sft_vs_rlvr.study import rl_overrides, sft_overrides
+
+    rl = rl_overrides("base", 10, 1, Path("r"), 2, wandb=True)
+    assert json.loads(rl[rl.index("--trainer.loggers") + 1]) == ["csv", "tensorboard", "wandb"]
+    assert "lightning_configs/loggers/wandb.yaml" in sft_overrides("base", 10, 1, Path("s"), 2, wandb=True)
+    assert "lightning_configs/loggers/wandb.yaml" not in sft_overrides("base", 10, 1, Path("s"), 2, wandb=False)
+    assert (ROOT / "lightning_configs/loggers/wandb.yaml").exists()
+
+
 def test_seeds_flag_takes_a_space_separated_list():
     study = parse_study(["--config", str(CONFIGS / STUDIES[0]), "--seeds", "1", "2", "3", "--budget.value", "240"])
     assert study.seeds == [1, 2, 3] and study.budget.value == 240
@@ -198,7 +208,7 @@ def test_a_miniature_study_matches_budgets_hashes_and_reads_its_weights(tmp_path
     assert arms["sft"]["template_hash"] == arms["rlvr"]["template_hash"] == arms["sft"]["eval_template_hash"]
     for arm in arms.values():
         assert arm["budget"]["measure"] == "training_samples" and arm["budget"]["value"] == 24
-        assert arm["budget"]["optimizer_steps"] == 3
+        assert arm["budget"]["optimizer_steps"] == arm["budget"]["optimizer_steps_logged"] == 3
         results = json.loads(Path(arm["results_file"]).read_text())
         entry = next(e for e in results["results"] if (e["model"], e["task"]) == (arm["name"], "heldout"))
         assert (arm["accuracy"], arm["ci_low"], arm["ci_high"]) == (entry["accuracy"], entry["ci_low"],
@@ -206,6 +216,14 @@ def test_a_miniature_study_matches_budgets_hashes_and_reads_its_weights(tmp_path
     difference = next(d for d in results["paired_differences"]
                       if (d["model"], d["reference"], d["task"]) == ("rlvr", "sft", "heldout"))
     assert on_disk["difference"]["delta"] == difference["delta"]
+    # A fresh `rcl evaluate` of the exported models, from the study's own eval recipe, gives the same numbers.
+    from rcl.eval.cli import cli_main
+
+    cli_main(["--config", str(tmp_path / "study" / "seed-3" / "eval.yaml"), "--run.out_dir", str(tmp_path / "fresh")])
+    fresh = json.loads((tmp_path / "fresh" / "results.json").read_text())
+    for arm in arms.values():
+        entry = next(e for e in fresh["results"] if (e["model"], e["task"]) == (arm["name"], "heldout"))
+        assert (arm["accuracy"], arm["pass_at_k"]) == (entry["accuracy"], entry["pass_at_k"])
     seed = on_disk["seeds"][0]
     assert seed["weights"]["sft"]["top"][0]["relative_change"] > 0
     assert len(seed["curves"]["rlvr"]["kl"]) == 3 and len(seed["curves"]["sft"]["loss"]) == 3

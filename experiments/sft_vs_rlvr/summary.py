@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.sft_vs_rlvr import analysis
+from experiments.sft_vs_rlvr.study import StudyError
 from experiments.sft_vs_rlvr.weights import group_summary, load_state, relative_changes
 from rcl.eval.generate import generation_path
 
@@ -59,6 +60,11 @@ def summarize_seed(study: Any, seed: int, out: Path, plan: dict, recipes: dict, 
     metrics_csv = next((out / "sft").glob("csv/**/metrics.csv"))
     curves = {"sft": analysis.sft_curves(metrics_csv, plan["sft"]["samples_per_step"]),
               "rlvr": analysis.rl_curves(history, plan["rlvr"]["samples_per_step"])}
+    done = {"sft": max((p[0] for p in curves["sft"]["loss"]), default=0),
+            "rlvr": max((int(h["step"]) for h in history if "reward" in h), default=0)}
+    short = {arm: (done[arm], plan[arm]["optimizer_steps"]) for arm in done if done[arm] != plan[arm]["optimizer_steps"]}
+    if short:
+        raise StudyError("an arm did not train its budget (steps logged, planned): " + repr(short))
     generations = recipes["rlvr"]["grpo"]["num_generations"]
     extra = {"sft": {"completions": plan["sft"]["training_samples"], "generated_tokens": 0},
              "rlvr": {"completions": plan["rlvr"]["training_samples"] * generations,
@@ -67,7 +73,7 @@ def summarize_seed(study: Any, seed: int, out: Path, plan: dict, recipes: dict, 
     for arm in ("sft", "rlvr"):
         entry = find_entry(results, arm, task)
         budget = {"measure": study.budget.measure, "value": plan[arm][study.budget.measure],
-                  "optimizer_steps": plan[arm]["optimizer_steps"], "training_samples": plan[arm]["training_samples"],
+                  "optimizer_steps": plan[arm]["optimizer_steps"], "optimizer_steps_logged": done[arm], "training_samples": plan[arm]["training_samples"],
                   **extra[arm]}
         arms.append({"name": arm, "budget": budget, "eval_rows_hash": results["rows_sha256"][task],
                      "template_hash": templates[arm], "eval_template_hash": eval_template,
