@@ -213,5 +213,10 @@ def write_study(study, per_seed: list[dict], seconds: dict[str, float], config: 
             + (spread_markdown(per_seed) + "\n" if len(per_seed) > 1 else "")
             + seed_markdown(first, [], prefix))
     (out / "report.md").write_text(text)
+    for s in per_seed:
+        d = s["difference"]
+        print(f"seed {s['seed']}: " + ", ".join(f"{LABELS[m['name']]} {fmt(m['accuracy'], m['ci_low'], m['ci_high'])}"
+                                             for m in _models(s))
+              + f"; RLVR - SFT {d['delta']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]")
     print(f"wrote {out / 'study.json'} and {out / 'report.md'}")
     return document
