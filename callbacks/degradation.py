@@ -28,6 +28,7 @@ class DegradationTracker(FabricCallback):
         self.max_per_step = max_per_step
         self.max_file_bytes = int(max_file_mb * 1024 * 1024)
         self._warned_at: int | None = None
+        self._warned_ndr = 0.0
 
     def on_save_checkpoint(self, checkpoint: dict, **kwargs: Any) -> None:
         # a resumed run's window NDR (and its warning) then continues as the uninterrupted run's would
@@ -72,9 +73,12 @@ class DegradationTracker(FabricCallback):
         if not low:
             self._warned_at = None  # a later drop warns at once again
         elif self._warned_at is None or state["step"] - self._warned_at >= max(self.warn_every_n_steps, 1):
-            self._warned_at = state["step"]
+            since = "" if self._warned_at is None else (
+                f", {ndr - self._warned_ndr:+.3f} since the last warning at step {self._warned_at}")
+            self._warned_at, self._warned_ndr = state["step"], ndr
             fabric.print(
                 f"warning: NDR over the last {len(self.window)} interactions is {ndr:.3f} "
-                f"(< {self.ndr_threshold}); see {self.filename} (repeated at most every {self.warn_every_n_steps} "
-                "steps while it stays low; teaching/window_ndr logs every step)"
+                f"(< {self.ndr_threshold}{since}): {1 - ndr:.0%} of teachings left the student worse than alone; "
+                f"see {self.filename} (repeated at most every {self.warn_every_n_steps} steps while it stays low; "
+                "teaching/window_ndr logs every step)"
             )

@@ -131,6 +131,12 @@ def report(study: dict) -> str:
                      f"NDR {_fmt(a['ndr'])}  TES {a['tes']:.3f}  vs alone {a['teaching_gain']['value']:+.3f}  "
                      f"({run['seconds']:.0f}s)")
     lines.append(f"  pooled change over seeds: {_fmt(study['rl_change']['pooled'], '+')}")
+    if "rl_change_best" in study:
+        for run, change in zip(study["runs"], study["rl_change_best"]["per_seed"]):
+            lines.append(f"  seed {run['seed']}, best validation policy (step {run['best_step']}): "
+                         f"{run['best']['with_teaching_accuracy']:.3f}  change {_fmt(change, '+')}  "
+                         f"NDR {_fmt(run['best']['ndr'])}")
+        lines.append(f"  pooled change, best validation policies: {_fmt(study['rl_change_best']['pooled'], '+')}")
     return "\n".join(lines)
 
 
@@ -166,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = unseen_problems(args.test_problems, data.synthetic_size, data.synthetic_seed, tuple(data.synthetic_levels))
     runner, settings = build_runner(args.teacher, args.student, recipe)
     before = test_outcomes(runner, settings, rows)
-    runs, afters = [], []
+    runs, afters, bests = [], [], []
     for seed in args.seeds:
         run_dir = out / f"seed_{seed}"
         command = rl_command(args.recipe, seed, args.steps, run_dir, args.teacher, args.student, args.eval_every,
@@ -179,13 +185,20 @@ def main(argv: list[str] | None = None) -> dict:
             cli_main("fit", command)  # in this process: a fresh interpreter per seed would cost its imports each time
         seconds = time.perf_counter() - start
         history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines() if line.strip()]
-        after_runner, _ = build_runner(str(run_dir / "hf_model"), args.student, recipe)
-        after = test_outcomes(after_runner, settings, rows)
+        after = test_outcomes(build_runner(str(run_dir / "hf_model"), args.student, recipe)[0], settings, rows)
         afters.append(after["with"])
-        runs.append({"seed": seed, "seconds": seconds, "after": outcome_summary(after),
+        run = {"seed": seed, "seconds": seconds, "after": outcome_summary(after)}
+        kept = run_dir / "best_hf_model"  # eval.keep_best: the policy of the best validation evaluation
+        if kept.is_dir():
+            best = test_outcomes(build_runner(str(kept), args.student, recipe)[0], settings, rows)
+            bests.append(best["with"])
+            run.update(best_step=json.loads((run_dir / "best.json").read_text())["step"], best=outcome_summary(best))
+        runs.append({**run,
                      "reward_curve": reward_curve(history), "val_curve": val_curve(history)})
     study = {"settings": {k: v for k, v in vars(args).items()}, "before": outcome_summary(before), "runs": runs,
              "rl_change": rl_changes(before["with"], afters)}
+    if bests and len(bests) == len(afters):
+        study["rl_change_best"] = rl_changes(before["with"], bests)
     (out / "study.json").write_text(json.dumps(study, indent=2))
     print(report(study))
     print(f"wrote {out / 'study.json'} and {plot(study, out / 'study.png')}")

@@ -126,11 +126,12 @@ def test_window_ndr_counts_only_the_last_window_interactions(tmp_path, capsys):
     state = {"step": 1, "out_dir": str(tmp_path)}
     # rows 1-4 of the table stay in a window of 4: non-degraded, degraded, degraded, non-degraded
     assert end_step(fabric, state, table_interactions())["teaching/window_ndr"] == 0.5
-    assert "warning: NDR over the last 4 interactions is 0.500" in capsys.readouterr().out
+    assert "warning: NDR over the last 4 interactions is 0.500 (< 0.9): 50% of" in capsys.readouterr().out
     state["step"] = 2
     # two improvements push rows 1 and 2 out: degraded, non-degraded, improved, improved
     assert end_step(fabric, state, [interaction(5, 0.0, 1.0), interaction(6, 0.0, 1.0)])["teaching/window_ndr"] == 0.75
-    assert "is 0.750" in capsys.readouterr().out
+    assert "is 0.750 (< 0.9, +0.250 since the last warning at step 1): 25% of teachings left the student worse " \
+        "than alone" in capsys.readouterr().out
     state["step"] = 3
     assert end_step(fabric, state, [interaction(7, 0.0, 0.5)])["teaching/window_ndr"] == 1.0
     assert "warning" not in capsys.readouterr().out

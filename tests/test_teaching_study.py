@@ -21,7 +21,7 @@ def test_a_miniature_study_writes_its_report_and_plot(tmp_path, models_dir):
         "--teacher", "tiny-1m", "--student", "tiny-1m", "--seeds", "0", "1", "--steps", "2", "--eval-every", "1",
         "--eval-prompts", "2", "--test-problems", "6", "--out", str(out),
         "--overrides", "--grpo.prompts_per_step", "2", "--grpo.num_generations", "2",
-        "--generation.max_completion_length", "4", "--generation.student_max_tokens", "4"]
+        "--generation.max_completion_length", "4", "--generation.student_max_tokens", "4", "--eval.keep_best", "true"]
     study = main(argv)
     written = json.loads((out / "study.json").read_text())
     assert written["before"]["problems"] == 6 and [r["seed"] for r in written["runs"]] == [0, 1]
@@ -30,7 +30,12 @@ def test_a_miniature_study_writes_its_report_and_plot(tmp_path, models_dir):
         assert [step for step, _ in run["val_curve"]] == [0, 1, 2]
         assert 0.0 <= run["after"]["ndr"]["low"] <= run["after"]["ndr"]["value"] <= run["after"]["ndr"]["high"] <= 1
         assert (out / f"seed_{run['seed']}" / "hf_model").is_dir()
-    assert len(study["rl_change"]["per_seed"]) == 2
+        # keep_best: the test scores the policy of the best validation evaluation, which best.json names
+        best = json.loads((out / f"seed_{run['seed']}" / "best.json").read_text())
+        assert run["best_step"] == best["step"] and run["best"]["problems"] == 6
+        assert best["value"] == max(acc for _, acc in run["val_curve"])
+        assert best["step"] == next(step for step, acc in run["val_curve"] if acc == best["value"])
+    assert len(study["rl_change"]["per_seed"]) == len(study["rl_change_best"]["per_seed"]) == 2
     assert (out / "study.png").stat().st_size > 1000
     history = out / "seed_0" / "history.jsonl"
     written_at = history.stat().st_mtime_ns

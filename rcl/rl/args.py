@@ -145,6 +145,10 @@ class EvalArgs:
     """0 is greedy; sampled evaluation uses a fixed seed."""
     at_start: bool = True
     """Also evaluate before the first step."""
+    keep_best: bool = False
+    """Export the policy of the best evaluation so far (teacher + student accuracy, or accuracy for `direct`; the
+    validation split, never a test split) to <out_dir>/best_hf_model, with best.json naming its step. The start's
+    policy counts, so RL that never beats it keeps the start."""
 
 
 @dataclass

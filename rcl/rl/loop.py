@@ -952,7 +952,21 @@ def evaluate(fabric, state, runner: RolloutRunner, val_rows, settings, eval_args
     trend = trend_line(state["evals"])
     if trend:
         fabric.print(trend)
+    if eval_args.keep_best:
+        keep_if_best(fabric, state, runner.policy.tokenizer, metrics)
     return metrics
+
+
+def keep_if_best(fabric, state: dict, tokenizer, metrics: dict) -> None:
+    key = "eval/with_teaching_accuracy" if "eval/with_teaching_accuracy" in metrics else "eval/accuracy"
+    best = state.get("best_eval")
+    if key not in metrics or (best is not None and metrics[key] <= best["value"]):
+        return
+    state["best_eval"] = {"step": state["step"], "metric": key, "value": metrics[key]}
+    out = Path(state["out_dir"])
+    export_hf(fabric, state["model"], tokenizer, out / "best_hf_model")
+    if fabric.global_rank == 0:
+        (out / "best.json").write_text(json.dumps(state["best_eval"]) + "\n")
 
 
 def progress_line(step: int, max_steps: int, m: dict, eta_s: float | None = None) -> str:
