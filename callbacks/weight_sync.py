@@ -3,30 +3,53 @@
 Only the teacher engine is synced (the student is a frozen, differently sized model), and only engines that have
 `update_weights` (an in-process engine reads the live policy already). Gathering is a collective under ZeRO-3/FSDP,
 so every rank runs the callback; rank 0 alone talks to the servers.
+
+Every `verify_every_n_pushes`-th push is checked: the servers generate greedily from a fixed probe prompt with
+log-probs, the trainer scores the same tokens, and a token whose log-probs differ by more than `verify_tolerance`
+stops training with both values (`WeightSyncMismatch`). Log-probs, unlike a checksum, are comparable whatever layout
+an engine keeps its weights in (vLLM repacks them).
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+import torch
+
 from callbacks.base import FabricCallback
+from rcl.engines import SamplingParams
 from rcl.serving.weights import iter_full_state
+
+PROBE_TEXT = "Weights check: 12 + 30 = 42, and the capital of France is"
+PROBE_TOKENS = 8
 
 
 class WeightSync(FabricCallback):
     """Fabric callback: `fabric.call("on_train_batch_end", fabric=..., state=..., engines=...)` after each step.
 
-    Logs `sync/seconds`, `sync/bytes`, `sync/buckets`: into the loop's `metrics` dict when the hook gets one (the loop
-    logs it right after), else with `fabric.log_dict`.
+    Logs `sync/seconds`, `sync/bytes`, `sync/buckets`, `sync/push_wait` (waiting for rollouts in flight) and, on
+    checked pushes, `sync/verify_max_abs_diff` and `sync/verify_seconds`: into the loop's `metrics` dict when the hook
+    gets one (the loop logs it right after), else with `fabric.log_dict`.
     """
 
-    def __init__(self, every_n_steps: int = 1, bucket_mb: float = 64.0):
+    def __init__(self, every_n_steps: int = 1, bucket_mb: float = 64.0, adapter_only: bool = False,
+                 verify_every_n_pushes: int = 1, verify_tolerance: float = 1e-3):
+        """`adapter_only`: push a LoRA policy's adapter (`/load_adapter/` of `rcl serve --enable-lora`), not the merged
+        weights."""
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
         if bucket_mb <= 0:
             raise ValueError(f"bucket_mb must be > 0, got {bucket_mb}")
+        if verify_every_n_pushes < 0 or verify_tolerance < 0:
+            raise ValueError("verify_every_n_pushes and verify_tolerance must be >= 0")
         self.every_n_steps = every_n_steps
         self.bucket_bytes = max(1, int(bucket_mb * 1024 * 1024))
+        self.adapter_only = adapter_only
+        self._adapter_version = 0
+        self.verify_every_n_pushes = verify_every_n_pushes
+        self.verify_tolerance = verify_tolerance
+        self.pushes = 0
         self._synced_step: int | None = None
         """The step whose weights the servers hold (None before the first push)."""
 
@@ -45,10 +68,9 @@ class WeightSync(FabricCallback):
                            metrics: dict | None = None, **kwargs: Any) -> None:
         if state is None or fabric is None or state["step"] % self.every_n_steps != 0:
             return
-        stats = self.sync(fabric, state["model"], (engines or {}).get("teacher"))
+        stats = self.push(fabric, state, (engines or {}).get("teacher"))
         if stats is None:
             return
-        self._synced_step = state["step"]
         scalars = {f"sync/{k}": float(v) for k, v in stats.items()}
         if isinstance(metrics, dict):
             metrics.update(scalars)
@@ -58,8 +80,59 @@ class WeightSync(FabricCallback):
     def _sync_now(self, fabric: Any, state: dict | None, engines: dict | None) -> None:
         if fabric is None or state is None or self._synced_step == state["step"]:
             return
-        if self.sync(fabric, state["model"], (engines or {}).get("teacher")) is not None:
-            self._synced_step = state["step"]
+        self.push(fabric, state, (engines or {}).get("teacher"))
+
+    def push(self, fabric: Any, state: dict, engine: Any) -> dict | None:
+        """`sync`, then the version note and, every `verify_every_n_pushes` pushes, the probe check."""
+        if not callable(getattr(engine, "update_weights", None)):
+            return None
+        before = getattr(engine, "before_weights_push", None)
+        waited = float(before()) if callable(before) else 0.0
+        stats = self.sync(fabric, state["model"], engine)
+        self._synced_step = state["step"]
+        self.pushes += 1
+        pushed = getattr(engine, "weights_pushed", None)
+        if callable(pushed):
+            pushed(state["step"])
+        stats = {**stats, "push_wait": waited}
+        if self.verify_every_n_pushes and self.pushes % self.verify_every_n_pushes == 0:
+            stats.update(self.verify(fabric, state["model"], engine))
+        return stats
+
+    def verify(self, fabric: Any, model: Any, engine: Any) -> dict:
+        """Greedy probe log-probs, served against the trainer's; raises WeightSyncMismatch on every rank."""
+        from rcl.grpo import completion_logprobs
+
+        start = time.perf_counter()
+        prompt = engine.tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]
+        served: dict = {}
+        per_process = getattr(engine, "per_process", False)  # each process checks its own copy
+        if fabric.global_rank == 0 or per_process:
+            try:
+                completion = engine.generate([prompt], SamplingParams(max_tokens=PROBE_TOKENS, temperature=0))[0][0]
+                served = {"ids": list(completion.token_ids), "logprobs": completion.logprobs}
+            except Exception as exc:  # noqa: BLE001 - re-raised on every rank below
+                served = {"error": f"{type(exc).__name__}: {exc}"}
+        if not per_process:
+            served = fabric.broadcast(served, src=0)
+        if "error" in served:
+            raise WeightSyncError(f"the weights check could not query the generation servers: {served['error']}")
+        if served["logprobs"] is None:
+            raise WeightSyncError("the weights check needs log-probs from the generation servers, which sent none; "
+                                  "set engines.verify_every_n_pushes: 0 to skip it")
+        device = next(model.parameters()).device
+        ids = torch.tensor([prompt + served["ids"]], device=device)
+        with torch.no_grad():
+            mine = completion_logprobs(model, ids, torch.ones_like(ids), len(served["ids"]))[0].float().cpu()
+        theirs = torch.tensor(served["logprobs"], dtype=torch.float32)
+        diff = float((mine - theirs).abs().max())
+        if not diff <= self.verify_tolerance:
+            raise WeightSyncMismatch(
+                f"after the push the servers' weights are not the trainer's: greedy log-probs of the probe "
+                f"{PROBE_TEXT!r} + tokens {served['ids']} are {[round(v, 6) for v in theirs.tolist()]} on the servers "
+                f"and {[round(v, 6) for v in mine.tolist()]} in the trainer (largest difference {diff:.3g} > "
+                f"engines.verify_tolerance {self.verify_tolerance:g})")
+        return {"verify_max_abs_diff": diff, "verify_seconds": time.perf_counter() - start}
 
     def sync(self, fabric: Any, model: Any, engine: Any) -> dict | None:
         """Push `model`'s full weights to `engine` now; returns the stats (on every rank) or None if not a server.
@@ -69,6 +142,10 @@ class WeightSync(FabricCallback):
         """
         if not callable(getattr(engine, "update_weights", None)):
             return None
+        if self.adapter_only:
+            return self._push_adapter(fabric, model, engine)
+        if getattr(engine, "per_process", False):  # every process has its own copy (an in-process async worker)
+            return engine.update_weights(iter_full_state(model, fabric, all_ranks=True), bucket_bytes=self.bucket_bytes)
         named = iter_full_state(model, fabric)
         outcome: dict = {}
         if fabric.global_rank == 0:
@@ -86,6 +163,25 @@ class WeightSync(FabricCallback):
             raise WeightSyncError(f"pushing the policy's weights to the generation servers failed: {outcome['error']}")
         return outcome["stats"]
 
+    def _push_adapter(self, fabric: Any, model: Any, engine: Any) -> dict:
+        from rcl.serving.adapters import push_adapter
+
+        self._adapter_version += 1
+        outcome: dict = {}
+        if fabric.global_rank == 0:  # adapters are replicated under DDP (sharded strategies are refused up front)
+            try:
+                outcome["stats"] = push_adapter(engine, model, self._adapter_version)
+            except Exception as exc:  # noqa: BLE001 - re-raised on every rank below
+                outcome["error"] = f"{type(exc).__name__}: {exc}"
+        outcome = fabric.broadcast(outcome, src=0)
+        if "error" in outcome:
+            raise WeightSyncError(f"pushing the policy's adapter to the generation servers failed: {outcome['error']}")
+        return outcome["stats"]
+
 
 class WeightSyncError(RuntimeError):
     """A weight push failed; raised on every process."""
+
+
+class WeightSyncMismatch(WeightSyncError):
+    """A push went through, but the servers do not compute what the trainer computes; raised on every process."""

@@ -2,7 +2,8 @@
 # Every check that needs a GPU, in one command, with a PASS/FAIL line and the wall time of each:
 #   1. the gpu-marked tests (SFT in bf16; 2 RL steps under DeepSpeed ZeRO-3 and under FSDP),
 #   2. experiments/gpu_smoke.sh with the hf engine, over HTTP and over gloo,
-#   3. with vLLM installed: gpu_smoke.sh with the vllm engine over HTTP, and over NCCL when there are 2+ GPUs.
+#   3. with vLLM installed: gpu_smoke.sh with the vllm engine over HTTP, and over NCCL when there are 2+ GPUs,
+#   4. with vLLM and ASYNC_MODEL (a local model folder): the async benchmark, sync vs max_off_policy_steps 1.
 #
 #   experiments/gpu_checks.sh                     # logs and summary.txt under runs/gpu_checks-<time>/
 #   SERVER_PYTHON=/path/to/vllm-venv/bin/python experiments/gpu_checks.sh   # vLLM servers from their own venv
@@ -58,6 +59,13 @@ if "$SERVER_PYTHON" -c "import vllm" 2>/dev/null; then
       experiments/gpu_smoke.sh
   else
     skip smoke_vllm_nccl "NCCL cannot link a server and the trainer on one GPU; needs 2 GPUs"
+  fi
+  if [ -n "${ASYNC_MODEL:-}" ]; then  # a local 0.5B-1.5B folder: sync vs async, tokens/s/GPU, MFU, push seconds
+    check async_vllm env RCL_BENCHMARKS_DIR="$OUT_DIR/async" "$PYTHON" -m experiments.benchmarks async \
+      --preset "$ASYNC_MODEL" --engine vllm --accelerator cuda --dtype bfloat16 --server-core -1 --trainer-core -1 \
+      --steps 20 --max-completion-length 256 --settings 0 1
+  else
+    skip async_vllm "set ASYNC_MODEL to a local 0.5B-1.5B model folder (the machine is offline)"
   fi
 else
   skip smoke_vllm "vLLM is not installed (pip install 'rcl[vllm]')"

@@ -49,6 +49,8 @@ class Completion:
     """Log-prob of each generated id under the sampling distribution (after temperature and filters)."""
     finish_reason: FinishReason
     text: str
+    weights_version: int | None = None
+    """The optimizer step whose weights sampled it (set by the RL loop's policy engine; None elsewhere)."""
 
 
 @runtime_checkable

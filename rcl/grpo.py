@@ -18,6 +18,7 @@ from rcl.hf_compat import cache_kwargs
 
 AdvantageScale = Literal["group", "batch", "none"]
 LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
+ISCorrection = Literal["off", "tis", "mis", "tis_mis"]
 
 
 def group_advantages(
@@ -294,6 +295,71 @@ def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1.0)
 
 
+def sampler_log_ratio(trainer_logp: Tensor, sampler_logp: Tensor, mask: Tensor) -> Tensor:
+    """log(pi_trainer / pi_sampler) per token [B, T], 0 outside the mask (where the sampler's log-probs are padding).
+
+    `trainer_logp` is the trainer's detached log-prob of each sampled token (the current weights, or the first
+    pass's when `num_iterations` > 1), `sampler_logp` the one the engine reported for the distribution it drew from.
+    """
+    return (trainer_logp.detach() - sampler_logp) * mask.to(trainer_logp.dtype)
+
+
+def truncated_is_weights(log_ratio: Tensor, cap: float) -> Tensor:
+    """Token-level truncated importance sampling (TIS): min(pi_trainer / pi_sampler, cap), detached. The cap bounds
+    the variance a token the sampler found unlikely would add."""
+    if cap <= 0:
+        raise ValueError(f"the TIS cap must be > 0, got {cap}")
+    return torch.exp(log_ratio.detach()).clamp(max=cap)
+
+
+def sequence_ratio(log_ratio: Tensor, mask: Tensor) -> Tensor:
+    """Per-sequence geometric-mean ratio exp(mean over active tokens of the log ratio) [B] (1 for an empty row):
+    length-normalised, so a long sequence is not masked for the product of many small per-token mismatches."""
+    mask = mask.to(log_ratio.dtype)
+    return torch.exp((log_ratio * mask).sum(dim=-1) / mask.sum(dim=-1).clamp(min=1.0))
+
+
+def masked_is_rows(log_ratio: Tensor, mask: Tensor, threshold: float) -> Tensor:
+    """Sequence-level masked importance sampling (MIS): bool [B], True for the rows to keep, i.e. whose
+    `sequence_ratio` lies in [1 / threshold, threshold]; rows outside it are outliers (a sampler that disagrees with
+    the trainer on the whole sequence) and leave the loss."""
+    if threshold < 1:
+        raise ValueError(f"the MIS threshold must be >= 1, got {threshold}")
+    ratio = sequence_ratio(log_ratio, mask)
+    return (ratio >= 1.0 / threshold) & (ratio <= threshold)
+
+
+def importance_correction(
+    trainer_logp: Tensor, sampler_logp: Tensor, mask: Tensor, mode: ISCorrection, cap: float, threshold: float,
+) -> tuple[Tensor | None, Tensor, dict[str, Tensor]]:
+    """The off-policy correction of one micro-batch: `(token_weights or None, mask, stats)`.
+
+    tis: token weights min(ratio, cap); mis: the mask loses the rows `masked_is_rows` rejects; tis_mis: both; off:
+    neither (stats are still measured). Stats (detached; token means over the input mask): `is/ratio_mean`,
+    `is/ratio_min`, `is/ratio_max`, `is/log_ratio_abs_mean` (how far sampler and trainer are apart),
+    `is/truncated_frac` (tokens whose ratio exceeds the cap), `is/masked_rows_frac` (rows MIS removes, or would).
+    """
+    if mode not in ("off", "tis", "mis", "tis_mis"):
+        raise ValueError(f"unknown importance-sampling correction {mode!r}; choose off, tis, mis or tis_mis")
+    log_ratio = sampler_log_ratio(trainer_logp, sampler_logp, mask)
+    ratio = torch.exp(log_ratio)
+    active = mask.bool()
+    kept = masked_is_rows(log_ratio, mask, threshold)
+    has_tokens = bool(active.any())
+    stats = {
+        "is/ratio_mean": masked_mean(ratio, mask),
+        "is/ratio_min": ratio[active].min() if has_tokens else ratio.new_tensor(1.0),
+        "is/ratio_max": ratio[active].max() if has_tokens else ratio.new_tensor(1.0),
+        "is/log_ratio_abs_mean": masked_mean(log_ratio.abs(), mask),
+        "is/truncated_frac": masked_mean((ratio > cap).to(ratio.dtype), mask),
+        "is/masked_rows_frac": 1.0 - kept.to(ratio.dtype).mean(),
+    }
+    weights = truncated_is_weights(log_ratio, cap) if mode in ("tis", "tis_mis") else None
+    if mode in ("mis", "tis_mis"):
+        mask = mask * kept.to(mask.dtype)[:, None]
+    return weights, mask, {k: v.detach() for k, v in stats.items()}
+
+
 def grpo_loss(
     logp: Tensor,
     old_logp: Tensor | None,
@@ -309,16 +375,20 @@ def grpo_loss(
     num_micro_batches: int,
     tokens_per_process: float | None,
     rows_per_process: int | None = None,
+    is_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Clipped surrogate + beta * k3 KL per token, aggregated by `loss_type` (see `aggregate_loss`).
 
     `old_logp=None` means on-policy (old = logp.detach(), ratio 1). The KL term is added only when beta != 0 and
-    `ref_logp` is given. Stats (detached, means over active tokens of this micro-batch): `kl` (when `ref_logp` is
+    `ref_logp` is given. `is_weights` [B, T] (see `importance_correction`) multiply the surrogate of each token,
+    not the KL term (which is measured on the trainer's own log-probs). Stats (detached, means over active tokens of this micro-batch): `kl` (when `ref_logp` is
     given), `clip_ratio/low_mean`, `clip_ratio/high_mean`, `clip_ratio/region_mean`.
     """
     if old_logp is None:
         old_logp = logp.detach()
     per_token_loss, clipped = clipped_surrogate(logp, old_logp, advantages, epsilon_low, epsilon_high)
+    if is_weights is not None:
+        per_token_loss = per_token_loss * is_weights
     stats: dict[str, Tensor] = {}
     if ref_logp is not None:
         kl = kl_k3(logp, ref_logp)

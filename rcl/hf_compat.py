@@ -18,4 +18,6 @@ def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
     """`{name: cache}` for `model(...)`, under the name this transformers version's forward takes. `model` may be
     wrapped by Fabric. The cache is updated in place by the forward, so callers keep using their own object."""
     inner = getattr(model, "_forward_module", model)
+    if hasattr(inner, "get_base_model"):  # a peft model forwards the cache to its base model's forward
+        inner = inner.get_base_model()
     return {_cache_argument(type(inner)): cache}

@@ -160,7 +160,7 @@ def _parse_recipe(train_args: list[str]) -> dict[str, Any]:
 
     try:
         recipe = parse_recipe("fit", train_args, exit_on_error=False)
-        validate_config(recipe["trainer"], recipe["grpo"], recipe["engines"])
+        validate_config(recipe["trainer"], recipe["grpo"], recipe["engines"], recipe.get("algorithm", "grpo"))
         preflight(recipe["data"], recipe["trainer"], recipe["teacher"], recipe["student"], recipe["grpo"],
                   recipe["ckpt_path"], recipe["overwrite"], "fit")
     except argparse.ArgumentError as exc:
@@ -404,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", default=None, help="where server logs go (default: <trainer.out_dir>/launch-<time>)")
     p.add_argument("--health-timeout", type=float, default=900.0, help="seconds to wait for the servers")
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    p.add_argument("--slurm", action="store_true",
+                   help="inside a SLURM heterogeneous job: servers on component 0's nodes (the GPU lists are per "
+                        "node), training over component 1's nodes, each started with srun (see rcl.slurm)")
     p.add_argument("--train-stop-grace", type=float, default=600.0,
                    help="seconds training gets after Ctrl-C/SIGTERM to finish its step and save a checkpoint "
                         "(default 600), before it is killed")
@@ -414,9 +417,20 @@ def build_parser() -> argparse.ArgumentParser:
 def cli_main(argv: list[str] | None = None) -> None:
     args, overrides = build_parser().parse_known_args(argv)
     try:
-        plan = build_plan(args, overrides)
+        if args.slurm:
+            from rcl.slurm import build_slurm_plan, describe
+
+            plan, description = build_slurm_plan(args, overrides, os.environ)
+        else:
+            plan, description = build_plan(args, overrides), None
     except LaunchError as exc:
         raise SystemExit(f"rcl launch: {exc}") from None
+    if args.dry_run and description is not None:
+        print(describe(description))
+        for s in plan.servers:
+            print(f"{s.role}-{s.index}: {shlex.join(s.cmd)}  > {s.log}")
+        print(f"train: {shlex.join(plan.train_cmd)}")
+        return
     if args.dry_run:
         for s in plan.servers:
             where = "CUDA_VISIBLE_DEVICES=" + _cuda_env(s.gpus)

@@ -18,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchmetrics import MeanMetric
 
 from rcl.engines import HFEngine, SamplingParams
+from rcl.lora import LoraArgs, check_quantization, describe_trainable, export_model, find_peft, load_for_training
 from rcl.optim import OptimizerArgs, build_optimizer, build_scheduler
 from rcl.tiny_models import resolve_model
 
@@ -71,6 +72,7 @@ class SFTModule(LightningModule):
         export_dir: str | None = None,
         val_generation_samples: int = 0,
         val_max_new_tokens: int = 256,
+        lora: LoraArgs = LoraArgs(),
     ):
         """
         Args:
@@ -84,11 +86,15 @@ class SFTModule(LightningModule):
             val_generation_samples: Validation examples per rank whose completion is generated greedily and compared
                 exactly with the reference (`val/exact_match`); 0 disables. Skipped under sharded strategies.
             val_max_new_tokens: Most tokens generated per such example.
+            lora: LoRA adapters (peft) instead of full fine-tuning; `lora.export` picks a merged or adapter export.
         """
         super().__init__()
         # Plain types only: LightningCLI reads these back from checkpoints with `torch.load(weights_only=True)`.
-        self.save_hyperparameters(ignore=["optimizer"])
+        self.save_hyperparameters(ignore=["optimizer", "lora"])
         self.hparams["optimizer"] = asdict(optimizer)
+        self.hparams["lora"] = asdict(lora)
+        self.lora_args = lora
+        check_quantization(lora, "auto")
         self.optimizer_args = optimizer
         self.model: Any = None
         self.tokenizer: Any = None
@@ -104,7 +110,7 @@ class SFTModule(LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         path = resolve_model(self.hparams.model_name_or_path)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
@@ -115,9 +121,10 @@ class SFTModule(LightningModule):
             # While this object lives, from_pretrained loads straight into ZeRO-3 partitions (no full copy per rank).
             self._hf_deepspeed_config = HfDeepSpeedConfig(strategy.config)
         dtype = self.hparams.dtype if self.hparams.dtype == "auto" else getattr(torch, self.hparams.dtype)
-        self.model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, attn_implementation=self.hparams.attn_implementation
-        )
+        self.model = load_for_training(path, self.lora_args, dtype=dtype,
+                                       attn_implementation=self.hparams.attn_implementation)
+        if find_peft(self.model) is not None:
+            rank_zero_info(f"rcl sft: LoRA {describe_trainable(self.model)}")
         self.model.train()  # from_pretrained returns eval mode, and Lightning keeps submodules' modes as found
         if self.hparams.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -208,7 +215,10 @@ class SFTModule(LightningModule):
         if self.trainer.is_global_zero:
             weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
             out = self.export_path()
-            self.model.save_pretrained(str(out), state_dict=weights)
-            self.tokenizer.save_pretrained(str(out))
+            if find_peft(self.model) is not None:
+                export_model(self.model, self.tokenizer, out, self.lora_args.export, state=weights)
+            else:
+                self.model.save_pretrained(str(out), state_dict=weights)
+                self.tokenizer.save_pretrained(str(out))
             rank_zero_info(f"rcl sft: exported the trained model to {out}")
         self.trainer.strategy.barrier("rcl_sft_export")

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import tempfile
@@ -156,6 +157,10 @@ def check_model(name_or_path: str) -> str:
         raise ModelNotFound(f"no model given: name a tiny preset ({', '.join(sorted(PRESETS))}), a local HF folder or "
                             "a hub id")
     path = resolve_model(name_or_path)
+    adapter = Path(path) / "adapter_config.json"
+    if adapter.is_file():  # a LoRA adapter export: its base must load
+        check_model(json.loads(adapter.read_text())["base_model_name_or_path"])
+        return path
     try:
         AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as exc:  # transformers' messages run over several lines; the first says it

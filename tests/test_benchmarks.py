@@ -82,3 +82,38 @@ def test_grpo_benchmark_runs_one_tiny_repetition_and_prints_the_table(models_dir
         assert 0 < run["mean_length"] <= 3
         assert run["tokens_per_step"] == pytest.approx(4 * run["mean_length"])
     assert result["summary"]["ratio"]["step_s"] > 0
+
+
+def test_async_benchmark_trains_the_recipe_it_claims(tmp_path):
+    from experiments.benchmarks.async_throughput import AsyncBenchConfig, trainer_command
+    from rcl.rl.loop import parse_recipe
+
+    cfg = AsyncBenchConfig(steps=7)
+    cmd = trainer_command(cfg, "http://127.0.0.1:9", 2, tmp_path / "run")
+    assert cmd[1:4] == ["-m", "experiments.benchmarks.async_throughput", "--trainer"]
+    recipe = parse_recipe("fit", cmd[4:], exit_on_error=False)
+    assert recipe["grpo"].max_off_policy_steps == 2 and recipe["trainer"].max_steps == 7
+    assert recipe["engines"].teacher.urls == ["http://127.0.0.1:9"] and recipe["reward"].functions == {
+        "bench_digits": 1.0}
+
+
+def test_async_and_contention_tables_and_the_reward_plot(tmp_path):
+    from experiments.benchmarks import async_throughput, contention
+
+    results = [{"max_off_policy_steps": n, "samples_per_s": 10.0 * (1 + n), "step_s": 1.0, "trainer_wait_s": 0.1,
+                "server_wait_s": 0.2, "staleness_mean": float(n), "rewards": [0.1, 0.2], "samples": [64, 128]}
+               for n in (0, 1)]
+    text = async_throughput.table(results)
+    assert "| 1 " in text and "2.00" in text, text  # x sync of the second row
+    assert async_throughput.plot(results, tmp_path / "curves.png").stat().st_size > 1000
+    table = contention.table({"cores": 2, "results": [
+        {"victim_threads": 2, "neighbour_threads": 0, "median_step_s": 1.0, "max_step_s": 1.1},
+        {"victim_threads": 2, "neighbour_threads": 2, "median_step_s": 20.0, "max_step_s": 30.0}]})
+    assert "20.0" in table and "none" in table
+
+
+def test_contention_workload_runs_a_step(models_dir):
+    from experiments.benchmarks.contention import workload_steps
+
+    times = workload_steps("tiny-1m", threads=1, steps=1)
+    assert len(times) == 1 and times[0] > 0

@@ -15,7 +15,8 @@ EVAL_RECIPES = sorted(p for p in CONFIGS.glob("*.yaml") if "models" in (yaml.saf
 
 
 def test_the_eval_recipes_are_found():
-    assert {p.name for p in EVAL_RECIPES} == {"eval_quickstart.yaml", "eval_gsm8k.yaml"}
+    assert {p.name for p in EVAL_RECIPES} == {"eval_quickstart.yaml", "eval_gsm8k.yaml",
+                                              "sft_vs_rlvr_quickstart_eval.yaml", "sft_vs_rlvr_gsm8k_eval.yaml"}
 
 
 @pytest.mark.parametrize("recipe", EVAL_RECIPES, ids=lambda p: p.name)

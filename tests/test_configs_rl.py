@@ -103,10 +103,10 @@ def test_sixty_generic_rows_start_the_rl_quickstart_in_one_command(tmp_path, mod
 
 @pytest.mark.parametrize("recipe", RL_RECIPES, ids=lambda p: p.name)
 def test_every_rl_recipe_goes_through_a_task_that_builds(recipe, capsys):
-    from rcl.tasks import Task, TaskArgs
+    from rcl.tasks import Environment, TaskArgs
 
     task = print_config(capsys, "--config", str(recipe))["task"]
-    assert isinstance(TaskArgs(**task).build(), Task)
+    assert isinstance(TaskArgs(**task).build(), Environment)  # a single-turn Task, or a multi-turn environment
 
 
 def test_rlvr_gsm8k_pins_the_studys_setup(capsys):

@@ -18,7 +18,7 @@ from rcl.sft_cli import build_cli
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "lightning_configs"
 SFT_RECIPES = sorted(p for p in CONFIGS.glob("*.yaml")
-                     if not {"grpo", "models"} & set(yaml.safe_load(p.read_text()) or {}))  # not RL, not eval
+                     if not {"grpo", "models", "arms"} & set(yaml.safe_load(p.read_text()) or {}))  # not RL, eval, study
 STRATEGIES = sorted((CONFIGS / "strategies").glob("*.yaml"))
 
 

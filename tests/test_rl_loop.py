@@ -165,7 +165,11 @@ def test_kl_to_a_reference_model_synced_every_step(models_dir, tmp_path):
           "--engines.teacher.api", "openai"], "OpenAI-style servers take no weight pushes"),
         (["--trainer.strategy", "fsdp", "--trainer.devices", "2"], "in-process generation would need every process"),
         (["--engines.teacher.backend", "server", "--engines.teacher.urls", "[http://127.0.0.1:1]",
-          "--engines.sync_every_n_steps", "2"], "the loss would treat those rollouts as on-policy"),
+          "--engines.sync_every_n_steps", "2", "--grpo.importance_sampling", "off"],
+         "the loss would treat them as on-policy"),
+        (["--grpo.max_off_policy_steps", "1", "--grpo.importance_sampling", "off"],
+         "the loss would treat them as on-policy"),
+        (["--grpo.max_off_policy_steps", "1", "--grpo.num_iterations", "2"], "needs grpo.num_iterations 1"),
     ],
 )
 def test_impossible_configs_fail_at_start_with_the_fix(tmp_path, extra, message):

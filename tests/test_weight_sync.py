@@ -160,14 +160,16 @@ def test_callback_syncs_teacher_only_every_n_steps(served, policy):
     assert teacher.weights_versions() == [before + 1]
     assert teacher.weights_checksums() == [checksum_of(model)]
     (step, metrics), = logger.logged
-    assert step == 2 and set(metrics) == {"sync/seconds", "sync/bytes", "sync/buckets"}
+    assert step == 2 and set(metrics) == {"sync/seconds", "sync/bytes", "sync/buckets", "sync/push_wait",
+                                          "sync/verify_max_abs_diff", "sync/verify_seconds"}
+    assert metrics["sync/verify_max_abs_diff"] < 1e-4, "a float32 server scores the probe as the trainer does"
     assert metrics["sync/buckets"] > 1 and metrics["sync/bytes"] == sum(p.numel() * 4 for p in model.parameters())
 
     train_one_step(model, seed=12)
     metrics = {"reward": 0.5}  # the RL loop passes its metrics dict: stats go there instead of a separate log call
     fabric.call("on_train_batch_end", fabric=fabric, state={"model": wrapped, "step": 4}, engines=engines,
                 metrics=metrics)
-    assert set(metrics) == {"reward", "sync/seconds", "sync/bytes", "sync/buckets"} and len(logger.logged) == 1
+    assert {"reward", "sync/seconds", "sync/bytes", "sync/buckets"} <= set(metrics) and len(logger.logged) == 1
     assert teacher.weights_checksums() == [checksum_of(model)]
 
     in_process = {"teacher": HFEngine(model, tok), "student": MustNotSync()}
@@ -206,6 +208,58 @@ def test_resumed_run_resyncs_the_servers_at_train_start(served, policy):
     fabric.call("on_train_start", fabric=fabric, state={"model": wrapped, "step": 7}, engines=engines)
     assert teacher.weights_versions() == [before + 2]
     assert teacher.weights_checksums() == [checksum_of(model)]
+
+
+def perturbed(model, scale=0.05):
+    """The model's full state with one weight shifted: what a push behind the trainer's back would load."""
+    named = [(n, t.clone()) for n, t in iter_full_state(model)]
+    name, tensor = next((n, t) for n, t in named if n.endswith("q_proj.weight"))
+    tensor.add_(scale)
+    return named, name
+
+
+def test_the_check_catches_a_server_whose_weights_were_altered_behind_the_trainers_back(served, policy):
+    from callbacks.weight_sync import WeightSyncMismatch
+
+    model, tok = policy
+    fabric = Fabric(accelerator="cpu", devices=1)
+    wrapped = fabric.setup_module(model)
+    teacher = ServerEngine([served], tok)
+    sync = WeightSync(verify_every_n_pushes=1)
+    train_one_step(model, seed=30)
+    stats = sync.push(fabric, {"model": wrapped, "step": 1}, teacher)
+    assert stats["verify_max_abs_diff"] < 1e-4 and stats["bytes"] > 0 and stats["seconds"] > 0
+    altered, name = perturbed(model)
+    teacher.update_weights(altered)  # someone else's push: the trainer's weights did not change
+    with pytest.raises(WeightSyncMismatch, match=r"on the servers and \[.*\] in the trainer \(largest difference"):
+        sync.verify(fabric, wrapped, teacher)
+    # the next push restores the trainer's weights, and the check passes again
+    assert sync.push(fabric, {"model": wrapped, "step": 2}, teacher)["verify_max_abs_diff"] < 1e-4
+
+
+def test_checks_run_every_n_pushes_and_catch_an_altered_local_worker(policy):
+    from callbacks.weight_sync import WeightSyncMismatch
+    from rcl.rl.async_rollouts import LocalWorker, VersionedEngine
+
+    model, tok = policy
+    import copy
+
+    worker = VersionedEngine(LocalWorker(copy.deepcopy(model), tok), lambda: 0)
+    fabric = Fabric(accelerator="cpu", devices=1)
+    sync = WeightSync(verify_every_n_pushes=2)
+    first = sync.push(fabric, {"model": model, "step": 1}, worker)
+    assert "verify_max_abs_diff" not in first and worker.version == 1
+    with torch.no_grad():
+        worker.engine.model.model.layers[0].mlp.up_proj.weight.mul_(1.5)  # altered behind the trainer's back
+    assert worker.engine.checksum() != checksum_of(model)
+    train_one_step(model, seed=31)
+    # the push itself rewrites every weight, so a push hides the alteration: check the worker without one
+    second = sync.push(fabric, {"model": model, "step": 2}, worker)
+    assert second["verify_max_abs_diff"] < 1e-4 and worker.version == 2
+    with torch.no_grad():
+        worker.engine.model.lm_head.weight.add_(0.1)
+    with pytest.raises(WeightSyncMismatch, match="largest difference"):
+        sync.verify(fabric, model, worker)
 
 
 class FailingServer:
@@ -286,3 +340,18 @@ def test_a_fresh_run_refuses_a_server_that_serves_another_model(tmp_path):
         assert requests.get(f"{url}/weights_version/").json()["weights_version"] == 0
     finally:
         stop_server(proc)
+
+
+def test_every_process_pushes_to_its_own_local_worker(policy):
+    """An in-process async worker lives in each training process: rank 1's copy must get rank 1's push (a push from
+    rank 0 only would leave it sampling with the start weights forever)."""
+    import copy
+
+    from rcl.rl.async_rollouts import LocalWorker, VersionedEngine
+
+    model, tok = policy
+    worker = VersionedEngine(LocalWorker(copy.deepcopy(model), tok), lambda: 0)
+    train_one_step(model, seed=40)
+    assert worker.engine.checksum() != checksum_of(model)
+    stats = WeightSync(verify_every_n_pushes=1).push(OneProcessOfTwo(1), {"model": model, "step": 1}, worker)
+    assert worker.engine.checksum() == checksum_of(model) and stats["verify_max_abs_diff"] < 1e-4

@@ -4,6 +4,9 @@
     python -m experiments.benchmarks grpo --preset tiny-10m --reps 3
     python -m experiments.benchmarks rollout                             # adaptive-teaching rollout cost
     python -m experiments.benchmarks engine                              # HFEngine vs generate; weight sync
+    python -m experiments.benchmarks grpo-settings --sft-model runs/quickstart_student_sft/hf_model --threads 1
+    python -m experiments.benchmarks async --steps 40                   # sync vs max_off_policy_steps 1, 2
+    python -m experiments.benchmarks contention                          # thread oversubscription, reproduced
     python -m experiments.benchmarks all                                 # everything, one combined summary
 
 Each command prints its table last and writes `runs/benchmarks/<name>.json` with the machine's facts (CPU, cores,
@@ -17,7 +20,7 @@ import argparse
 import os
 
 from experiments.benchmarks import engine as engine_bench
-from experiments.benchmarks import grpo_vs_trl, rollout_cost
+from experiments.benchmarks import async_throughput, contention, grpo_vs_trl, rollout_cost
 from experiments.benchmarks.common import RESULTS_DIR, load_note, machine_info, write_results
 
 
@@ -74,20 +77,77 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
         if name in ("rollout", "all"):
             p.add_argument("--no-server", action="store_true", help="skip the run with the policy on an hf server")
+    p = sub.add_parser("grpo-settings", help="the three rcl/TRL settings: tiny-1m and tiny-10m with the dense reward, "
+                                             "an SFT'd model with the correctness reward (mixed groups)")
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--name", default="")
+    p.add_argument("--sft-model", required=True, help="an SFT'd HF folder, e.g. runs/quickstart_student_sft/hf_model")
+    grpo_vs_trl.add_config_arguments(p)
+    p = sub.add_parser("async", help="sync vs asynchronous GRPO with a pinned server: samples/s, reward curves")
+    p.add_argument("--name", default="")
+    async_throughput.add_arguments(p)
+    p = sub.add_parser("contention", help="per-step time of a training process alone and beside a busy neighbour")
+    p.add_argument("--name", default="")
+    contention.add_arguments(p)
     return parser
+
+
+def grpo_settings_command(args: argparse.Namespace) -> str:
+    """The settings the 0.5x target is stated for, one table each, then the three ratios together."""
+    import dataclasses
+
+    base = grpo_vs_trl.config_from(args)
+    settings = [("tiny-1m, dense digits", dataclasses.replace(base, preset="tiny-1m", reward="digits")),
+                ("tiny-10m, dense digits", dataclasses.replace(base, preset="tiny-10m", reward="digits")),
+                ("SFT'd model, correctness", dataclasses.replace(base, preset=args.sft_model, reward="correctness"))]
+    texts, ratios = [], []
+    for label, cfg in settings:
+        result = grpo_vs_trl.run_benchmark(cfg, args.reps)
+        slug = label.split(",")[0].replace("'", "").replace(" ", "_")
+        write_results(f"grpo_setting_{slug}" + (f"_{args.name}" if args.name else ""), result)
+        texts.append(f"{label}\n{grpo_vs_trl.table(cfg.preset, result['summary'])}")
+        ratios.append([label, result["summary"]["ratio"]["step_s"], result["summary"]["rcl"]["zero_std_groups"]])
+    from experiments.benchmarks.common import format_table
+
+    return "\n\n".join(texts) + "\n\n" + format_table(["setting", "rcl / TRL step", "rcl all-equal groups"], ratios)
+
+
+def async_command(args: argparse.Namespace) -> str:
+    cfg = async_throughput.AsyncBenchConfig(preset=args.preset, steps=args.steps, settings=args.settings,
+                                            server_core=args.server_core, trainer_core=args.trainer_core,
+                                            max_completion_length=args.max_completion_length, engine=args.engine,
+                                            accelerator=args.accelerator, dtype=args.dtype,
+                                            peak_tflops=args.peak_tflops)
+    result = async_throughput.run_benchmark(cfg)
+    name = "async" + (f"_{args.name}" if args.name else "")
+    path = write_results(name, result)
+    figure = async_throughput.plot(result["results"], RESULTS_DIR / f"{name}.png")
+    return f"{async_throughput.table(result['results'])}\n(written to {path}; reward curves in {figure})"
+
+
+def contention_command(args: argparse.Namespace) -> str:
+    result = contention.run_benchmark(contention.config_from(args))
+    path = write_results("contention" + (f"_{args.name}" if args.name else ""), result)
+    return f"{contention.table(result)}\n(written to {path})"
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    _set_threads(args.threads)
+    _set_threads(getattr(args, "threads", 0))
     if args.command == "grpo":
         text = grpo_command(args, [args.preset])
     elif args.command == "rollout":
         text = rollout_command(args)
     elif args.command == "engine":
         text = engine_command(args)
+    elif args.command == "grpo-settings":
+        text = grpo_settings_command(args)
+    elif args.command == "async":
+        text = async_command(args)
+    elif args.command == "contention":
+        text = contention_command(args)
     else:
         parts = [grpo_command(args, ["tiny-1m", "tiny-10m"]), rollout_command(args), engine_command(args)]
         text = "\n\n".join(parts)

@@ -149,7 +149,7 @@ def run_rcl(cfg: GRPOBenchConfig, out_dir: Path) -> dict:
     setup(
         data=data,
         trainer=TrainerArgs(accelerator="cpu", devices=1, max_steps=cfg.steps, seed=cfg.seed, out_dir=str(out_dir),
-                            loggers=[], export_hf=False),
+                            loggers=[], export_hf=False, num_threads=cfg.threads),
         teacher=model,
         student=model,
         grpo=GRPOArgs(protocol="direct", prompts_per_step=cfg.prompts_per_step, num_generations=cfg.num_generations,

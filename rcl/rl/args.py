@@ -36,6 +36,10 @@ class TrainerArgs:
     """Delete older step checkpoints beyond this many."""
     export_hf: bool = True
     """Write the trained policy and its tokenizer to `<out_dir>/hf_model` at the end."""
+    num_threads: int = 0
+    """torch threads of each training process (0: $OMP_NUM_THREADS when set, else the cores this process may run on,
+    as `taskset` and cgroups allow, divided by the training processes on this node). More threads than cores, counting
+    other processes on the machine, makes every thread wait at each parallel region (see the contention benchmark)."""
 
 
 @dataclass
@@ -85,6 +89,19 @@ class GRPOArgs:
     """Cap of the student's diagnostic approach."""
     missing_teaching: MissingTeaching = "strip_thinking"
     """What the student sees when a teaching lacks <teaching> tags."""
+    max_off_policy_steps: int = 0
+    """N: rollouts of the next N steps are generated while the current step trains, with weights N pushes old (0:
+    generate, then train, as in a synchronous loop). In process, a worker thread generates with its own copy of the
+    policy, updated by the same weight push as a server."""
+    importance_sampling: Literal["auto", "off", "tis", "mis", "tis_mis"] = "auto"
+    """Correction of the loss for the gap between the sampler's log-probs and the trainer's: tis weights each token
+    by min(ratio, is_cap); mis drops sequences whose geometric-mean ratio leaves [1/mis_threshold, mis_threshold];
+    auto is tis_mis for teacher servers or max_off_policy_steps >= 1, off for synchronous in-process generation
+    (where the sampler is the trainer)."""
+    is_cap: float = 2.0
+    """TIS: the most a token's importance weight may be."""
+    mis_threshold: float = 2.0
+    """MIS: sequences whose geometric-mean ratio exceeds this, or is below its inverse, leave the loss."""
 
 
 @dataclass
@@ -157,8 +174,14 @@ class EnginesArgs:
     """Engines of the policy (the teacher in adaptive teaching)."""
     student: EngineArgs = field(default_factory=EngineArgs)
     sync_every_n_steps: int = 1
-    """Push the policy's weights to teacher servers every N optimizer steps (in-process engines need no push). Teacher
-    servers need 1: rcl has no off-policy correction for rollouts sampled with older weights."""
+    """Push the policy's weights to teacher servers every N optimizer steps (in-process engines need no push). Above 1
+    the rollouts between pushes are off-policy, so grpo.importance_sampling must not be off."""
+    verify_every_n_pushes: int = 1
+    """After every N-th push, check that the servers hold the trainer's weights: greedy log-probs of a fixed probe
+    prompt, served against the trainer's (0: never). A mismatch stops training with both values."""
+    verify_tolerance: float = 1e-3
+    """Largest allowed |served - trainer| log-prob of a probe token (float32 servers agree to ~1e-6; bf16 vLLM
+    needs ~0.05)."""
     sync_bucket_mb: float = 64.0
     """Most megabytes per weight-update bucket."""
     sync_transport: Literal["http", "gloo", "nccl"] = "http"

@@ -16,7 +16,7 @@ import time
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.fabric.strategies import DeepSpeedStrategy
@@ -30,9 +30,19 @@ from callbacks.sample_logging import SampleLogger
 from callbacks.teaching_metrics import TeachingMetrics
 from callbacks.weight_sync import WeightSync
 from rcl.engines import HFEngine, SamplingParams
+from rcl import lora as lora_lib
+from rcl.rl import multiturn as multiturn_lib
+from rcl.rl import ppo as ppo_lib
 from rcl.eval.report import fmt
 from rcl.eval.stats import interval_metrics
-from rcl.grpo import completion_logprobs, completion_mask, group_advantages, grpo_loss, mask_truncated
+from rcl.grpo import (
+    completion_logprobs,
+    completion_mask,
+    group_advantages,
+    grpo_loss,
+    importance_correction,
+    mask_truncated,
+)
 from rcl.optim import OptimizerArgs, build_optimizer, build_scheduler
 from rcl.progress import StepClock, format_duration
 from rcl.prompts import PromptTemplates
@@ -48,6 +58,8 @@ from rcl.rl.args import (
     RewardArgs,
     TrainerArgs,
 )
+from rcl.rl.async_rollouts import LocalWorker, RolloutPipeline, VersionedEngine, staleness
+from rcl.rl.importance import resolve_correction, sampler_logprobs
 from rcl.rl.rollout import Rollout, RolloutRunner, RolloutSettings
 from rcl.rl.trend import trend_line
 from rcl.interrupt import StopRequest, TrainingInterrupted, report, resume_command
@@ -61,7 +73,8 @@ from rcl.run_dir import (
     remove_outputs,
     truncate_to_step,
 )
-from rcl.tasks import Task, TaskArgs
+from rcl.tasks import Environment, Task, TaskArgs
+from rcl.tasks.mixture import per_task_means
 from rcl.tasks.self_test import RewardSelfTestError, reward_self_test, summary
 from rcl.tiny_models import ModelNotFound, check_model, resolve_model
 
@@ -90,6 +103,10 @@ def setup(
     ckpt_path: str | None = None,
     overwrite: bool = False,
     command: str = "fit",
+    lora: lora_lib.LoraArgs = lora_lib.LoraArgs(),
+    algorithm: Literal["grpo", "ppo"] = "grpo",
+    ppo: ppo_lib.PPOArgs = ppo_lib.PPOArgs(),
+    multiturn: multiturn_lib.MultiTurnArgs = multiturn_lib.MultiTurnArgs(),
 ) -> None:
     """Train (or, with command=validate, evaluate) a policy with GRPO.
 
@@ -111,16 +128,24 @@ def setup(
         ckpt_path: Resume from this Fabric checkpoint.
         overwrite: Replace an earlier run's outputs in `trainer.out_dir`. Without it, a fresh `fit` into a folder that
             holds a run is refused (resume that run with `ckpt_path`, or pick another `trainer.out_dir`).
+        lora: LoRA adapters on the policy (peft); with beta > 0 the reference is the policy with its adapters off.
+        algorithm: grpo (group advantages, `grpo`'s objective) or ppo (a critic and GAE, `ppo`'s objective; the same
+            rollouts, rewards and callbacks).
+        ppo: PPO's critic and objective (algorithm ppo).
+        multiturn: Episodes of multi-turn environments (tasks that are not single-turn); their rewards are the
+            environment's, so `reward` is not used for them.
     """
-    validate_config(trainer, grpo, engines)
+    validate_config(trainer, grpo, engines, algorithm)
+    validate_ppo(algorithm, grpo, ppo, trainer)
+    validate_lora(lora, trainer, grpo)
     warn_reward_inversions(grpo, reward)
     preflight(data, trainer, teacher, student, grpo, ckpt_path, overwrite, command)
     check_task(task, data, reward, grpo, command)
-    fabric = build_fabric(trainer, default_callbacks(grpo, logging, engines) + list(callbacks or []), ckpt_path,
-                          command)
+    fabric = build_fabric(trainer, default_callbacks(grpo, logging, engines, lora) + list(callbacks or []),
+                          ckpt_path, command)
     fabric.launch(
         main, data, trainer, teacher, student, grpo, generation, reward, optimizer, templates, eval, engines, ckpt_path,
-        command, task=task,
+        command, task=task, lora=lora, ppo=ppo if algorithm == "ppo" else None, multiturn=multiturn,
     )
 
 
@@ -135,7 +160,7 @@ def preflight(data, trainer: TrainerArgs, teacher: ModelArgs, student: ModelArgs
         except ModelNotFound as exc:
             raise ConfigError(f"{role}.model_name_or_path: {exc}") from None
     try:
-        data.rl_dataset("train"), data.rl_dataset("val")
+        data.rl_dataset("train", ()), data.rl_dataset("val", ())  # the task's own fields are check_task's
     except DataError as exc:
         raise ConfigError(f"data: {exc}") from None
     if ckpt_path and not Path(ckpt_path).exists():
@@ -198,8 +223,9 @@ def deepspeed_engine(fabric, model):
     return getattr(model, "_forward_module", model)
 
 
-def validate_config(trainer: TrainerArgs, grpo: GRPOArgs, engines: EnginesArgs) -> None:
-    if grpo.num_generations < 2:
+def validate_config(trainer: TrainerArgs, grpo: GRPOArgs, engines: EnginesArgs,
+                    algorithm: str = "grpo") -> None:
+    if grpo.num_generations < 2 and algorithm == "grpo":
         raise ConfigError(f"grpo.num_generations must be >= 2 for group advantages, got {grpo.num_generations}")
     if grpo.beta == 0 and grpo.sync_ref_model:
         raise ConfigError("grpo.sync_ref_model needs grpo.beta > 0 (with beta 0 no reference model is loaded)")
@@ -220,15 +246,63 @@ def validate_config(trainer: TrainerArgs, grpo: GRPOArgs, engines: EnginesArgs) 
             "would need every process to generate in lockstep (each forward gathers the shards), which HFEngine does "
             "not do: serve the teacher (engines.teacher.backend server, e.g. through `python -m rcl launch`)"
         )
-    if engines.teacher.backend == "server" and engines.sync_every_n_steps > 1:
-        raise ConfigError(
-            f"engines.sync_every_n_steps={engines.sync_every_n_steps}: teacher servers would sample with weights up to "
-            f"{engines.sync_every_n_steps - 1} steps old, and the loss would treat those rollouts as on-policy (rcl "
-            "has no off-policy correction): use 1"
-        )
+    off_policy_checks(grpo, engines)
     if engines.teacher.backend == "server" and engines.teacher.api == "openai":
         raise ConfigError("engines.teacher.api is 'openai', but OpenAI-style servers take no weight pushes, so the "
                           "teacher would generate with its initial weights: serve it with `rcl serve` (api: rcl)")
+
+
+def validate_ppo(algorithm: str, grpo: GRPOArgs, ppo: ppo_lib.PPOArgs,
+                 trainer: TrainerArgs = TrainerArgs()) -> None:
+    if algorithm != "ppo":
+        return
+    if "deepspeed" in trainer.strategy or "fsdp" in trainer.strategy:
+        raise ConfigError(f"algorithm ppo under trainer.strategy={trainer.strategy} is not supported yet (the critic "
+                          "is a second model with its own optimizer): use one process or ddp")
+    if grpo.num_iterations != 1:
+        raise ConfigError("algorithm ppo takes its passes over a rollout from ppo.ppo_epochs: set "
+                          "grpo.num_iterations 1")
+    if grpo.max_off_policy_steps:
+        raise ConfigError("algorithm ppo trains on-policy rollouts only: set grpo.max_off_policy_steps 0")
+    if grpo.beta != 0:
+        raise ConfigError("algorithm ppo puts the KL term in the reward: set ppo.kl_coef (and grpo.beta 0)")
+    if ppo.ppo_epochs < 1 or ppo.mini_batch_size < 1:
+        raise ConfigError("ppo.ppo_epochs and ppo.mini_batch_size must be >= 1")
+    if ppo.adaptive_kl and ppo.kl_coef <= 0:
+        raise ConfigError("ppo.adaptive_kl needs an initial ppo.kl_coef > 0")
+
+
+def validate_lora(lora: lora_lib.LoraArgs, trainer: TrainerArgs, grpo: GRPOArgs) -> None:
+    try:
+        lora_lib.check_quantization(lora, trainer.accelerator)
+    except lora_lib.LoraConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    if lora.enabled and grpo.sync_ref_model:
+        raise ConfigError("grpo.sync_ref_model with lora.enabled: the reference is the policy with its adapters off, "
+                          "so there is no separate reference to move; turn one of them off")
+    sharded = "fsdp" in trainer.strategy or "stage_3" in trainer.strategy
+    if lora.enabled and lora.export == "adapter" and sharded and trainer.export_hf:
+        raise ConfigError(f"lora.export adapter under trainer.strategy={trainer.strategy} is not supported yet; use "
+                          "lora.export merged (gathered like weight sync)")
+    if lora.sync == "adapter" and (not lora.enabled or sharded):
+        raise ConfigError("lora.sync adapter needs lora.enabled and an unsharded strategy (ddp or one process); "
+                          "use lora.sync merged")
+
+
+def off_policy_checks(grpo: GRPOArgs, engines: EnginesArgs) -> None:
+    """Rollouts sampled with older weights need the importance-sampling correction, and one rollout per step."""
+    if grpo.max_off_policy_steps < 0:
+        raise ConfigError(f"grpo.max_off_policy_steps must be >= 0, got {grpo.max_off_policy_steps}")
+    if grpo.max_off_policy_steps > 0 and grpo.num_iterations != 1:
+        raise ConfigError(f"grpo.max_off_policy_steps={grpo.max_off_policy_steps} needs grpo.num_iterations 1 (the "
+                          "pipeline schedules one rollout per optimizer step)")
+    stale = engines.sync_every_n_steps > 1 and (engines.teacher.backend == "server" or grpo.max_off_policy_steps > 0)
+    if (stale or grpo.max_off_policy_steps > 0) and resolve_correction(grpo, engines) == "off":
+        why = (f"engines.sync_every_n_steps={engines.sync_every_n_steps}" if stale
+               else f"grpo.max_off_policy_steps={grpo.max_off_policy_steps}")
+        raise ConfigError(f"{why}: rollouts are sampled with older weights than the trainer's, and "
+                          "grpo.importance_sampling is off, so the loss would treat them as on-policy: use auto, tis, "
+                          "mis or tis_mis")
 
 
 def warn_reward_inversions(grpo: GRPOArgs, reward: RewardArgs) -> list:
@@ -244,7 +318,8 @@ def warn_reward_inversions(grpo: GRPOArgs, reward: RewardArgs) -> list:
     return cases
 
 
-def default_callbacks(grpo: GRPOArgs, logging: LoggingArgs, engines: EnginesArgs) -> list[FabricCallback]:
+def default_callbacks(grpo: GRPOArgs, logging: LoggingArgs, engines: EnginesArgs,
+                      lora: lora_lib.LoraArgs = lora_lib.LoraArgs()) -> list[FabricCallback]:
     callbacks: list[FabricCallback] = [
         TeachingMetrics(),
         DegradationTracker(window=logging.degradation_window, ndr_threshold=logging.ndr_warn_threshold,
@@ -254,7 +329,10 @@ def default_callbacks(grpo: GRPOArgs, logging: LoggingArgs, engines: EnginesArgs
     ]
     if grpo.sync_ref_model:
         callbacks.append(RefModelSync(grpo.ref_model_mixup_alpha, grpo.ref_model_sync_steps))
-    callbacks.append(WeightSync(engines.sync_every_n_steps, engines.sync_bucket_mb))
+    callbacks.append(WeightSync(engines.sync_every_n_steps, engines.sync_bucket_mb,
+                                adapter_only=lora.enabled and lora.sync == "adapter",
+                                verify_every_n_pushes=engines.verify_every_n_pushes,
+                                verify_tolerance=engines.verify_tolerance))
     return callbacks
 
 
@@ -274,13 +352,13 @@ def build_loggers(names: list[str], out_dir: Path, version: str = "") -> list:
     return loggers
 
 
-def load_causal_lm(args: ModelArgs, trainable: bool, seed: int = 0) -> torch.nn.Module:
-    from transformers import AutoModelForCausalLM
-
+def load_causal_lm(args: ModelArgs, trainable: bool, seed: int = 0,
+                   lora: lora_lib.LoraArgs | None = None) -> torch.nn.Module:
+    """`lora` (the trained policy only) adds adapters; a saved adapter folder loads merged without it."""
     dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
-    model = AutoModelForCausalLM.from_pretrained(
-        resolve_model(args.model_name_or_path, seed=seed), dtype=dtype, attn_implementation=args.attn_implementation
-    )
+    model = lora_lib.load_for_training(resolve_model(args.model_name_or_path, seed=seed),
+                                       lora if trainable and lora is not None else lora_lib.LoraArgs(),
+                                       dtype=dtype, attn_implementation=args.attn_implementation)
     if trainable and args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
@@ -304,7 +382,7 @@ def check_task(args: TaskArgs, data, reward: RewardArgs, grpo: GRPOArgs, command
         data.rl_dataset("val", task.fields)
     except DataError as exc:
         raise ConfigError(f"data: {exc}") from None
-    if command != "fit":
+    if command != "fit" or not isinstance(task, Task):  # an environment's rewards are its own
         return
     rewards = {name: get_reward(name, **reward.kwargs.get(name, {})) for name in reward.functions}
     try:
@@ -315,14 +393,11 @@ def check_task(args: TaskArgs, data, reward: RewardArgs, grpo: GRPOArgs, command
     print(summary(table), flush=True)
 
 
-def build_task(args: TaskArgs) -> Task:
+def build_task(args: TaskArgs) -> Environment:
     try:
-        task = args.build()
+        return args.build()
     except (ValueError, TypeError, ImportError) as exc:
         raise ConfigError(f"task: {exc}") from None
-    if not isinstance(task, Task):
-        raise ConfigError(f"task {args.name!r} is a multi-turn environment, which the RL loop does not run yet")
-    return task
 
 
 def build_engine(args: EngineArgs, model: torch.nn.Module | None, tokenizer: Any, **server_kwargs: Any):
@@ -370,6 +445,24 @@ def eval_settings(train: RolloutSettings, eval_args: EvalArgs) -> RolloutSetting
     )
 
 
+def training_threads(requested: int, local_processes: int, environ: dict | None = None,
+                     cores: int | None = None) -> int:
+    """`trainer.num_threads`, resolved: the request, else $OMP_NUM_THREADS, else this process's share of the cores it
+    may run on."""
+    import os
+
+    if requested < 0:
+        raise ConfigError(f"trainer.num_threads must be >= 0, got {requested}")
+    if requested:
+        return requested
+    env = os.environ if environ is None else environ
+    if env.get("OMP_NUM_THREADS", "").isdigit() and int(env["OMP_NUM_THREADS"]) > 0:
+        return int(env["OMP_NUM_THREADS"])
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, local_processes))
+
+
 def step_seed(seed: int, step: int, rank: int, salt: int = 0) -> int:
     return (seed * 1_000_003 + step * 10_007 + rank * 101 + salt * 7) % (2**31 - 1)
 
@@ -390,6 +483,9 @@ def main(
     ckpt_path: str | None,
     command: str = "fit",
     task: TaskArgs = TaskArgs(),
+    lora: lora_lib.LoraArgs = lora_lib.LoraArgs(),
+    ppo: ppo_lib.PPOArgs | None = None,
+    multiturn: multiturn_lib.MultiTurnArgs = multiturn_lib.MultiTurnArgs(),
 ) -> dict:
     if grpo.prompts_per_step % fabric.world_size:  # devices "auto", -1 or a list are only counted here
         raise ConfigError(
@@ -397,6 +493,10 @@ def main(
             f"processes; use a multiple of {fabric.world_size}"
         )
     out_dir = Path(trainer.out_dir)
+    # an in-process async run computes on two threads of its own (training, the generation worker): each gets a share
+    computing = max(1, fabric.world_size // trainer.num_nodes) * (
+        2 if grpo.max_off_policy_steps > 0 and engines_args.teacher.backend == "in_process" else 1)
+    torch.set_num_threads(training_threads(trainer.num_threads, computing))
     fabric.seed_everything(trainer.seed)
     the_task = build_task(task)
     train_rows, val_rows = data.rl_dataset("train", the_task.fields), data.rl_dataset("val", the_task.fields)
@@ -407,18 +507,28 @@ def main(
     student_tok = load_tokenizer(student) if adaptive else None
 
     # Loaded whole on the host: fabric.setup then moves it, or shards it (FSDP, DeepSpeed ZeRO partition on init).
-    policy = load_causal_lm(teacher, trainable=True)
+    policy = load_causal_lm(teacher, trainable=True, lora=lora)
+    peft_policy = lora_lib.find_peft(policy) is not None
+    if peft_policy:
+        fabric.print(f"LoRA policy: {lora_lib.describe_trainable(policy)}")
     if is_deepspeed(fabric) and optimizer_args.max_grad_norm:
         fabric.strategy.config["gradient_clipping"] = optimizer_args.max_grad_norm  # DeepSpeed clips inside its step
     reference = None
-    if grpo.beta != 0:
-        reference = load_causal_lm(teacher, trainable=False).to(fabric.device)
+    if grpo.beta != 0 or (ppo is not None and ppo.kl_coef != 0):
+        reference = (lora_lib.DisabledAdapter(policy) if peft_policy
+                     else load_causal_lm(teacher, trainable=False).to(fabric.device))
     optimizer = build_optimizer(policy.parameters(), optimizer_args)
     policy, optimizer = fabric.setup(policy, optimizer)
     scheduler = build_scheduler(optimizer, trainer.max_steps, optimizer_args)
 
-    policy_engine = build_engine(engines_args.teacher, unwrap(policy), teacher_tok,
-                                 weight_transport=engines_args.sync_transport, group_port=engines_args.sync_group_port)
+    if grpo.max_off_policy_steps > 0 and engines_args.teacher.backend == "in_process":
+        import copy
+
+        sampler = LocalWorker(copy.deepcopy(unwrap(policy)), teacher_tok, engines_args.teacher.max_batch_size)
+    else:
+        sampler = build_engine(engines_args.teacher, unwrap(policy), teacher_tok,
+                               weight_transport=engines_args.sync_transport, group_port=engines_args.sync_group_port)
+    policy_engine = VersionedEngine(sampler, lambda: state["step"])
     student_engine = None
     if adaptive:
         student_model = (
@@ -429,7 +539,14 @@ def main(
         student_engine = build_engine(engines_args.student, student_model, student_tok)
     engines = {"teacher": policy_engine, "student": student_engine}
 
-    runner = RolloutRunner(policy_engine, student_engine, templates, rewards, dict(reward.functions), the_task)
+    if isinstance(the_task, Task):
+        runner = RolloutRunner(policy_engine, student_engine, templates, rewards, dict(reward.functions), the_task)
+    else:
+        if adaptive:
+            raise ConfigError(f"task {task.name!r} is a multi-turn environment: use grpo.protocol direct")
+        runner = multiturn_lib.MultiTurnRunner(
+            policy_engine, multiturn_lib.copy_factory(the_task), templates, multiturn.reward_aggregate,
+            multiturn.workers, multiturn.timeout_s, multiturn.max_total_tokens)
     settings = rollout_settings(grpo, generation)
     stop_ids = [teacher_tok.eos_token_id]
 
@@ -442,12 +559,23 @@ def main(
         "ref_model": reference,
         "out_dir": str(out_dir),
         "pending": None,
+        "ppo": ppo,
+        "is_correction": resolve_correction(grpo, engines_args),
     }
+    if grpo.max_off_policy_steps > 0:
+        state["prefetched"] = {}
+    if ppo is not None:
+        ppo_lib.setup_critic(fabric, state, ppo, teacher.model_name_or_path, optimizer_args, trainer.max_steps,
+                             trainer.seed)
     if ckpt_path:
         view = _checkpoint_view(state)
         remainder = fabric.load(ckpt_path, view)
         state.update(step=view["step"], prompts_seen=view["prompts_seen"],
                      pending=PendingRollout.from_state(view["pending"], fabric.device))
+        if state.get("kl_controller") is not None:
+            state["kl_controller"].value = float(view["kl_coef"])
+        if "prefetched" in state:
+            state["prefetched"] = view["prefetched"]
         if "rng" in remainder:
             torch.set_rng_state(remainder["rng"])
         fabric.call("on_load_checkpoint", fabric=fabric, state=state, checkpoint=remainder)
@@ -477,7 +605,9 @@ def main(
                 close()
 
     if trainer.export_hf:
-        export_hf(fabric, policy, teacher_tok, out_dir / "hf_model")
+        export_hf(fabric, policy, teacher_tok, out_dir / "hf_model", lora.export)
+        if ppo is not None:
+            ppo_lib.export_critic(fabric, state["critic"], out_dir / "hf_model")
     return state
 
 
@@ -490,12 +620,44 @@ def fit(
         _record(fabric, history_path, evaluate(fabric, state, runner, val_rows, settings, eval_args, trainer.seed), 0)
     local_prompts = grpo.prompts_per_step // fabric.world_size
     clock = StepClock(state["step"])
+
+    def draw(step: int) -> tuple[list[dict], int]:
+        rows = next_prompts(train_rows, state, grpo.prompts_per_step, trainer.seed, fabric.global_rank, local_prompts)
+        fabric.call("on_train_batch_start", fabric=fabric, state=state, rows=rows)
+        return rows, step_seed(trainer.seed, step, fabric.global_rank)
+
+    pipeline = None
+    if grpo.max_off_policy_steps > 0:
+        pipeline = RolloutPipeline(lambda rows, seed: runner.run(rows, seed, settings), draw,
+                                   grpo.max_off_policy_steps, trainer.max_steps, state["step"],
+                                   RolloutPipeline.ready_from_state(state.get("prefetched")))
+        state["prefetched"] = pipeline
+        engines["teacher"].before_push = pipeline.drain
+    try:
+        _fit_steps(fabric, state, runner, engines, val_rows, settings, trainer, grpo, generation, eval_args,
+                   optimizer_args, stop_ids, history_path, stop, clock, draw, pipeline)
+    finally:
+        if pipeline is not None:
+            pipeline.close()
+    if not eval_args.every_n_steps or state["step"] % eval_args.every_n_steps:
+        _record(fabric, history_path,
+                evaluate(fabric, state, runner, val_rows, settings, eval_args, trainer.seed), state["step"])
+    save_checkpoint(fabric, state, trainer.keep_last_checkpoints)
+    fabric.call("on_train_end", fabric=fabric, state=state)
+    for logger in fabric.loggers:
+        logger.finalize("success")
+
+
+def _fit_steps(fabric, state, runner, engines, val_rows, settings, trainer, grpo, generation, eval_args,
+               optimizer_args, stop_ids, history_path, stop, clock, draw, pipeline) -> None:
+    last_step_end = time.perf_counter()
     while state["step"] < trainer.max_steps:
         if state["pending"] is None:  # a resumed run first finishes the rollout its checkpoint was taken in
-            rows = next_prompts(train_rows, state, grpo.prompts_per_step, trainer.seed, fabric.global_rank,
-                                local_prompts)
-            fabric.call("on_train_batch_start", fabric=fabric, state=state, rows=rows)
-            rollout = runner.run(rows, step_seed(trainer.seed, state["step"], fabric.global_rank), settings)
+            if pipeline is None:
+                rows, seed = draw(state["step"])
+                rollout = runner.run(rows, seed, settings)
+            else:
+                rollout = pipeline.take(state["step"])
             if settings.scale_rewards == "batch" and fabric.world_size > 1:
                 rescale_by_global_std(fabric, rollout)
             state["pending"] = PendingRollout(rollout, next_iteration=0, old_logps=None)
@@ -507,31 +669,42 @@ def fit(
             if grpo.num_iterations > 1 and pending.old_logps is None:
                 pending.old_logps = behaviour_logprobs(state["model"], rollout, grpo, generation, fabric)
             start = time.perf_counter()
-            stats = train_step(fabric, state, rollout, grpo, generation, optimizer_args, stop_ids, pending.old_logps)
+            if state.get("ppo") is not None:
+                stats = ppo_lib.train_step(
+                    fabric, state, rollout, state["ppo"], generation, optimizer_args,
+                    lambda index, comp: _mask(rollout, index, comp, stop_ids, grpo),
+                    step_seed(trainer.seed, state["step"], fabric.global_rank, salt=3))
+            else:
+                stats = train_step(fabric, state, rollout, grpo, generation, optimizer_args, stop_ids,
+                                   pending.old_logps)
+            ages = staleness(rollout, state["step"])
+            stats.update({"staleness/mean": float(ages.mean()), "staleness/max": float(ages.max())})
             state["step"] += 1
             pending.next_iteration = iteration + 1
             if pending.next_iteration == grpo.num_iterations:
                 state["pending"] = None
+            if pipeline is not None:
+                stats.update(pipeline.pop_timings())
             metrics = step_metrics(fabric, rollout, stats, state, time.perf_counter() - start, grpo)
+            metrics["time/step"], last_step_end = time.perf_counter() - last_step_end, time.perf_counter()
             fabric.call("on_train_batch_end", fabric=fabric, state=state, rollout=rollout, metrics=metrics,
                         engines=engines, iteration=iteration)
+            if pipeline is not None:
+                pipeline.fill(state["step"])  # the weights of this step are pushed: the next rollouts may start
             if state["step"] % trainer.log_every_n_steps == 0 or state["step"] == trainer.max_steps:
                 _record(fabric, history_path, metrics, state["step"])
                 fabric.print(progress_line(state["step"], trainer.max_steps, metrics,
                                            clock.eta(state["step"], trainer.max_steps)))
             if eval_args.every_n_steps and state["step"] % eval_args.every_n_steps == 0:
+                if pipeline is not None:  # evaluation and the worker would share the engines and the seeded RNG
+                    pipeline.drain()
                 _record(fabric, history_path,
                         evaluate(fabric, state, runner, val_rows, settings, eval_args, trainer.seed), state["step"])
             if trainer.checkpoint_every_n_steps and state["step"] % trainer.checkpoint_every_n_steps == 0:
                 save_checkpoint(fabric, state, trainer.keep_last_checkpoints)
             stop_if_signalled(fabric, state, trainer, stop)
-    if not eval_args.every_n_steps or state["step"] % eval_args.every_n_steps:
-        _record(fabric, history_path,
-                evaluate(fabric, state, runner, val_rows, settings, eval_args, trainer.seed), state["step"])
-    save_checkpoint(fabric, state, trainer.keep_last_checkpoints)
-    fabric.call("on_train_end", fabric=fabric, state=state)
-    for logger in fabric.loggers:
-        logger.finalize("success")
+    if pipeline is not None:
+        pipeline.drain()
 
 
 @dataclass
@@ -596,12 +769,24 @@ def _micro_batches(n: int, size: int) -> list[list[int]]:
 
 
 def _mask(rollout: Rollout, index: list[int], completion_ids: torch.Tensor, stop_ids: list[int], grpo: GRPOArgs):
+    if rollout.action_masks is not None:  # multi-turn: the sampled tokens of every turn, never environment text
+        return action_mask(rollout, index, completion_ids, grpo)
     lengths = torch.tensor([len(rollout.completions[i].token_ids) for i in index], device=completion_ids.device)
     mask = completion_mask(completion_ids, stop_ids, lengths=lengths)
     if grpo.mask_truncated_completions:
         truncated = torch.tensor([_truncated(rollout.completions[i]) for i in index], device=mask.device)
         mask = mask_truncated(mask, truncated)
     return mask
+
+
+def action_mask(rollout: Rollout, index: list[int], completion_ids: torch.Tensor, grpo: GRPOArgs) -> torch.Tensor:
+    mask = torch.zeros(completion_ids.shape, dtype=torch.float32)
+    for row, i in enumerate(index):
+        m = rollout.action_masks[i]
+        mask[row, : len(m)] = torch.tensor(m, dtype=torch.float32)
+        if grpo.mask_truncated_completions and _truncated(rollout.completions[i]):
+            mask[row] = 0
+    return mask.to(completion_ids.device)
 
 
 def _truncated(completion) -> bool:
@@ -663,6 +848,11 @@ def train_step(fabric, state, rollout, grpo, generation, optimizer_args, stop_id
                 with torch.no_grad():
                     ref_logp = completion_logprobs(reference, ids, attn, comp.shape[1], generation.temperature)
             old = old_logps[k] if old_logps is not None else logp.detach()
+            is_weights, is_stats = None, {}
+            if state.get("is_correction", "off") != "off":
+                is_weights, mask, is_stats = importance_correction(
+                    old, sampler_logprobs(rollout, index, comp.shape[1], logp.device), mask, state["is_correction"],
+                    grpo.is_cap, grpo.mis_threshold)
             loss, stats = grpo_loss(
                 logp, old, ref_logp, advantages[index], mask,
                 beta=grpo.beta,
@@ -673,7 +863,9 @@ def train_step(fabric, state, rollout, grpo, generation, optimizer_args, stop_id
                 num_micro_batches=len(batches),
                 tokens_per_process=tokens_per_process,
                 rows_per_process=len(rows),
+                is_weights=is_weights,
             )
+            stats.update(is_stats)
             fabric.backward(loss)
         totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
         for name, value in stats.items():
@@ -703,7 +895,7 @@ def step_metrics(fabric, rollout: Rollout, stats: dict, state: dict, train_secon
     truncated = torch.tensor([float(c.finish_reason == "length") for c in rollout.completions])
     local = {
         "reward": rewards.mean().item(),
-        "reward_std": groups.std(dim=1).mean().item(),
+        "reward_std": groups.std(dim=1).mean().item() if rollout.num_generations > 1 else 0.0,
         "frac_reward_zero_std": rollout.zero_std_groups.float().mean().item(),
         "completions/mean_length": lengths.mean().item(),
         "completions/min_length": lengths.min().item(),
@@ -718,7 +910,8 @@ def step_metrics(fabric, rollout: Rollout, stats: dict, state: dict, train_secon
     metrics = _mean_over_processes(fabric, local)
     metrics["lr"] = state["scheduler"].get_last_lr()[0]
     tokens = {f"tokens/{k}": float(v) for k, v in rollout.generated_tokens.items()} | rollout.verifier  # summed
-    metrics.update({k: v * fabric.world_size for k, v in _mean_over_processes(fabric, tokens).items()})
+    summed = {k: v * fabric.world_size for k, v in _mean_over_processes(fabric, tokens | rollout.by_task).items()}
+    metrics.update({k: v for k, v in summed.items() if k not in rollout.by_task} | per_task_means(summed))
     return metrics
 
 
@@ -747,6 +940,11 @@ def evaluate(fabric, state, runner: RolloutRunner, val_rows, settings, eval_args
             metrics.update(interval_metrics("eval/with_teaching_accuracy", correct, count))
             metrics.update(interval_metrics("eval/baseline_accuracy", base_correct, count))
             metrics.update(interval_metrics("eval/ndr", metrics["eval/ndr"] * count, count))  # one teaching per prompt
+        if rollout.by_task:
+            keys = sorted(rollout.by_task)
+            sums = fabric.all_reduce(torch.tensor([rollout.by_task[k] for k in keys], dtype=torch.float64,
+                                                  device=fabric.device), reduce_op="sum").tolist()
+            metrics.update(per_task_means(dict(zip(keys, sums)), prefix="eval/"))
     shown = sorted(k for k in metrics if not k.endswith(("_ci_low", "_ci_high")))  # intervals print with their value
     fabric.print(f"eval @ step {state['step']}: " + ", ".join(
         f"{k[5:]} {fmt(metrics[k], metrics.get(f'{k}_ci_low'), metrics.get(f'{k}_ci_high'))}" for k in shown))
@@ -799,8 +997,12 @@ def _checkpoint_view(state: dict) -> dict:
     view = {k: state[k] for k in ("model", "optimizer", "scheduler", "step", "prompts_seen")}
     # the rollout whose remaining num_iterations passes are still to come, so a resume finishes it exactly
     view["pending"] = state["pending"].state_dict() if state.get("pending") is not None else {}
-    if state.get("ref_model") is not None:
+    if "prefetched" in state:  # an async run's rollouts generated for later steps
+        prefetched = state["prefetched"]
+        view["prefetched"] = prefetched.state_dict() if isinstance(prefetched, RolloutPipeline) else prefetched
+    if isinstance(state.get("ref_model"), torch.nn.Module):  # not the policy's disabled adapter (no weights of its own)
         view["ref_model"] = state["ref_model"]
+    view.update(ppo_lib.checkpoint_items(state))
     return view
 
 
@@ -843,13 +1045,21 @@ def save_checkpoint(fabric, state: dict, keep_last: int) -> Path:
     return path
 
 
-def export_hf(fabric, model, tokenizer, out: Path) -> None:
-    """Save the policy as an HF folder (full weights gathered on rank 0 under sharded strategies)."""
+def export_hf(fabric, model, tokenizer, out: Path, lora_export: str = "merged") -> None:
+    """Save the policy as an HF folder (full weights gathered on rank 0 under sharded strategies); a LoRA policy as
+    its merged weights or as its adapter alone (`lora_export`)."""
     from rcl.serving.weights import iter_full_state
 
-    state_dict = dict(iter_full_state(model, fabric))
+    peft = lora_lib.find_peft(model)
+    if peft is not None and lora_export == "adapter":
+        if fabric.global_rank == 0:
+            lora_lib.export_model(peft, tokenizer, out, "adapter")
+            fabric.print(f"exported the policy's adapter to {out}")
+        fabric.barrier()
+        return
+    state_dict = dict(iter_full_state(model, fabric))  # a LoRA policy comes out merged, under base names
     if fabric.global_rank == 0:
-        unwrap(model).save_pretrained(str(out), state_dict=state_dict)
+        (peft.get_base_model() if peft is not None else unwrap(model)).save_pretrained(str(out), state_dict=state_dict)
         tokenizer.save_pretrained(str(out))
         fabric.print(f"exported the policy to {out}")
     fabric.barrier()

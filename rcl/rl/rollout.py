@@ -33,6 +33,7 @@ from rcl.prompts import (
 from rcl.rewards import RolloutSample, combine_rewards
 from rcl.tasks import Score, Task, get_task
 from rcl.tasks.health import VerifierHealth
+from rcl.tasks.mixture import per_task_sums
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,12 @@ class Rollout:
     num_generations: int
     verifier: dict[str, float] = field(default_factory=dict)
     """This rollout's verifier counts: verifier/checks, verifier/errors, verifier/timeouts."""
+    by_task: dict[str, float] = field(default_factory=dict)
+    """For a task mixture (direct protocol): per-task sums, tasks/<name>/{count, correct, reward}."""
+    action_masks: list[list[int]] | None = None
+    """Multi-turn: per completion, 1 on the policy's sampled tokens and 0 on environment text (the loss mask)."""
+    turn_rewards: list[list[tuple[int, float]]] | None = None
+    """Multi-turn: per completion, (position of a turn's last token, that step's reward)."""
 
     def __len__(self) -> int:
         return len(self.completions)
@@ -107,6 +114,10 @@ class Rollout:
             "timings": dict(self.timings),
             "generated_tokens": dict(self.generated_tokens),
             "num_generations": self.num_generations,
+            "verifier": dict(self.verifier),
+            "by_task": dict(self.by_task),
+            "action_masks": self.action_masks,
+            "turn_rewards": [[list(t) for t in row] for row in self.turn_rewards] if self.turn_rewards else None,
         }
 
     @classmethod
@@ -122,6 +133,11 @@ class Rollout:
             timings=dict(state["timings"]),
             generated_tokens=dict(state["generated_tokens"]),
             num_generations=int(state["num_generations"]),
+            verifier=dict(state.get("verifier", {})),
+            by_task=dict(state.get("by_task", {})),
+            action_masks=state.get("action_masks"),
+            turn_rewards=[[tuple(t) for t in row] for row in state["turn_rewards"]] if state.get("turn_rewards")
+            else None,
         )
 
 
@@ -130,8 +146,15 @@ def encode_prompts(tokenizer: Any, conversations: Sequence[list[dict[str, str]]]
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
+def _scores(task: Task, texts: Sequence[str], row: dict) -> list[Score]:
+    """The task's scores of several completions of one row; in parallel through `score_batch` when the task has one
+    (the code tasks run each completion's tests in the sandbox's worker pool)."""
+    batch = getattr(task, "score_batch", None)
+    return list(batch(list(texts), [row] * len(texts))) if batch else [task.score(text, row) for text in texts]
+
+
 def _correctness(task: Task, outputs: Sequence[Completion], row: dict) -> tuple[list[Score], list[bool], float]:
-    scores = [task.score(c.text, row) for c in outputs]
+    scores = _scores(task, [c.text for c in outputs], row)
     completed = completion_share([s.has_answer for s in scores], [c.finish_reason == "stop" for c in outputs])
     return scores, [s.correct for s in scores], completed
 
@@ -177,9 +200,11 @@ class RolloutRunner:
             else (torch.zeros_like(rewards), torch.zeros(len(rewards), dtype=torch.bool))
         )
         timings["reward"] = timings.get("reward", 0.0) + time.perf_counter() - start
+        names = getattr(self.task, "subtasks", None)
+        by_task = per_task_sums(names, [(i.score, i.p_with, i.reward) for i in interactions]) if names else {}
         return Rollout(
             prompt_ids, completions, interactions, rewards, components, advantages, zero_std, timings, tokens,
-            settings.num_generations, counts.metrics(),
+            settings.num_generations, counts.metrics(), by_task,
         )
 
     def _adaptive(self, rows, seed, s: RolloutSettings):
@@ -268,8 +293,8 @@ class RolloutRunner:
         start = time.perf_counter()
         prompt_ids, completions, interactions, scores = [], [], [], []
         for i, group in enumerate(outs):
-            for c in group:
-                (score,), correct, completed = _correctness(self.task, [c], rows[i])
+            for c, score in zip(group, _scores(self.task, [c.text for c in group], rows[i])):
+                completed = completion_share([score.has_answer], [c.finish_reason == "stop"])
                 scores.append(score)
                 prompt_ids.append(prompts[i])
                 completions.append(c)
@@ -278,7 +303,7 @@ class RolloutRunner:
                         question=questions[i],
                         ground_truth=truths[i],
                         policy_completion=c.text,
-                        p_with=float(correct[0]),
+                        p_with=float(score.correct),
                         completed=completed,
                         score=score,
                     )

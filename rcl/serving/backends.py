@@ -86,7 +86,8 @@ class HFBackend:
     world_size = 1
     group_kinds: tuple[GroupKind, ...] = ("gloo",)
 
-    def __init__(self, model: str, dtype: str = "auto", device: str | None = None, seed: int | None = None):
+    def __init__(self, model: str, dtype: str = "auto", device: str | None = None, seed: int | None = None,
+                 enable_lora: bool = False):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from rcl.tiny_models import resolve_model
@@ -104,6 +105,16 @@ class HFBackend:
         self._group: WeightGroup | None = None
         self._written: set[int] | None = None
         """data_ptrs written since the `first` bucket of the update in progress."""
+        from rcl.serving.adapters import MergingAdapterHost
+
+        self._adapters = MergingAdapterHost(lm) if enable_lora else None
+
+    def load_adapter(self, tensors: dict[str, torch.Tensor], config: dict, version: int) -> int:
+        """Serve LoRA adapter `version` (merged into the base weights, as vLLM's LoRA kernels compute it)."""
+        if self._adapters is None:
+            raise UnsupportedOperation("this server takes no adapters: start it with `rcl serve --enable-lora`")
+        with self._lock:
+            return self._adapters.load(tensors, config, version)
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]:
         with self._lock:

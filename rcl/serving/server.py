@@ -296,6 +296,27 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
             log.info("weights updated: weights_version=%d (%d buckets)", weights.version, weights.buckets)
         return WeightsUpdateResponse(tensors=loaded, weights_version=weights.version, complete=last)
 
+    adapter = {"version": 0}
+
+    @app.post("/load_adapter/")
+    async def load_adapter(request: Request, version: int):
+        """Serve a new LoRA adapter version: body = safetensors bytes of the adapter (rcl.serving.adapters)."""
+        from rcl.serving.adapters import decode_adapter
+
+        body = await request.body()
+        try:
+            tensors, config = decode_adapter(body)
+        except Exception as exc:  # safetensors raises its own error types
+            raise _bad(400, f"body is not an adapter: {exc}") from exc
+        loaded = await on_worker(backend.load_adapter, tensors, config, version)
+        adapter["version"] = version
+        log.info("adapter loaded: adapter_version=%d (%d tensors)", version, loaded)
+        return {"tensors": loaded, "adapter_version": version}
+
+    @app.get("/adapter_version/")
+    async def adapter_version():
+        return {"adapter_version": adapter["version"]}
+
     @app.get("/weights_version/")
     async def weights_version():
         return {"weights_version": weights.version, "last_error": weights.last_error}
@@ -396,6 +417,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-model-len", type=int, default=None, help="vllm engine")
     p.add_argument("--enable-prefix-caching", action="store_true", help="vllm engine")
     p.add_argument("--enforce-eager", action="store_true", help="vllm engine: no CUDA graphs")
+    p.add_argument("--enable-lora", action="store_true",
+                   help="take LoRA adapters on /load_adapter/ (adapter-only weight sync); vllm: served as LoRA "
+                        "requests")
+    p.add_argument("--max-lora-rank", type=int, default=64, help="vllm engine, with --enable-lora")
     for f in fields(ServerLimits):
         p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, help="request limit")
     p.add_argument("--log-level", default="info")
@@ -415,10 +440,12 @@ def build_backend(args: argparse.Namespace) -> ServingBackend:
             max_model_len=args.max_model_len,
             enable_prefix_caching=args.enable_prefix_caching,
             enforce_eager=args.enforce_eager,
+            enable_lora=args.enable_lora,
+            max_lora_rank=args.max_lora_rank,
         )
     from rcl.serving.backends import HFBackend
 
-    return HFBackend(args.model, dtype=args.dtype, device=args.device, seed=args.seed)
+    return HFBackend(args.model, dtype=args.dtype, device=args.device, seed=args.seed, enable_lora=args.enable_lora)
 
 
 def security_warnings(host: str, api_key: str | None) -> list[str]:

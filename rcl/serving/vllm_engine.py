@@ -145,6 +145,8 @@ class VLLMBackend:
         max_model_len: int | None = None,
         enable_prefix_caching: bool = False,
         enforce_eager: bool = False,
+        enable_lora: bool = False,
+        max_lora_rank: int = 64,
     ):
         try:
             import vllm
@@ -166,13 +168,18 @@ class VLLMBackend:
         )
         if seed is not None:
             kwargs["seed"] = seed
+        if enable_lora:
+            kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
+        self.enable_lora = enable_lora
+        self._lora_request: Any = None
         self.llm = vllm.LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.world_size = tensor_parallel_size
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]:
         requests = [{"prompt_token_ids": list(p)} for p in prompts]
-        outputs = self.llm.generate(requests, sampling_params=vllm_sampling_params(params), use_tqdm=False)
+        outputs = self.llm.generate(requests, sampling_params=vllm_sampling_params(params), use_tqdm=False,
+                                    lora_request=self._lora_request)
         result = []
         for out in outputs:
             group = []
@@ -186,6 +193,25 @@ class VLLMBackend:
 
     def load_weights(self, named: Iterable[NamedTensor], first: bool = True, last: bool = True) -> int:
         return self.llm.collective_rpc("rcl_load_bucket", args=(encode_bucket(named), first, last))[0]
+
+    def load_adapter(self, tensors: dict, config: dict, version: int) -> int:
+        """Write the adapter as a peft folder and serve every later request with it as LoRA request `version`."""
+        import json
+        import tempfile
+        from pathlib import Path
+
+        from safetensors.torch import save_file
+        from vllm.lora.request import LoRARequest
+
+        from rcl.serving.backends import UnsupportedOperation
+
+        if not self.enable_lora:
+            raise UnsupportedOperation("this server takes no adapters: start it with `rcl serve --enable-lora`")
+        folder = Path(tempfile.mkdtemp(prefix=f"rcl-adapter-v{version}-"))
+        save_file(tensors, str(folder / "adapter_model.safetensors"))
+        (folder / "adapter_config.json").write_text(json.dumps(config))
+        self._lora_request = LoRARequest(f"rcl-v{version}", version, str(folder))
+        return len(tensors)
 
     def checksum(self) -> str:
         return "|".join(self.llm.collective_rpc("rcl_checksum"))

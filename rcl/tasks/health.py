@@ -14,7 +14,9 @@ class VerifierFailure(RuntimeError):
 
 
 def is_timeout(score: Score) -> bool:
-    return score.details.get("outcome") == "timeout"
+    """The verifier ran out of time (it sets `error`). A program that the code task stopped at its time limit is the
+    model's failure (outcome timeout, no error), not the verifier's."""
+    return score.details.get("outcome") == "timeout" and bool(score.details.get("error"))
 
 
 def is_error(score: Score) -> bool:

@@ -43,7 +43,10 @@ def check_record(task: Task, record: object, where: str) -> dict:
 def score_records(task: Task, records: Iterable[dict], health: VerifierHealth | None = None) -> list[dict]:
     """Each record with `reward`, `correct` and `details` added. Raises VerifierFailure when most checks failed."""
     records = list(records)
-    scores: list[Score] = [task.score(record["completion"], record) for record in records]
+    batch = getattr(task, "score_batch", None)  # the code tasks run many completions at once on their sandbox pool
+    completions = [record["completion"] for record in records]
+    scores: list[Score] = (batch(completions, records) if batch
+                           else [task.score(c, r) for c, r in zip(completions, records)])
     (health or VerifierHealth()).record(scores, f"the verifier of task {task.name!r}")
     return [{**record, "reward": s.reward, "correct": s.correct, "details": s.details}
             for record, s in zip(records, scores)]

@@ -1,0 +1,205 @@
+"""The code task: run the completion's program against the row's tests in the sandbox (rcl.sandbox).
+
+Row fields:
+- `question`: the problem text shown to the model.
+- Tests, one of:
+  - `tests`: stdin/stdout cases, a list of {"input": str, "output": str} (or that list as a JSON string). A case
+    passes when the program exits 0 and its stdout equals `output` up to line endings, trailing spaces and blank lines
+    at either end.
+  - `test` + `entry_point` (HumanEval's convention): `test` defines `check(candidate)`, and `entry_point` names the
+    function passed as `candidate`. One test: check passes or not. Optional `prompt` (the signature and docstring) is
+    put before the completion's code when that code does not define `entry_point` itself (a body-only completion).
+- `solution`: a reference program (HumanEval: the prompt plus the canonical solution). RL rows carry it: the reward
+  self-test scores it as the gold answer, and it is the SFT label.
+- `language` (optional): a language configured in the sandbox; default the task's `language`.
+
+Scores (Score.details): `passed`, `total`, `outcome` (pass, or the first failing test's class: wrong_answer, timeout,
+memory, crash; no_answer when the completion holds no code; infra_error if any test hit an infrastructure error,
+which also sets `error` and is not the model's failure), `outcomes` (count per class) and `message` (the first
+failure's reason).
+
+Reward (the Q-language system's design): `partial` gives passed/total * base_weight, plus perfect_weight when every
+test passes; `binary` gives 1 when every test passes, else 0. `max_tests` keeps the first N stdin/stdout cases (for
+training); leave it unset for evaluation, which then runs every test.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import json
+import random
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
+
+from rcl.sandbox import RunResult, SandboxConfig, shared_sandbox
+from rcl.tasks.base import Score, Task, register_task
+from rcl.tasks.extract import extract_code
+from rcl.tasks.humaneval import humaneval_rows
+from rcl.tasks.programs import stdio_rows
+
+
+def sandbox_config(sandbox: SandboxConfig | dict | None) -> SandboxConfig:
+    if sandbox is None:
+        return SandboxConfig()
+    return sandbox if isinstance(sandbox, SandboxConfig) else SandboxConfig(**sandbox)
+
+
+def infra_score(error: str, total: int = 0) -> Score:
+    """A verifier failure: reported in details["error"], never counted as the model's wrong answer."""
+    return Score(0.0, False, {"passed": 0, "total": total, "outcome": "infra_error", "outcomes": {}, "error": error})
+
+
+def tests_of(row: dict) -> list[dict] | None:
+    tests = row.get("tests")
+    if isinstance(tests, str):
+        tests = json.loads(tests)
+    return tests
+
+
+def defines(code: str, name: str) -> bool:
+    """Whether the code defines `name` at its top level (a function, class, assignment or import)."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return False
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name:
+            return True
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+                return True
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and any((a.asname or a.name) == name for a in node.names):
+            return True
+    return False
+
+
+class SandboxedTask(Task):
+    """Shared by the tasks that run programs: one shared sandbox, and batch scoring on its worker pool."""
+
+    def __init__(self, sandbox: SandboxConfig | dict | None = None):
+        self.sandbox_config = sandbox_config(sandbox)
+
+    @property
+    def sandbox(self):
+        return shared_sandbox(self.sandbox_config)
+
+    def score_batch(self, completions: list[str], rows: list[dict]) -> list[Score]:
+        """`score` for many completions at once, in parallel (at most the sandbox's `workers` runs at a time)."""
+        if len(completions) != len(rows):
+            raise ValueError("one row per completion")
+        with ThreadPoolExecutor(max(1, min(len(rows), self.sandbox_config.workers))) as callers:
+            return list(callers.map(self.score, completions, rows))
+
+
+@register_task("code")
+class CodeTask(SandboxedTask):
+    """Write a program that passes the row's tests (see the module docstring for row fields and rewards)."""
+
+    FIELDS = {"stdio": ("tests", "solution"), "assert": ("test", "entry_point", "prompt", "solution")}
+    """Row fields RL rows carry, by test format; `solution` (a reference program) is what the reward self-test and
+    SFT labels use as the gold answer."""
+
+    def __init__(
+        self,
+        sandbox: SandboxConfig | dict | None = None,
+        reward: Literal["partial", "binary"] = "partial",
+        base_weight: float = 1.0,
+        perfect_weight: float = 1.0,
+        max_tests: int | None = None,
+        language: str = "python",
+        dataset: Literal["humaneval", "programs"] = "humaneval",
+        tests_per_problem: int = 5,
+        test_format: Literal["stdio", "assert"] | None = None,
+        families: list[str] | None = None,
+    ):
+        """test_format: which row fields the rows carry (FIELDS: stdio or assert tests, plus solution), for rows
+        that come from a dataset rather than `rows()`; default: the format of `dataset` (humaneval: assert,
+        programs: stdio). Scoring reads whichever a row has. families: the program families `dataset: programs`
+        draws from (default all; rcl.tasks.programs.FAMILIES)."""
+        super().__init__(sandbox)
+        if max_tests is not None and max_tests < 1:
+            raise ValueError("max_tests must be >= 1 (or None for all tests)")
+        self.reward_mode = reward
+        self.base_weight = base_weight
+        self.perfect_weight = perfect_weight
+        self.max_tests = max_tests
+        self.language = language
+        self.dataset = dataset
+        self.tests_per_problem = tests_per_problem
+        self.families = list(families) if families else None
+        self.fields = self.FIELDS[test_format or ("assert" if dataset == "humaneval" else "stdio")]
+        self.sandbox_config.language(language)  # an unknown language fails here, not at the first score
+
+    def rows(self, split: str, num: int | None = None, seed: int = 0) -> list[dict]:
+        """dataset humaneval: the 164 HumanEval problems (split "test" only); programs: generated stdin/stdout
+        problems (rcl.tasks.programs), different for each split."""
+        if self.dataset == "humaneval":
+            if split != "test":
+                raise ValueError("HumanEval has only a test split")
+            rows = humaneval_rows()
+            if num is not None and num < len(rows):
+                rows = random.Random(seed).sample(rows, num)
+            return rows
+        return stdio_rows(split, 100 if num is None else num, seed, self.tests_per_problem, self.families)
+
+    def for_evaluation(self) -> CodeTask:
+        """This task with every test run (no `max_tests`): what evaluation should score with."""
+        evaluation = copy.copy(self)
+        evaluation.max_tests = None
+        return evaluation
+
+    def gold_completion(self, row: dict) -> str:
+        """The row's reference program, formatted as an answer (an SFT label; check it with rcl.tasks.labels)."""
+        return f"```{self.language}\n{row['solution']}```\n"
+
+    def reward(self, passed: int, total: int) -> float:
+        perfect = total > 0 and passed == total
+        if self.reward_mode == "binary":
+            return float(perfect)
+        return passed / total * self.base_weight + (self.perfect_weight if perfect else 0.0)
+
+    def score(self, completion: str, row: dict) -> Score:
+        try:
+            language = row.get("language") or self.language
+            spec = self.sandbox_config.language(language)
+            code = extract_code(completion, [language, *spec.fence_tags])
+            tests = tests_of(row)
+            if tests is not None:
+                if not tests:
+                    return infra_score("the row has no tests")
+                cases = tests if self.max_tests is None else tests[: self.max_tests]
+                results = self.sandbox.run_tests(code, cases, language) if code else []
+                total = len(cases)
+            elif row.get("test") and row.get("entry_point"):
+                if language != "python":
+                    return infra_score("assert-style tests are Python only")
+                program = code if defines(code, row["entry_point"]) else row.get("prompt", "") + code
+                results = [self.sandbox.run_assert(program, row["test"], row["entry_point"])] if code else []
+                total = 1
+            else:
+                return infra_score("the row has neither `tests` nor `test` + `entry_point`")
+        except (OSError, ValueError) as error:
+            return infra_score(f"{type(error).__name__}: {error}")
+        return self._score(results, total)
+
+    def _score(self, results: list[RunResult], total: int) -> Score:
+        if not results:
+            details = {"passed": 0, "total": total, "outcome": "no_answer", "outcomes": {}, "message": "no code"}
+            return Score(self.reward(0, total), False, details)
+        outcomes = Counter(result.outcome for result in results)
+        if outcomes["infra_error"]:
+            first = next(result for result in results if result.outcome == "infra_error")
+            return infra_score(first.error, total)
+        passed = outcomes["pass"]
+        failed = [result for result in results if result.outcome != "pass"]
+        details = {
+            "passed": passed,
+            "total": total,
+            "outcome": failed[0].outcome if failed else "pass",
+            "outcomes": dict(outcomes),
+            "message": failed[0].error[:500] if failed else "",
+        }
+        return Score(self.reward(passed, total), passed == total, details)

@@ -1,0 +1,94 @@
+"""`grid`: BabyAI-like navigation. The agent stands on a square grid facing a direction and must pick up the ball.
+
+Actions: `forward`, `left`, `right` (turn in place), `pickup` (takes the ball in the cell in front), `toggle` (opens
+a door in front; this grid has no doors, so it only costs a turn). Reward: `step_reward` for a step that brings the
+agent closer to the ball (Manhattan distance), `completion_reward` for picking it up.
+"""
+
+from __future__ import annotations
+
+from rcl.tasks.base import register_task
+from rcl.tasks.envs.base import ToyEnvironment
+
+DIRECTIONS = ("north", "east", "south", "west")
+MOVES = {"north": (0, -1), "east": (1, 0), "south": (0, 1), "west": (-1, 0)}
+ACTIONS = ("forward", "left", "right", "pickup", "toggle")
+
+
+@register_task("grid")
+class GridEnv(ToyEnvironment):
+    max_turns = 20
+
+    def __init__(self, size: int = 5, terse: bool = False, char_actions: bool = False, **kwargs):
+        """
+        Args:
+            size: Side of the square grid.
+            terse: Short observations ("at 2,1 facing E; ball 3,3"), for tiny models and short CPU runs.
+            char_actions: Any first character is an action: its code point modulo 5 indexes (forward, left, right,
+                pickup, toggle), so every one-token answer acts and a tiny model only has to learn which characters
+                mean what (named actions are still read as such).
+            **kwargs: max_turns, step_reward, completion_reward.
+        """
+        super().__init__(**kwargs)
+        self.size, self.terse, self.char_actions = size, terse, char_actions
+
+    def start(self) -> str:
+        cells = [(x, y) for x in range(self.size) for y in range(self.size)]
+        self.agent, self.ball = self.rng.sample(cells, 2)
+        self.facing = self.rng.choice(DIRECTIONS)
+        if self.terse:
+            return f"grid {self.size}; {self.describe()}"
+        return (f"Pick up the ball. Actions: {', '.join(ACTIONS)}. The grid is {self.size}x{self.size}, x grows east "
+                f"and y grows south.\n{self.describe()}")
+
+    def describe(self) -> str:
+        if self.terse:
+            (x, y), (bx, by) = self.agent, self.ball
+            return f"at {x},{y} facing {self.facing[0].upper()}; ball {bx},{by}"
+        return (f"You are at ({self.agent[0]},{self.agent[1]}) facing {self.facing}. "
+                f"The ball is at ({self.ball[0]},{self.ball[1]}).")
+
+    def distance(self) -> int:
+        return abs(self.agent[0] - self.ball[0]) + abs(self.agent[1] - self.ball[1])
+
+    def front(self) -> tuple[int, int]:
+        dx, dy = MOVES[self.facing]
+        return self.agent[0] + dx, self.agent[1] + dy
+
+    def apply(self, action: str) -> tuple[str, float, bool, dict]:
+        action = action.lower().split()[0] if action.split() else ""
+        if self.char_actions and action not in ACTIONS and action:
+            action = ACTIONS[ord(action[0]) % len(ACTIONS)]
+        before = self.distance()
+        if action == "pickup":
+            if self.front() == self.ball:
+                return "You picked up the ball.", self.completion_reward, True, {"success": True}
+            return f"There is nothing to pick up. {self.describe()}", 0.0, False, {}
+        if action == "forward":
+            x, y = self.front()
+            if 0 <= x < self.size and 0 <= y < self.size and (x, y) != self.ball:
+                self.agent = (x, y)
+        elif action in ("left", "right"):
+            turn = -1 if action == "left" else 1
+            self.facing = DIRECTIONS[(DIRECTIONS.index(self.facing) + turn) % 4]
+        elif action == "toggle":
+            return f"There is nothing to toggle. {self.describe()}", 0.0, False, {}
+        else:
+            hint = "" if self.terse else f"Actions: {', '.join(ACTIONS)}. "
+            return f"Unknown action. {hint}{self.describe()}", 0.0, False, {"invalid": True}
+        reward = self.step_reward if self.distance() < before else 0.0
+        return self.describe(), reward, False, {}
+
+    def optimal_action(self) -> str:
+        if self.front() == self.ball:
+            return "pickup"
+        dx, dy = self.ball[0] - self.agent[0], self.ball[1] - self.agent[1]
+        wanted = [d for d, (mx, my) in MOVES.items() if (mx and mx * dx > 0) or (my and my * dy > 0)]
+        if self.facing in wanted:
+            return "forward"
+        target = wanted[0]
+        turn = (DIRECTIONS.index(target) - DIRECTIONS.index(self.facing)) % 4
+        return "right" if turn in (1, 2) else "left"
+
+    def actions(self) -> list[str]:
+        return list(ACTIONS)

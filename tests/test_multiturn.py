@@ -1,0 +1,222 @@
+"""Multi-turn rollouts: the conversation's ids and loss mask are exact token by token, per-step rewards land on each
+turn's last token, returns aggregate by last or sum, a crashing or hanging environment fails only its episode, and
+the toy environments' scripted optimal policies beat their random ones, deterministically by seed."""
+
+import time
+
+import pytest
+import torch
+
+import rcl.tasks.envs  # noqa: F401  (registers the toy environments)
+from rcl.engines import Completion
+from rcl.prompts import PromptTemplates
+from rcl.rl.args import GenerationArgs, GRPOArgs
+from rcl.rl.multiturn import EnvPool, MultiTurnRunner, episode_return
+from rcl.tasks import Environment, StepResult, get_task
+from rcl.tasks.envs.base import optimal_policy, random_policy, run_episode
+
+TEMPLATES = PromptTemplates(student_system=None, student_baseline="{question}")
+
+
+class Scripted(Environment):
+    """Says `obs-k` after the k-th action; rewards 0.5, 0.25, then 1.0 at the third (final) step."""
+
+    max_turns = 3
+    rewards = (0.5, 0.25, 1.0)
+
+    def reset(self, row, seed=0):
+        self.k = 0
+        return "start here"
+
+    def step(self, action):
+        self.k += 1
+        done = self.k == 3
+        return StepResult("" if done else f"obs-{self.k}", self.rewards[self.k - 1], done, {"success": done})
+
+
+class FakeEngine:
+    """Answers every prompt with the next scripted action's token ids (plus the end-of-turn id)."""
+
+    def __init__(self, tokenizer, actions):
+        self.tokenizer, self.actions, self.turn, self.prompts = tokenizer, actions, 0, []
+
+    def generate(self, prompts, params):
+        self.prompts.append([list(p) for p in prompts])
+        ids = self.tokenizer(self.actions[self.turn], add_special_tokens=False)["input_ids"]
+        ids = ids + [self.tokenizer.eos_token_id]
+        self.turn += 1
+        return [[Completion(list(ids), [-0.5] * len(ids), "stop", self.actions[self.turn - 1])] for _ in prompts]
+
+
+def settings(g=1):
+    from rcl.rl.loop import rollout_settings
+
+    return rollout_settings(GRPOArgs(protocol="direct", num_generations=g), GenerationArgs(max_completion_length=8))
+
+
+@pytest.fixture()
+def tok(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir, padding_side="left")
+
+
+def test_the_action_mask_is_exact_token_by_token(tok):
+    actions = ["go left", "pick it", "done now"]
+    engine = FakeEngine(tok, actions)
+    runner = MultiTurnRunner(engine, Scripted, TEMPLATES, aggregate="sum")
+    rollout = runner.run([{"question": "q"}], seed=0, settings=settings())
+    ids, mask = rollout.prompt_ids[0] + rollout.completions[0].token_ids, rollout.action_masks[0]
+    # the whole sequence is the chat template's rendering of the conversation, to the token
+    messages = [{"role": "user", "content": "start here"}]
+    for k, action in enumerate(actions):
+        messages.append({"role": "assistant", "content": action})
+        if k < 2:
+            messages.append({"role": "user", "content": f"obs-{k + 1}"})
+    rendered = tok.apply_chat_template(messages, tokenize=False)
+    assert tok.decode(ids) + "\n" == rendered
+    # 1 exactly on the sampled ids of each turn (the action and its end-of-turn token), 0 on everything else
+    expected = []
+    completion = rollout.completions[0].token_ids
+    for k, action in enumerate(actions):
+        sampled = tok(action, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        expected += [1] * len(sampled)
+        if k < 2:
+            env = tok("\n" + f"<|im_start|>user\nobs-{k + 1}<|im_end|>\n<|im_start|>assistant\n",
+                      add_special_tokens=False)["input_ids"]
+            expected += [0] * len(env)
+    assert mask == expected and len(mask) == len(completion)
+    trained = [t for t, m in zip(completion, mask) if m]
+    assert tok.decode(trained) == "<|im_end|>".join(actions) + "<|im_end|>"
+    # each turn generated from exactly the ids so far, and its reward sits on its last sampled token
+    assert [p[0] for p in engine.prompts] == [ids[: len(rollout.prompt_ids[0]) + n] for n in
+                                               [0, mask.index(0, 0) + expected[mask.index(0):].index(1),
+                                                len(expected) - len(tok("done now", add_special_tokens=False)
+                                                                    ["input_ids"]) - 1]]
+    ends = [i for i in range(len(mask)) if mask[i] and (i + 1 == len(mask) or not mask[i + 1])]
+    assert [p for p, _ in rollout.turn_rewards[0]] == ends
+    assert [r for _, r in rollout.turn_rewards[0]] == [0.5, 0.25, 1.0]
+    assert float(rollout.rewards[0]) == pytest.approx(1.75)
+    assert rollout.interactions[0].p_with == 1.0
+
+
+def test_the_loop_mask_is_the_action_mask(tok):
+    from rcl.rl.loop import _mask, _pack
+
+    rollout = MultiTurnRunner(FakeEngine(tok, ["a", "b", "c"]), Scripted, TEMPLATES).run([{"question": "q"}], 0,
+                                                                                         settings())
+    _, _, comp = _pack(rollout, [0], 0, "cpu")
+    mask = _mask(rollout, [0], comp, [tok.eos_token_id], GRPOArgs())
+    assert mask[0].tolist() == [float(m) for m in rollout.action_masks[0]]
+
+
+def test_returns_aggregate_by_last_or_sum():
+    assert episode_return([0.5, 0.25, 1.0], "sum") == 1.75
+    assert episode_return([0.5, 0.25, 1.0], "last") == 1.0
+    assert episode_return([], "sum") == 0.0
+    with pytest.raises(ValueError):
+        episode_return([1.0], "mean")
+
+
+class Hangs(Scripted):
+    def step(self, action):
+        time.sleep(3.0)
+        return super().step(action)
+
+
+class Crashes(Scripted):
+    def step(self, action):
+        raise RuntimeError("boom")
+
+
+@pytest.mark.parametrize("bad, message", [(Hangs, "timed out"), (Crashes, "RuntimeError: boom")])
+def test_a_hanging_or_crashing_environment_fails_its_episode_not_the_run(tok, bad, message):
+    made = iter([Scripted(), bad(), Scripted(), Scripted()])
+    runner = MultiTurnRunner(FakeEngine(tok, ["x", "y", "z"]), lambda: next(made), TEMPLATES, timeout_s=0.5)
+    start = time.monotonic()
+    rollout = runner.run([{"question": "a"}, {"question": "b"}], seed=0, settings=settings(g=2))
+    assert time.monotonic() - start < 2.5
+    assert rollout.rewards.tolist() == [1.75, 0.0, 1.75, 1.75]
+    assert rollout.verifier["verifier/errors"] == 1.0
+    assert rollout.verifier["verifier/timeouts"] == float(bad is Hangs)
+    assert len(rollout.completions[1].token_ids) == sum(rollout.action_masks[1]) > 0  # its one turn, no env text
+    assert runner.failed == 1
+
+
+def test_the_pool_replaces_hung_workers():
+    pool = EnvPool(workers=1, timeout_s=0.3)
+    first = pool.map([lambda: time.sleep(2.0)])
+    assert "timed out" in str(first[0])
+    assert pool.map([lambda: 41 + 1]) == [42]  # not queued behind the hung call
+
+
+@pytest.mark.parametrize("name", ["grid", "craft", "shop"])
+def test_toy_environments_optimal_beats_random_and_is_deterministic(name):
+    env = get_task(name)
+    rows = env.rows("train", 40)
+    optimal = [run_episode(env, optimal_policy, r) for r in rows]
+    rand = [run_episode(env, random_policy(i), r) for i, r in enumerate(rows)]
+    assert all(o.success for o in optimal)
+    assert all(o.rewards[-1] == env.completion_reward for o in optimal)
+    opt_mean = sum(o.total for o in optimal) / len(rows)
+    rand_mean = sum(o.total for o in rand) / len(rows)
+    assert opt_mean > rand_mean + 0.5
+    assert sum(o.success for o in rand) < len(rows) / 2
+    again = [run_episode(env, random_policy(i), r) for i, r in enumerate(rows)]
+    assert [o.rewards for o in again] == [o.rewards for o in rand]
+    observations = {env.reset(r) for r in rows}
+    assert len(observations) >= 6  # seeds give different episodes (craft has six goals)
+
+
+def test_grid_shaping_is_a_step_reward_per_approach_plus_completion():
+    env = get_task("grid")
+    row = env.rows("train", 1)[0]
+    result = run_episode(env, optimal_policy, row)
+    env.reset(row)
+    start_distance = env.distance()
+    # the optimal path approaches the ball to distance 1, each approach paying 0.1, then picks it up for 1.0
+    assert result.total == pytest.approx(0.1 * (start_distance - 1) + 1.0)
+
+
+def test_craft_and_shop_shaping():
+    craft = get_task("craft")
+    row = next(r for r in craft.rows("train", 50) if (craft.reset(r), craft.goal)[1] == "torch")
+    result = run_episode(craft, optimal_policy, row)
+    # get log, craft planks, craft stick, get coal (0.15 each), craft torch (1.0)
+    assert result.actions == ["get log", "craft planks", "craft stick", "get coal", "craft torch"]
+    assert result.rewards == pytest.approx([0.15, 0.15, 0.15, 0.15, 1.0])
+    shop = get_task("shop")
+    result = run_episode(shop, optimal_policy, shop.rows("train", 1)[0])
+    assert result.rewards == pytest.approx([0.1, 0.3, 1.0])  # the guide's WebShop 0.1 / 0.3 / 1.0
+
+
+def test_the_example_user_environment_registers_and_plays():
+    from rcl.tasks import TaskArgs
+
+    env = TaskArgs(name="countdown", module="experiments.my_environment").build()
+    rows = env.rows("train", 10)
+    optimal = [run_episode(env, optimal_policy, r) for r in rows]
+    assert all(o.success for o in optimal)
+    assert all(o.rewards == [0.1] * (len(o.rewards) - 1) + [1.0] for o in optimal)
+    assert sum(run_episode(env, random_policy(i), r).success for i, r in enumerate(rows)) < 10
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
+def test_the_rl_loop_trains_on_a_multi_turn_environment(models_dir, tmp_path, algorithm):
+    import json
+    from pathlib import Path
+
+    from rcl.rl.loop import cli_main
+
+    out = tmp_path / algorithm
+    recipe = str(Path(__file__).resolve().parents[1] / "lightning_configs" / "quickstart_grid.yaml")
+    extra = ["--grpo.num_generations", "2", "--grpo.prompts_per_step", "2"] if algorithm == "grpo" else \
+        ["--grpo.prompts_per_step", "2"]
+    cli_main("fit", ["--config", recipe, "--algorithm", algorithm, "--trainer.out_dir", str(out),
+                     "--trainer.loggers", "[csv]", "--trainer.max_steps", "2", "--eval.num_prompts", "2",
+                     "--trainer.export_hf", "false", *extra])
+    rows = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    train = [r for r in rows if "reward" in r]
+    assert len(train) == 2 and all("rewards/env_return/mean" in r for r in train)
+    assert ("value/loss" in train[0]) == (algorithm == "ppo")
+    assert rows[-1]["step"] == 2 and "eval/accuracy" in rows[-1]

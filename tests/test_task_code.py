@@ -1,0 +1,295 @@
+"""The code task: extraction, the reward formula, stdin/stdout and assert-style scoring, and HumanEval end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rcl.tasks import get_task
+from rcl.tasks.code import CodeTask, defines
+from rcl.tasks.extract import answer_text, extract_code, last_tagged, strip_reasoning
+
+SANDBOX = {"workers": 2, "timeout_s": 5.0}
+
+
+@pytest.fixture(scope="module")
+def task() -> CodeTask:
+    return get_task("code", sandbox=SANDBOX)
+
+
+# ------------------------------------------------------------------------------------------------ extraction
+
+
+@pytest.mark.parametrize(
+    "completion, code",
+    [
+        ("```python\nprint(1)\n```", "print(1)\n"),
+        ("first\n```python\nprint(1)\n```\nthen\n```python\nprint(2)\n```\n", "print(2)\n"),  # the last block
+        ("```python\nprint(1)\n```\nOutput:\n```text\n1\n```", "print(1)\n"),  # language-aware: not the output
+        ("```\nprint(3)\n```\n```bash\nls\n```", "print(3)\n"),  # untagged beats another language
+        ("```bash\nls\n```", "ls\n"),  # any block, when that is all there is
+        ("```python\nprint(1)\n```\n```python\nprint(2", "print(2\n"),  # a truncated final block
+        ("print(4)", "print(4)\n"),  # no fences: the whole text
+        ("<think>```python\nprint(0)\n```</think>\n```python\nprint(5)\n```", "print(5)\n"),  # reasoning ignored
+        ("```python\nprint(0)\n```<answer>\n```py\nprint(6)\n```\n</answer>", "print(6)\n"),  # the answer section
+        ("<answer>print(7)</answer>", "print(7)\n"),
+        ("<think>unfinished thought ```python\nprint(8)\n```", ""),  # an unclosed thought hides the rest
+        ("", ""),
+    ],
+)
+def test_extract_code(completion, code):
+    assert extract_code(completion, ["python", "py"]) == code
+
+
+def test_tags_and_reasoning():
+    assert strip_reasoning("a<thinking>b</thinking>c<reasoning>d") == "ac"
+    assert last_tagged("<INPUT>1</INPUT> <input>2</input>", "INPUT") == "2"
+    assert last_tagged("<INPUT>1</INPUT> <INPUT>3", "INPUT") == "3"
+    assert last_tagged("none", "INPUT") is None
+    assert answer_text("<think>x</think>so <answer>42</answer>") == "42"
+
+
+def test_defines_finds_top_level_names_only():
+    assert defines("def f():\n    pass\n", "f")
+    assert defines("import math as f\n", "f") and defines("f = lambda: 1\n", "f")
+    assert not defines("def g():\n    def f():\n        pass\n", "f")
+    assert not defines("def f(:\n", "f")
+
+
+# ------------------------------------------------------------------------------------------------ rewards
+
+
+@pytest.mark.parametrize(
+    "mode, base, perfect, passed, total, reward",
+    [
+        ("partial", 1.0, 1.0, 0, 3, 0.0),
+        ("partial", 1.0, 1.0, 2, 3, 2 / 3),
+        ("partial", 1.0, 1.0, 3, 3, 2.0),
+        ("partial", 0.5, 2.0, 3, 3, 2.5),
+        ("partial", 1.0, 0.0, 1, 4, 0.25),  # "only test-case reward"
+        ("partial", 0.0, 1.0, 2, 3, 0.0),  # "only perfect bonus"
+        ("binary", 1.0, 1.0, 0, 3, 0.0),
+        ("binary", 1.0, 1.0, 2, 3, 0.0),
+        ("binary", 1.0, 1.0, 3, 3, 1.0),
+    ],
+)
+def test_reward_formula(mode, base, perfect, passed, total, reward):
+    task = CodeTask(sandbox=SANDBOX, reward=mode, base_weight=base, perfect_weight=perfect)
+    assert task.reward(passed, total) == pytest.approx(reward)
+
+
+ROW = {
+    "question": "Print the sum of two integers.",
+    "tests": [
+        {"input": "1 2\n", "output": "3"},
+        {"input": "5 5\n", "output": "10"},
+        {"input": "-1 -1\n", "output": "-2"},
+    ],
+}
+
+
+def test_stdio_partial_credit_and_details(task):
+    # Right except for negative numbers: 2 of 3.
+    code = "```python\na, b = map(int, input().split())\nprint(abs(a) + abs(b))\n```"
+    score = task.score(code, ROW)
+    assert score.reward == pytest.approx(2 / 3) and not score.correct
+    assert score.details["passed"] == 2 and score.details["total"] == 3
+    assert score.details["outcome"] == "wrong_answer" and score.details["outcomes"] == {"pass": 2, "wrong_answer": 1}
+    right = task.score("```python\nprint(sum(map(int, input().split())))\n```", ROW)
+    assert right.reward == pytest.approx(2.0) and right.correct and right.details["outcome"] == "pass"
+    json.dumps(right.details)  # details must be JSON-serialisable
+
+
+def test_tests_may_be_a_json_string_and_max_tests_truncates(task):
+    row = dict(ROW, tests=json.dumps(ROW["tests"]))
+    code = "```python\na, b = map(int, input().split())\nprint(abs(a) + abs(b))\n```"
+    assert task.score(code, row).details["passed"] == 2
+    training = CodeTask(sandbox=SANDBOX, max_tests=2)
+    score = training.score(code, row)
+    assert score.details["total"] == 2 and score.correct and score.reward == pytest.approx(2.0)
+    evaluation = training.for_evaluation()
+    assert evaluation.score(code, row).details["total"] == 3 and training.max_tests == 2
+
+
+def test_failure_classes_reach_the_score(task):
+    slow = CodeTask(sandbox=dict(SANDBOX, timeout_s=1.0))
+    assert slow.score("```python\nwhile True: pass\n```", ROW).details["outcome"] == "timeout"
+    assert task.score("```python\nraise SystemExit(3)\n```", ROW).details["outcome"] == "crash"
+    assert task.score("```python\nx = bytearray(8 * 1024**3)\n```", ROW).details["outcome"] == "memory"
+    empty = task.score("", ROW)
+    assert empty.reward == 0.0 and empty.details["outcome"] == "no_answer" and "error" not in empty.details
+
+
+def test_rows_without_tests_are_verifier_errors_not_wrong_answers(task):
+    for row in ({"question": "q"}, {"question": "q", "tests": []}, {"question": "q", "tests": "not json"}):
+        score = task.score("print(1)", row)
+        assert score.details["outcome"] == "infra_error" and score.details["error"] and not score.correct
+
+
+def test_binary_mode_for_all_or_nothing(task):
+    binary = CodeTask(sandbox=SANDBOX, reward="binary")
+    code = "```python\na, b = map(int, input().split())\nprint(abs(a) + abs(b))\n```"
+    assert binary.score(code, ROW).reward == 0.0
+    assert binary.score("```python\nprint(sum(map(int, input().split())))\n```", ROW).reward == 1.0
+
+
+def test_generated_programs_rows_and_their_reference_solutions(task):
+    programs = CodeTask(sandbox=SANDBOX, dataset="programs", tests_per_problem=3)
+    rows = programs.rows("train", 6, seed=1)
+    assert rows == programs.rows("train", 6, seed=1) and rows != programs.rows("test", 6, seed=1)
+    assert all(len(row["tests"]) == 3 and row["question"] and row["solution"] for row in rows)
+    scores = programs.score_batch([programs.gold_completion(row) for row in rows], rows)
+    assert all(score.correct for score in scores)
+
+
+# ------------------------------------------------------------------------------------------------ HumanEval
+
+
+@pytest.fixture(scope="module")
+def humaneval(task):
+    rows = task.rows("test")
+    assert len(rows) == 164 and len({row["task_id"] for row in rows}) == 164
+    return rows
+
+
+def test_humaneval_canonical_solutions_score_164_of_164_through_rcl_score(task, humaneval, tmp_path, capsys):
+    from rcl.__main__ import main
+
+    source, scored = tmp_path / "canonical.jsonl", tmp_path / "scored.jsonl"
+    fields = ("task_id", "question", "prompt", "test", "entry_point", "solution")
+    source.write_text("".join(json.dumps({**{k: row[k] for k in fields}, "completion": task.gold_completion(row)})
+                              + "\n" for row in humaneval))
+    main(["score", "--task", "code", "--kwargs", "{sandbox: {workers: 2}}", "--input", str(source),
+          "--output", str(scored)])
+    results = [json.loads(line) for line in scored.read_text().splitlines()]
+    failed = [(r["task_id"], r["details"]) for r in results if not r["correct"]]
+    assert failed == [] and len(results) == 164
+    assert sum(r["reward"] for r in results) == pytest.approx(2.0 * 164)
+    assert {r["details"]["outcome"] for r in results} == {"pass"}
+    assert "accuracy 1.000 (164/164)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stub", ["    pass\n", "    return None\n"])
+def test_humaneval_stubs_score_0(task, humaneval, stub):
+    completions = [f"```python\n{row['prompt']}{stub}```" for row in humaneval]
+    scores = task.score_batch(completions, humaneval)
+    assert sum(score.reward for score in scores) == 0.0
+    assert {score.details["outcome"] for score in scores} <= {"wrong_answer", "crash"}
+
+
+def test_humaneval_body_only_completion_gets_the_prompt(task, humaneval):
+    row = humaneval[0]
+    body = row["solution"][len(row["prompt"]) :]
+    assert task.score(f"```python\n{body}```", row).correct
+
+
+def test_humaneval_split_and_sampling(task):
+    with pytest.raises(ValueError, match="only a test split"):
+        task.rows("train")
+    assert task.rows("test", num=5, seed=3) == task.rows("test", num=5, seed=3)
+    assert len(task.rows("test", num=5, seed=3)) == 5
+
+
+def test_fields_name_what_rows_must_carry():
+    assert CodeTask(sandbox=SANDBOX).fields == ("test", "entry_point", "prompt", "solution")
+    assert CodeTask(sandbox=SANDBOX, dataset="programs").fields == ("tests", "solution")
+    assert CodeTask(sandbox=SANDBOX, test_format="stdio").fields == ("tests", "solution")
+    assert get_task("deduction", sandbox=SANDBOX).fields == ("tests", "solution")
+    assert get_task("sat").fields == ("num_vars", "clauses", "planted")
+    assert get_task("abduction", sandbox=SANDBOX).fields == ("program", "output", "input")
+
+
+def test_a_program_timeout_is_the_models_failure_not_the_verifiers():
+    from rcl.tasks.health import VerifierCounts
+
+    slow = CodeTask(sandbox=dict(SANDBOX, timeout_s=1.0))
+    loop = slow.score("```python\nwhile True: pass\n```", ROW)
+    assert loop.details["outcome"] == "timeout"
+    broken = slow.score("print(1)", {"question": "q"})
+    counts = VerifierCounts().add([loop, broken])
+    assert (counts.checks, counts.timeouts, counts.errors) == (2, 0, 1)
+
+
+def test_a_direct_rollout_scores_code_with_partial_credit_in_one_batch_per_group(tiny_model_dir, monkeypatch):
+    from test_rollout import ScriptedEngine, settings
+    from transformers import AutoTokenizer
+
+    from rcl.prompts import PromptTemplates
+    from rcl.rewards import get_reward
+    from rcl.rl.rollout import RolloutRunner
+
+    replies = [
+        "```python\nprint(sum(map(int, input().split())))\n```",  # all 3 tests: 1 + bonus 1
+        "```python\na, b = map(int, input().split())\nprint(abs(a) + abs(b))\n```",  # 2 of 3
+        "```python\nwhile True: pass\n```",  # timeout: 0
+        "I cannot write code.",  # no fence: the whole text runs, a syntax error: 0
+    ]
+    code = CodeTask(sandbox=dict(SANDBOX, timeout_s=2.0))
+    batches = []
+    real = code.score_batch
+    monkeypatch.setattr(code, "score_batch", lambda texts, rows: batches.append(len(texts)) or real(texts, rows))
+    policy = ScriptedEngine(AutoTokenizer.from_pretrained(tiny_model_dir), lambda text, j: replies[j])
+    runner = RolloutRunner(policy, None, PromptTemplates(), {"correctness": get_reward("correctness")},
+                           {"correctness": 1.0}, code)
+    rollout = runner.run([ROW], 0, settings(protocol="direct"))
+    assert rollout.rewards.tolist() == pytest.approx([2.0, 2 / 3, 0.0, 0.0])
+    assert [i.p_with for i in rollout.interactions] == [1.0, 0.0, 0.0, 0.0]
+    assert [i.score.details["outcome"] for i in rollout.interactions] == ["pass", "wrong_answer", "timeout", "crash"]
+    assert batches == [4]
+    assert rollout.verifier["verifier/timeouts"] == 0.0  # the program's timeout is not the verifier's
+
+
+def test_the_code_quickstart_runs_a_step_on_exported_rows(tmp_path, models_dir):
+    from pathlib import Path
+
+    from rcl.rl.loop import cli_main
+    from rcl.tasks.export import export
+
+    configs = Path(__file__).resolve().parents[1] / "lightning_configs"
+    rows = tmp_path / "rl.jsonl"
+    export("code", str(rows), num=12, kwargs={"dataset": "programs", "tests_per_problem": 2})
+    out = tmp_path / "run"
+    cli_main("fit", [
+        "--config", str(configs / "quickstart_code.yaml"), "--data.init_args.dataset", str(rows),
+        "--data.init_args.val_size", "4", "--trainer.out_dir", str(out),
+        # only to keep the test short (an untrained policy: the rewards are ~0, the plumbing is what is checked):
+        "--teacher.model_name_or_path", "tiny-1m", "--student.model_name_or_path", "tiny-1m",
+        "--trainer.max_steps", "1", "--grpo.prompts_per_step", "2", "--grpo.num_generations", "2",
+        "--generation.max_completion_length", "8", "--eval.num_prompts", "2", "--trainer.loggers", "[csv]"])
+    steps = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    trained = [r for r in steps if "reward" in r]
+    assert [r["step"] for r in trained] == [1] and trained[0]["verifier/checks"] == 4.0
+    assert any("eval/accuracy" in r for r in steps)
+
+
+def test_code_recipes_are_consistent_with_their_sft_and_data():
+    from pathlib import Path
+
+    import yaml
+
+    from rcl.tasks import TaskArgs
+
+    configs = Path(__file__).resolve().parents[1] / "lightning_configs"
+
+    def load(name):
+        return yaml.safe_load((configs / name).read_text())
+
+    quick, sft = load("quickstart_code.yaml"), load("quickstart_code_sft.yaml")
+    assert quick["templates"] == sft["data"]["init_args"]["templates"]  # sampled in the format it was trained on
+    assert quick["teacher"]["model_name_or_path"] == "runs/quickstart_code_sft/hf_model"
+    for recipe, data_file in ((quick, "rl.jsonl"), (sft, "sft.jsonl")):
+        assert recipe["data"]["init_args"]["dataset"] == f"data/quickstart_code/{data_file}"
+    header = (configs / "quickstart_code.yaml").read_text().split("\ntrainer:")[0]
+    assert "data/quickstart_code/sft.jsonl --split sft" in header
+    assert "data/quickstart_code/rl.jsonl --split train" in header
+    families = quick["task"]["kwargs"]["families"]
+    assert f"families: [{', '.join(families)}]" in header
+    grpo = TaskArgs(**load("code_grpo.yaml")["task"]).build()
+    assert (grpo.max_tests, grpo.reward_mode, grpo.base_weight, grpo.perfect_weight) == (5, "partial", 1.0, 1.0)
+    assert grpo.sandbox_config.require_isolation and grpo.fields == ("tests", "solution")
+    teaching = TaskArgs(**load("code_rcl.yaml")["task"]).build()
+    assert teaching.reward_mode == "binary" and load("code_rcl.yaml")["grpo"]["protocol"] == "adaptive_teaching"
+    affine = TaskArgs(**load("affine_tasks.yaml")["task"]).build()
+    assert affine.subtasks == ["sat", "abduction", "deduction"]
+    assert affine.tasks["deduction"].sandbox_config.require_isolation
