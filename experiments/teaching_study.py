@@ -2,8 +2,8 @@
 seeds, then every teacher (the SFT one and each seed's) scored greedily with the student on problems no SFT or RL run
 saw (the final test split; the RL loop's own evaluations use the validation split):
 
-    python -m experiments.teaching_study                     # 3 seeds of the quickstart RL recipe, shortened
-    python -m experiments.teaching_study --overrides --reward.functions '{adaptive_teaching: 1.0, teaching_correctness: 1.0}'
+    python -m experiments.teaching_study                     # 3 seeds x 120 steps of the quickstart RL recipe
+    python -m experiments.teaching_study --overrides --reward.functions '{adaptive_teaching: 1.0}'  # without the aux
 
 It writes study.json (per seed: test accuracy before/after with a paired 95% interval, NDR with its interval, TES, the
 reward curve; pooled over seeds: the paired interval of the mean change) and study.png (all seeds in one plot).
@@ -150,8 +150,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--student", default="runs/quickstart_student_sft/hf_model")
     parser.add_argument("--recipe", default="lightning_configs/quickstart_rcl.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=60, help="GRPO steps per seed")
-    parser.add_argument("--eval-every", type=int, default=20, help="validation evaluation every N steps")
+    parser.add_argument("--steps", type=int, default=120, help="GRPO steps per seed")
+    parser.add_argument("--eval-every", type=int, default=40, help="validation evaluation every N steps")
     parser.add_argument("--eval-prompts", type=int, default=100, help="validation problems per evaluation")
     parser.add_argument("--test-problems", type=int, default=400, help="unseen problems of the final test")
     parser.add_argument("--out", default="runs/teaching_study")

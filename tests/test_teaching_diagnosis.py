@@ -33,8 +33,10 @@ def test_teaching_correctness_reward_is_registered_and_checks_the_step():
     reward = get_reward("teaching_correctness")
     make = lambda t: RolloutSample("What is 5+6?", "11", t, 3, teaching=t)  # noqa: E731
     assert reward([make("ones 5+6=11, carry 1"), make("ones 5+6=11, carry 0")]) == [1.0, 0.0]
-    with pytest.raises(ValueError, match="cannot check"):
-        reward([RolloutSample("Sam has 3 apples", "3", "x", 1, teaching="x")])
+    # a question it cannot check: the same 0.0 for the whole group, so the advantages are the other rewards'
+    assert reward([RolloutSample("Sam has 3 apples", "3", "x", 1, teaching="ones 5+6=11, carry 1")]) == [0.0]
+    with pytest.raises(ValueError, match="only the adaptive protocol"):
+        reward([RolloutSample("What is 5+6?", "11", "11", 1)])
 
 
 def test_split_draws_and_rewards_per_draw():
