@@ -166,6 +166,17 @@ def test_wandb_joins_both_arms_to_the_csv_and_tensorboard_loggers():
     assert (ROOT / "lightning_configs/loggers/wandb.yaml").exists()
 
 
+def test_lora_arms_get_the_study_seed_as_their_adapter_init_seed():
+    from experiments.sft_vs_rlvr.study import lora_seed_args
+
+    sft = load_yaml(CONFIGS / "quickstart_sft_lora.yaml")
+    rl = load_yaml(CONFIGS / "quickstart_rcl_lora.yaml")
+    assert lora_seed_args("sft", sft, 7) == ["--model.init_args.lora.init_seed", "7"]
+    assert lora_seed_args("rlvr", rl, 7) == ["--lora.init_seed", "7"]
+    assert lora_seed_args("sft", load_yaml(CONFIGS / "sft_vs_rlvr_quickstart_sft.yaml"), 7) == []
+    assert lora_seed_args("rlvr", load_yaml(CONFIGS / "sft_vs_rlvr_quickstart_rlvr.yaml"), 7) == []
+
+
 def test_seeds_flag_takes_a_space_separated_list():
     study = parse_study(["--config", str(CONFIGS / STUDIES[0]), "--seeds", "1", "2", "3", "--budget.value", "240"])
     assert study.seeds == [1, 2, 3] and study.budget.value == 240

@@ -135,6 +135,15 @@ def rl_overrides(model: str, steps: int, seed: int, root: Path, points: int, wan
             "--eval.at_start", "true", "--overwrite", "true"]
 
 
+def lora_seed_args(arm: str, recipe: dict, seed: int) -> list[str]:
+    """The study's seed as the adapters' init seed, when the arm's recipe has a `lora` section (peft adapters are
+    otherwise seeded apart from the run, and the same seed would not give the same LoRA init)."""
+    if arm == "sft":
+        has = bool(recipe.get("model", {}).get("init_args", {}).get("lora"))
+        return ["--model.init_args.lora.init_seed", str(seed)] if has else []
+    return ["--lora.init_seed", str(seed)] if recipe.get("lora") else []
+
+
 def run_rcl(name: str, args: list[str], env: dict[str, str]) -> float:
     command = [sys.executable, "-m", "rcl", *args]
     print(f"\n=== {name}: {' '.join(command[1:])}", flush=True)
@@ -178,10 +187,10 @@ def run_seed(study: Study, seed: int, base: str, env: dict[str, str], seconds: d
     commands = {
         "sft": [*study.arms.sft_command, "--config", study.arms.sft_recipe,
                 *sft_overrides(base, plan["sft"]["optimizer_steps"], seed, out / "sft", points, study.wandb),
-                *study.arms.sft_args],
+                *lora_seed_args("sft", recipes["sft"], seed), *study.arms.sft_args],
         "rlvr": [*study.arms.rlvr_command, "--config", study.arms.rlvr_recipe,
                  *rl_overrides(base, plan["rlvr"]["optimizer_steps"], seed, out / "rlvr", points, study.wandb),
-                 *study.arms.rlvr_args],
+                 *lora_seed_args("rlvr", recipes["rlvr"], seed), *study.arms.rlvr_args],
     }
     for arm in ARMS:
         seconds[f"{arm} (seed {seed})"] = run_rcl(f"{arm} arm, seed {seed}", commands[arm],
