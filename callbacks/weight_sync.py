@@ -105,18 +105,13 @@ class WeightSync(FabricCallback):
 
         start = time.perf_counter()
         prompt = engine.tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]
-        served: dict = {}
-        per_process = getattr(engine, "per_process", False)  # each process checks its own copy
-        if fabric.global_rank == 0 or per_process:
-            try:
-                completion = engine.generate([prompt], SamplingParams(max_tokens=PROBE_TOKENS, temperature=0))[0][0]
-                served = {"ids": list(completion.token_ids), "logprobs": completion.logprobs}
-            except Exception as exc:  # noqa: BLE001 - re-raised on every rank below
-                served = {"error": f"{type(exc).__name__}: {exc}"}
-        if not per_process:
-            served = fabric.broadcast(served, src=0)
-        if "error" in served:
-            raise WeightSyncError(f"the weights check could not query the generation servers: {served['error']}")
+
+        def probe() -> dict:
+            completion = engine.generate([prompt], SamplingParams(max_tokens=PROBE_TOKENS, temperature=0))[0][0]
+            return {"ids": list(completion.token_ids), "logprobs": completion.logprobs}
+
+        served = on_rank_zero(fabric, probe, "the weights check could not query the generation servers",
+                              local=getattr(engine, "per_process", False))  # each process checks its own copy
         if served["logprobs"] is None:
             raise WeightSyncError("the weights check needs log-probs from the generation servers, which sent none; "
                                   "set engines.verify_every_n_pushes: 0 to skip it")
@@ -147,36 +142,40 @@ class WeightSync(FabricCallback):
         if getattr(engine, "per_process", False):  # every process has its own copy (an in-process async worker)
             return engine.update_weights(iter_full_state(model, fabric, all_ranks=True), bucket_bytes=self.bucket_bytes)
         named = iter_full_state(model, fabric)
-        outcome: dict = {}
-        if fabric.global_rank == 0:
-            try:
-                outcome["stats"] = engine.update_weights(named, bucket_bytes=self.bucket_bytes)
-            except Exception as exc:  # noqa: BLE001 - re-raised on every rank below
-                outcome["error"] = f"{type(exc).__name__}: {exc}"
-                for _ in named:  # finish the gathers the other ranks are in
-                    pass
-        else:
-            for _ in named:  # join the gathers rank 0 is doing
+
+        def join_gathers() -> None:  # other ranks join rank 0's gathers; a failed rank 0 finishes them
+            for _ in named:
                 pass
-        outcome = fabric.broadcast(outcome, src=0)
-        if "error" in outcome:
-            raise WeightSyncError(f"pushing the policy's weights to the generation servers failed: {outcome['error']}")
-        return outcome["stats"]
+
+        return on_rank_zero(fabric, lambda: engine.update_weights(named, bucket_bytes=self.bucket_bytes),
+                            "pushing the policy's weights to the generation servers failed", then=join_gathers)
 
     def _push_adapter(self, fabric: Any, model: Any, engine: Any) -> dict:
         from rcl.serving.adapters import push_adapter
 
         self._adapter_version += 1
-        outcome: dict = {}
-        if fabric.global_rank == 0:  # adapters are replicated under DDP (sharded strategies are refused up front)
-            try:
-                outcome["stats"] = push_adapter(engine, model, self._adapter_version)
-            except Exception as exc:  # noqa: BLE001 - re-raised on every rank below
-                outcome["error"] = f"{type(exc).__name__}: {exc}"
+        # adapters are replicated under DDP (sharded strategies are refused up front)
+        return on_rank_zero(fabric, lambda: push_adapter(engine, model, self._adapter_version),
+                            "pushing the policy's adapter to the generation servers failed")
+
+
+def on_rank_zero(fabric: Any, act: Any, failure: str, then: Any = None, local: bool = False) -> Any:
+    """`act()` on rank 0 (on every rank when `local`), its result on every rank. A failure there is raised on every
+    rank at once as `WeightSyncError(failure: error)`: the other ranks would otherwise wait in the next collective
+    until it times out. `then()` runs on every rank after `act`, before the broadcast."""
+    outcome: dict = {}
+    if fabric.global_rank == 0 or local:
+        try:
+            outcome["value"] = act()
+        except Exception as exc:  # noqa: BLE001 - re-raised on every rank below
+            outcome["error"] = f"{type(exc).__name__}: {exc}"
+    if then is not None:
+        then()
+    if not local:
         outcome = fabric.broadcast(outcome, src=0)
-        if "error" in outcome:
-            raise WeightSyncError(f"pushing the policy's adapter to the generation servers failed: {outcome['error']}")
-        return outcome["stats"]
+    if "error" in outcome:
+        raise WeightSyncError(f"{failure}: {outcome['error']}")
+    return outcome["value"]
 
 
 class WeightSyncError(RuntimeError):
