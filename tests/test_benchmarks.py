@@ -89,12 +89,28 @@ def test_async_benchmark_trains_the_recipe_it_claims(tmp_path):
     from rcl.rl.loop import parse_recipe
 
     cfg = AsyncBenchConfig(steps=7)
-    cmd = trainer_command(cfg, "http://127.0.0.1:9", 2, tmp_path / "run")
+    cmd = trainer_command(cfg, {"teacher": "http://127.0.0.1:9"}, 2, tmp_path / "run")
     assert cmd[1:4] == ["-m", "experiments.benchmarks.async_throughput", "--trainer"]
     recipe = parse_recipe("fit", cmd[4:], exit_on_error=False)
     assert recipe["grpo"].max_off_policy_steps == 2 and recipe["trainer"].max_steps == 7
     assert recipe["engines"].teacher.urls == ["http://127.0.0.1:9"] and recipe["reward"].functions == {
         "bench_digits": 1.0}
+    assert recipe["grpo"].protocol == "direct"
+
+
+def test_async_benchmark_adaptive_puts_teacher_and_student_on_their_servers(tmp_path):
+    from experiments.benchmarks.async_throughput import AsyncBenchConfig, trainer_command
+    from rcl.rl.loop import parse_recipe
+
+    cfg = AsyncBenchConfig(steps=5, recipe="adaptive", preset="tiny-1m", student="tiny-10m")
+    urls = {"teacher": "http://127.0.0.1:9", "student": "http://127.0.0.1:10"}
+    recipe = parse_recipe("fit", trainer_command(cfg, urls, 1, tmp_path / "run")[4:], exit_on_error=False)
+    assert recipe["grpo"].protocol == "adaptive_teaching" and recipe["grpo"].max_off_policy_steps == 1
+    assert recipe["engines"].teacher.urls == [urls["teacher"]] and recipe["engines"].student.urls == [urls["student"]]
+    assert recipe["engines"].student.backend == "server" and recipe["student"].model_name_or_path == "tiny-10m"
+    assert "adaptive_teaching" in recipe["reward"].functions, "the adaptive recipe keeps its own reward"
+    with pytest.raises(SystemExit, match="--recipe"):
+        trainer_command(AsyncBenchConfig(recipe="bogus"), urls, 1, tmp_path / "run")
 
 
 def test_async_and_contention_tables_and_the_reward_plot(tmp_path):

@@ -249,7 +249,7 @@ def test_resume_between_two_passes_over_one_rollout_is_exact(models_dir, tmp_pat
     assert checkpoint(full, 4)["pending"] == {}, "a finished rollout leaves nothing pending"
 
 
-def _zero_advantage_step(fabric, extra_module: bool = False) -> dict:
+def _zero_advantage_step(fabric, extra_module: bool = False, packed: list | None = None) -> dict:
     """One `train_step` on a rollout whose every advantage is 0 (all groups tie); returns the gradients the
     optimizer saw (None for parameters without one)."""
     from transformers import AutoModelForCausalLM
@@ -274,13 +274,20 @@ def _zero_advantage_step(fabric, extra_module: bool = False) -> dict:
         return real_step(*args, **kwargs)
 
     optimizer.step = record_then_step
+    if packed is not None:  # record the rows of every micro-batch the step packs
+        real_pack = loop._pack
+        loop._pack = lambda rollout, index, *a: packed.append(list(index)) or real_pack(rollout, index, *a)
     completions = [Completion([7, 8, 9], None, "length", "x") for _ in range(4)]
     rollout = Rollout([[5, 6]] * 4, completions, [], torch.ones(4), {}, torch.zeros(4), torch.ones(2, dtype=torch.bool),
                       {}, {}, 2)
     state = {"model": model, "optimizer": optimizer, "ref_model": None,
              "scheduler": scheduler}
-    stats = loop.train_step(fabric, state, rollout, GRPOArgs(loss_type="dapo", beta=0.0, micro_batch_size=2),
-                            GenerationArgs(max_completion_length=3), loop.DEFAULT_OPTIMIZER, [0], None)
+    try:
+        stats = loop.train_step(fabric, state, rollout, GRPOArgs(loss_type="dapo", beta=0.0, micro_batch_size=2),
+                                GenerationArgs(max_completion_length=3), loop.DEFAULT_OPTIMIZER, [0], None)
+    finally:
+        if packed is not None:
+            loop._pack = real_pack
     return {"grads": captured, "stats": stats}
 
 
@@ -293,7 +300,9 @@ def test_all_tied_groups_under_fp16_with_a_grad_scaler_step_like_a_full_pass(mod
 
     precision = MixedPrecision("16-mixed", device="cpu", scaler=torch.amp.GradScaler("cpu"))
     fabric = Fabric(accelerator="cpu", devices=1, plugins=[precision])
-    out = _zero_advantage_step(fabric)
+    packed = []
+    out = _zero_advantage_step(fabric, packed=packed)
+    assert packed == [[0]], "one row carries the backward, not a whole micro-batch"
     assert out["stats"]["loss"] == 0.0 and out["stats"]["grad_norm"] == 0.0
     assert all(g is not None and torch.count_nonzero(g) == 0 for g in out["grads"].values())
 

@@ -113,7 +113,8 @@ def grpo_settings_command(args: argparse.Namespace) -> str:
 
 
 def async_command(args: argparse.Namespace) -> str:
-    cfg = async_throughput.AsyncBenchConfig(preset=args.preset, steps=args.steps, settings=args.settings,
+    cfg = async_throughput.AsyncBenchConfig(preset=args.preset, recipe=args.recipe, student=args.student,
+                                            steps=args.steps, settings=args.settings,
                                             server_core=args.server_core, trainer_core=args.trainer_core,
                                             max_completion_length=args.max_completion_length, engine=args.engine,
                                             accelerator=args.accelerator, dtype=args.dtype,
@@ -121,7 +122,8 @@ def async_command(args: argparse.Namespace) -> str:
     result = async_throughput.run_benchmark(cfg)
     name = "async" + (f"_{args.name}" if args.name else "")
     path = write_results(name, result)
-    figure = async_throughput.plot(result["results"], RESULTS_DIR / f"{name}.png")
+    figure = async_throughput.plot(result["results"], RESULTS_DIR / f"{name}.png",
+                                   "digits" if cfg.recipe == "direct" else "adaptive recipe")
     return f"{async_throughput.table(result['results'])}\n(written to {path}; reward curves in {figure})"
 
 

@@ -8,6 +8,11 @@ from typing import Literal
 from rcl.prompts import MissingTeaching
 
 
+
+class ConfigError(ValueError):
+    """A configuration that cannot work; the message says what to change."""
+
+
 @dataclass
 class TrainerArgs:
     """Fabric runtime and loop length (the same flags as the SFT trainer)."""

@@ -48,6 +48,7 @@ from rcl.progress import StepClock, format_duration
 from rcl.prompts import PromptTemplates
 from rcl.rewards import get_reward, teaching_reward_inversions
 from rcl.rl.args import (
+    ConfigError,
     EngineArgs,
     EnginesArgs,
     EvalArgs,
@@ -61,6 +62,7 @@ from rcl.rl.args import (
 from rcl.rl.async_rollouts import LocalWorker, RolloutPipeline, VersionedEngine, staleness
 from rcl.rl.importance import resolve_correction, sampler_logprobs
 from rcl.rl.rollout import Rollout, RolloutRunner, RolloutSettings
+from rcl.rl.threads import busy_machine_warning, training_threads
 from rcl.rl.trend import trend_line
 from rcl.interrupt import StopRequest, TrainingInterrupted, report, resume_command
 from rcl.run_dir import (
@@ -79,10 +81,6 @@ from rcl.tasks.self_test import RewardSelfTestError, reward_self_test, summary
 from rcl.tiny_models import ModelNotFound, check_model, resolve_model
 
 DEFAULT_OPTIMIZER = OptimizerArgs(learning_rate=1e-6, schedule="constant", max_grad_norm=1.0)
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot work; the message says what to change."""
 
 
 def setup(
@@ -445,24 +443,6 @@ def eval_settings(train: RolloutSettings, eval_args: EvalArgs) -> RolloutSetting
     )
 
 
-def training_threads(requested: int, local_processes: int, environ: dict | None = None,
-                     cores: int | None = None) -> int:
-    """`trainer.num_threads`, resolved: the request, else $OMP_NUM_THREADS, else this process's share of the cores it
-    may run on."""
-    import os
-
-    if requested < 0:
-        raise ConfigError(f"trainer.num_threads must be >= 0, got {requested}")
-    if requested:
-        return requested
-    env = os.environ if environ is None else environ
-    if env.get("OMP_NUM_THREADS", "").isdigit() and int(env["OMP_NUM_THREADS"]) > 0:
-        return int(env["OMP_NUM_THREADS"])
-    if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(1, local_processes))
-
-
 def step_seed(seed: int, step: int, rank: int, salt: int = 0) -> int:
     return (seed * 1_000_003 + step * 10_007 + rank * 101 + salt * 7) % (2**31 - 1)
 
@@ -496,7 +476,11 @@ def main(
     # an in-process async run computes on two threads of its own (training, the generation worker): each gets a share
     computing = max(1, fabric.world_size // trainer.num_nodes) * (
         2 if grpo.max_off_policy_steps > 0 and engines_args.teacher.backend == "in_process" else 1)
-    torch.set_num_threads(training_threads(trainer.num_threads, computing))
+    threads = training_threads(trainer.num_threads, computing)
+    torch.set_num_threads(threads)
+    busy = busy_machine_warning(threads * computing) if fabric.global_rank == 0 else None
+    if busy:
+        warnings.warn(busy, stacklevel=1)
     fabric.seed_everything(trainer.seed)
     the_task = build_task(task)
     train_rows, val_rows = data.rl_dataset("train", the_task.fields), data.rl_dataset("val", the_task.fields)
@@ -820,10 +804,11 @@ def train_step(fabric, state, rollout, grpo, generation, optimizer_args, stop_id
     model, optimizer = state["model"], state["optimizer"]
     reference = state["ref_model"]
     pad = unwrap(model).config.pad_token_id or 0
-    # Every advantage zero: one micro-batch still runs, so gradients are exact zeros on exactly the parameters a
-    # full pass reaches (None elsewhere) and a mixed-precision GradScaler sees a scaled backward before unscale_.
-    rows = trained_rows(rollout, grpo, fabric.world_size, old_logps is not None) or list(
-        range(min(grpo.micro_batch_size, len(rollout))))
+    # Every advantage zero: one row still runs forward and backward, so gradients are exact zeros on exactly the
+    # parameters a full pass reaches (None elsewhere) and a mixed-precision GradScaler sees a scaled backward before
+    # unscale_. One row is enough for both, and costs a 64th of a full micro-batch.
+    rows = trained_rows(rollout, grpo, fabric.world_size, old_logps is not None) or [
+        min(range(len(rollout)), key=lambda i: len(rollout.completions[i].token_ids))]
     batches = [rows[i : i + grpo.micro_batch_size] for i in range(0, len(rows), grpo.micro_batch_size)]
     local_tokens = sum(
         0 if grpo.mask_truncated_completions and _truncated(c) else len(c.token_ids)
