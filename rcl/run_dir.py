@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterable
 
 RL_OUTPUTS = ("history.jsonl", "degradations.jsonl", "degradations.jsonl.1", "samples.jsonl", "checkpoints", "csv",
-              "tensorboard", "hf_model", "quickstart.png", "best_hf_model", "best.json")
+              "tensorboard", "hf_model", "quickstart.png", "best_hf_model", "best.json", "validate.jsonl")
 """What an RL run writes (`quickstart.png` is the quickstart's plot of `history.jsonl`: it goes with it)."""
 SFT_OUTPUTS = ("config.yaml", "checkpoints", "csv", "tensorboard", "hf_model")
 STEP_LOGS = ("history.jsonl", "degradations.jsonl", "degradations.jsonl.1", "samples.jsonl")

@@ -439,3 +439,15 @@ def test_gsm8k_quickstart_trains_on_the_task_and_logs_verifier_counts(models_dir
     assert train[0]["verifier/errors"] == 0 and train[0]["verifier/timeouts"] == 0
     assert 0.0 <= train[0]["accuracy"] <= 1.0
     assert any("eval/accuracy" in r for r in history(out))
+
+
+def test_validate_on_a_trained_folder_writes_its_own_rows_not_the_training_history(models_dir, tmp_path):
+    out = tmp_path / "run"
+    cli_main("fit", ["--config", DIRECT, *tiny_overrides(out, "--reward.functions", "{test_char_sum: 1.0}",
+                                                         "--reward.kwargs", "{}", "--eval.at_start", "false")])
+    before = (out / "history.jsonl").read_text()
+    ckpt = out / "checkpoints" / "step-000002.ckpt"
+    cli_main("validate", ["--config", DIRECT, *tiny_overrides(out, "--ckpt_path", str(ckpt))])
+    assert (out / "history.jsonl").read_text() == before, "training history untouched"
+    (row,) = [json.loads(line) for line in (out / "validate.jsonl").read_text().splitlines()]
+    assert row["step"] == 2 and 0.0 <= row["eval/accuracy"] <= 1.0

@@ -572,7 +572,8 @@ def main(
     prepare_run_folder(fabric, out_dir, fresh=not ckpt_path and command == "fit",
                        resumed_step=state["step"] if ckpt_path and command == "fit" else None)
 
-    history_path = out_dir / "history.jsonl"
+    # a validation of a trained folder keeps its rows apart from the training history it evaluates
+    history_path = out_dir / ("history.jsonl" if command == "fit" else f"{command}.jsonl")
     stop = StopRequest().install() if command == "fit" else StopRequest()  # validate: Ctrl-C just stops
     try:
         if command == "validate":
