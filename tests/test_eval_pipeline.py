@@ -310,3 +310,24 @@ def test_the_quickstart_recipe_runs_on_tiny_models(tmp_path, tiny_model_dir):
     assert all("outcome" in s["details"] for s in samples)  # scored by the arithmetic task's verifier
     assert {p.name for p in (tmp_path / "out").glob("*.png")} == {"accuracy.png", "pass_at_k.png", "teaching.png",
                                                                    "pareto.png"}
+
+
+def test_every_answer_is_scored_once_by_the_score_phase_only(tmp_path, tiny_model_dir, monkeypatch):
+    """The generate phase's rollout used to score each answer too, and the score phase scored it again (for code
+    tasks: every program's tests ran twice)."""
+    calls = {"n": 0}
+    real = ParityTask.score
+
+    def counted(self, completion, row):
+        calls["n"] += 1
+        return real(self, completion, row)
+
+    monkeypatch.setattr(ParityTask, "score", counted)
+    models = [{"name": "tiny", "model": {"model_name_or_path": "tiny-1m"}, "protocols": ["direct", "adaptive_teaching"]}]
+    config = recipe(tmp_path / "out", models, samples=2, num_rows=3)
+    config["run"]["plots"] = False
+    run_evaluate(tmp_path, config)
+    # direct: 3 rows x 2 answers; adaptive: 3 rows x (2 student-alone answers + 2 teachings x 1 answer)
+    assert calls["n"] == 3 * 2 + 3 * (2 + 2)
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results, "the score phase still scored and wrote its results"

@@ -32,6 +32,7 @@ from rcl.eval.args import EvalModel, EvalRun, EvalTask, EvalTeaching, Protocol
 from rcl.prompts import PromptTemplates
 from rcl.rl.args import GenerationArgs, GRPOArgs
 from rcl.rl.rollout import RolloutRunner, RolloutSettings
+from rcl.tasks.base import Score
 
 
 class EvalError(ValueError):
@@ -175,6 +176,24 @@ class RecordingEngine:
         return out
 
 
+class Unscored:
+    """The task as the generate phase needs it: its prompts and fields, not its verifier. The rollout would score
+    every answer (for code tasks, run its tests in the sandbox) only for the score phase to score it again from the
+    stored text; the score phase's verdict is the one reported, so the generate phase skips its own."""
+
+    def __init__(self, task: Any):
+        self.task = task
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.task, name)
+
+    def score(self, completion: str, row: dict) -> Score:
+        return Score(0.0, False, {"outcome": "unscored"})
+
+    def score_batch(self, completions: Sequence[str], rows: Sequence[dict]) -> list[Score]:
+        return [self.score(c, r) for c, r in zip(completions, rows)]
+
+
 def rollout_settings(protocol: Protocol, samples: int, generation: GenerationArgs, teaching: EvalTeaching
                      ) -> RolloutSettings:
     """Evaluation as a rollout (built by the RL loop's own `rollout_settings`): `samples` answers per problem
@@ -291,7 +310,7 @@ def run_jobs(jobs: list[Job], student: EvalModel | None, templates: PromptTempla
             for job in todo:
                 if job.protocol == "adaptive_teaching" and student_engine is None:
                     student_engine = load_engine(student)
-                task = job.spec.build()
+                task = Unscored(job.spec.build())
                 settings = rollout_settings(job.protocol, job.spec.samples, generation, teaching)
                 job.path.parent.mkdir(parents=True, exist_ok=True)
                 job.path.with_suffix(".meta.json").write_text(json.dumps(job.meta, indent=1, sort_keys=True))
