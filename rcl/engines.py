@@ -190,14 +190,14 @@ class HFEngine:
         the same behaviour log-probs (log-softmax of the processed logits). Returns `[B*n, steps]` ids, padded with
         the pad id after a stop, and their log-probs.
         """
-        from transformers import DynamicCache
+        from rcl.kv_cache import preallocated_cache
 
         n, rows = params.n, input_ids.shape[0] * params.n
         device = input_ids.device
         processors = _logits_processors(params)
         stops = torch.tensor(stop_ids(self.tokenizer, params), device=device)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache(config=self.model.config)
+        cache = preallocated_cache(self.model.config, input_ids.shape[1] + params.max_tokens)
         out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
                          use_cache=True, logits_to_keep=1, **cache_kwargs(self.model, cache))
         logits = out.logits[:, -1, :].float().repeat_interleave(n, dim=0)
