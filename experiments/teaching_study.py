@@ -36,7 +36,8 @@ def test_outcomes(runner, settings, rows: list[dict], seed: int = 0) -> dict:
     from rcl.rl.args import EvalArgs
 
     rollout = runner.run(rows, seed, eval_settings(settings, EvalArgs(temperature=0.0)))
-    return {"alone": [i.p_base for i in rollout.interactions], "with": [i.p_with for i in rollout.interactions],
+    return {"questions": [i.question for i in rollout.interactions],
+            "alone": [i.p_base for i in rollout.interactions], "with": [i.p_with for i in rollout.interactions],
             "completed": [i.completed for i in rollout.interactions],
             "teaching_tokens": [i.teaching_tokens for i in rollout.interactions]}
 
