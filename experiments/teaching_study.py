@@ -4,6 +4,7 @@ saw (the final test split; the RL loop's own evaluations use the validation spli
 
     python -m experiments.teaching_study                     # 3 seeds x 120 steps of the quickstart RL recipe
     python -m experiments.teaching_study --overrides --reward.functions '{adaptive_teaching: 1.0}'  # without the aux
+    python -m experiments.teaching_study --compare runs/study_a/study.json runs/study_b/study.json  # b - a, paired
 
 It writes study.json (per seed: test accuracy before/after with a paired 95% interval, NDR with its interval, TES, the
 reward curve; pooled over seeds: the paired interval of the mean change) and study.png (all seeds in one plot).
@@ -36,7 +37,8 @@ def test_outcomes(runner, settings, rows: list[dict], seed: int = 0) -> dict:
     from rcl.rl.args import EvalArgs
 
     rollout = runner.run(rows, seed, eval_settings(settings, EvalArgs(temperature=0.0)))
-    return {"alone": [i.p_base for i in rollout.interactions], "with": [i.p_with for i in rollout.interactions],
+    return {"questions": [i.question for i in rollout.interactions],
+            "alone": [i.p_base for i in rollout.interactions], "with": [i.p_with for i in rollout.interactions],
             "completed": [i.completed for i in rollout.interactions],
             "teaching_tokens": [i.teaching_tokens for i in rollout.interactions]}
 
@@ -140,6 +142,29 @@ def report(study: dict) -> str:
     return "\n".join(lines)
 
 
+def compare_studies(a: dict, b: dict) -> dict:
+    """Study b against study a on the same test problems (e.g. another student or setting): teacher + student before
+    RL, after RL (each problem's mean over seeds) and student alone, b - a with paired intervals."""
+    from rcl.eval.stats import paired_delta
+
+    if a["test_questions"] != b["test_questions"]:
+        raise SystemExit("teaching_study --compare: the two studies scored different test problems")
+    after = [[statistics.fmean(v) for v in zip(*(r["after_correct"] for r in s["runs"]))] for s in (a, b)]
+    return {"before": _estimate(paired_delta(b["before_correct"], a["before_correct"], LEVEL)),
+            "after": _estimate(paired_delta(after[1], after[0], LEVEL)),
+            "student_alone": _estimate(paired_delta(b["student_alone_correct"], a["student_alone_correct"], LEVEL)),
+            "rl_change": {"a": a["rl_change"]["pooled"], "b": b["rl_change"]["pooled"]}}
+
+
+def comparison_report(names: tuple[str, str], cmp: dict) -> str:
+    return "\n".join([f"{names[1]} minus {names[0]}, same test problems, paired {LEVEL:.0%} intervals:",
+                      f"  teacher + student before RL      {_fmt(cmp['before'], '+')}",
+                      f"  teacher + student after RL       {_fmt(cmp['after'], '+')}  (mean over seeds per problem)",
+                      f"  student alone                    {_fmt(cmp['student_alone'], '+')}",
+                      f"  RL's pooled change: {_fmt(cmp['rl_change']['a'], '+')} in {names[0]}, "
+                      f"{_fmt(cmp['rl_change']['b'], '+')} in {names[1]}"])
+
+
 def _fmt(e: dict, sign: str = "") -> str:
     return f"{e['value']:{sign}.3f} [{e['low']:{sign}.3f}, {e['high']:{sign}.3f}]"
 
@@ -160,7 +185,14 @@ def main(argv: list[str] | None = None) -> dict:
                              "several commands; the runs must come from the same settings)")
     parser.add_argument("--overrides", nargs=argparse.REMAINDER, default=[],
                         help="recipe overrides for every RL run (the fix under test), e.g. --grpo.student_samples 4")
+    parser.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                        help="compare two finished studies' study.json (B minus A) and exit, training nothing")
     args = parser.parse_args(argv)
+    if args.compare:
+        a, b = (json.loads(Path(f).read_text()) for f in args.compare)
+        cmp = compare_studies(a, b)
+        print(comparison_report(tuple(args.compare), cmp))
+        return cmp
 
     from experiments.teaching_runner import build_runner, recipe_args, unseen_problems
     from rcl.rl.loop import cli_main
@@ -187,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
         history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines() if line.strip()]
         after = test_outcomes(build_runner(str(run_dir / "hf_model"), args.student, recipe)[0], settings, rows)
         afters.append(after["with"])
-        run = {"seed": seed, "seconds": seconds, "after": outcome_summary(after)}
+        run = {"seed": seed, "seconds": seconds, "after": outcome_summary(after), "after_correct": after["with"]}
         kept = run_dir / "best_hf_model"  # eval.keep_best: the policy of the best validation evaluation
         if kept.is_dir():
             best = test_outcomes(build_runner(str(kept), args.student, recipe)[0], settings, rows)
@@ -196,7 +228,8 @@ def main(argv: list[str] | None = None) -> dict:
         runs.append({**run,
                      "reward_curve": reward_curve(history), "val_curve": val_curve(history)})
     study = {"settings": {k: v for k, v in vars(args).items()}, "before": outcome_summary(before), "runs": runs,
-             "rl_change": rl_changes(before["with"], afters)}
+             "test_questions": before["questions"], "before_correct": before["with"],
+             "student_alone_correct": before["alone"], "rl_change": rl_changes(before["with"], afters)}
     if bests and len(bests) == len(afters):
         study["rl_change_best"] = rl_changes(before["with"], bests)
     (out / "study.json").write_text(json.dumps(study, indent=2))

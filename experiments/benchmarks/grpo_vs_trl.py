@@ -165,12 +165,13 @@ def run_rcl(cfg: GRPOBenchConfig, out_dir: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------- TRL worker
-def reward_for_trl(name: str):
-    """An rcl reward with TRL's reward-function signature."""
+def reward_for_trl(name: str, task=None, reward_kwargs: dict | None = None):
+    """An rcl reward with TRL's reward-function signature; answers are scored by `task` (default: arithmetic)."""
     from rcl.rewards import RolloutSample, get_reward
     from rcl.tasks import get_task
 
-    reward, task = get_reward(name), get_task("arithmetic")
+    reward = get_reward(name, **(reward_kwargs or {}))
+    task = task if task is not None else get_task("arithmetic")
 
     def rcl_reward(prompts, completions, ground_truth, **kwargs) -> list[float]:
         samples = [RolloutSample(question="", ground_truth=gt, completion=c, completion_tokens=0,
@@ -182,10 +183,11 @@ def reward_for_trl(name: str):
     return rcl_reward
 
 
-def trl_config(cfg: GRPOBenchConfig, out_dir: Path):
+def trl_config(cfg: GRPOBenchConfig, out_dir: Path, **overrides: Any):
+    """TRL's config with the benchmark's shared settings; `overrides` set (or replace) other GRPOConfig fields."""
     from trl import GRPOConfig
 
-    return GRPOConfig(
+    settings = dict(
         output_dir=str(out_dir),
         use_cpu=True,
         use_vllm=False,
@@ -209,6 +211,7 @@ def trl_config(cfg: GRPOBenchConfig, out_dir: Path):
         disable_tqdm=True,
         seed=cfg.seed,
     )
+    return GRPOConfig(**{**settings, **overrides})
 
 
 def run_trl(cfg: GRPOBenchConfig, out_dir: Path) -> dict:
