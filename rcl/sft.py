@@ -103,6 +103,9 @@ class SFTModule(LightningModule):
         self.val_exact_match = MeanMetric()
         self._generated = 0
         self._last_batch_time: float | None = None
+        self._tokens_seen = {"tokens": 0, "loss_tokens": 0}
+        """Since the start of training, over all processes: non-padding tokens of the training batches (forward and
+        backward), and the labelled ones among them (the loss's). Checkpointed, so a resumed run keeps counting."""
         self._hf_deepspeed_config: Any = None
 
     # ----- model -----
@@ -157,11 +160,26 @@ class SFTModule(LightningModule):
         self.log("train/token_accuracy", correct.float() / total.clamp(min=1))
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True)
         now = time.perf_counter()
+        tokens = batch["attention_mask"].sum()
         if self._last_batch_time is not None:
-            tokens = batch["attention_mask"].sum().item()
-            self.log("train/tokens_per_sec", tokens / max(now - self._last_batch_time, 1e-9))
+            self.log("train/tokens_per_sec", tokens.item() / max(now - self._last_batch_time, 1e-9))
         self._last_batch_time = now
+        self._count_tokens(tokens, total)
         return out.loss
+
+    def _count_tokens(self, tokens: torch.Tensor, loss_tokens: torch.Tensor) -> None:
+        """Add this micro-batch's counts, summed over processes, and log the running totals (`train/tokens_seen`,
+        `train/loss_tokens_seen`): the last logged row holds what the run processed."""
+        both = self.trainer.strategy.reduce(torch.stack([tokens, loss_tokens]), reduce_op="sum")
+        for key, value in zip(("tokens", "loss_tokens"), both.tolist()):
+            self._tokens_seen[key] += int(value)
+            self.log(f"train/{key}_seen", torch.tensor(float(self._tokens_seen[key]), dtype=torch.float64))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rcl_tokens_seen"] = dict(self._tokens_seen)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._tokens_seen.update(checkpoint.get("rcl_tokens_seen", {}))
 
     # ----- validation -----
 

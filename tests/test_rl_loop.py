@@ -112,7 +112,23 @@ def test_every_trainable_parameter_changes_after_one_step(models_dir, tmp_path):
     assert set(before) == set(after)
     unchanged = [name for name in before if torch.equal(before[name], after[name])]
     assert unchanged == []
-    assert history(out)[0]["frac_reward_zero_std"] < 1.0
+    step = history(out)[0]
+    assert step["frac_reward_zero_std"] < 1.0
+    # 2 prompts x 3 completions: the loss's tokens are the sampled ones; with the prompts, what the policy processed
+    assert step["train/completion_tokens"] == step["tokens/policy"] > 0
+    assert step["train/tokens"] > step["train/completion_tokens"]
+
+
+def test_trained_tokens_count_each_completion_with_its_prompt():
+    from types import SimpleNamespace
+
+    from rcl.engines import Completion
+    from rcl.rl.loop import trained_tokens
+
+    rollout = SimpleNamespace(prompt_ids=[[1, 2, 3], [1, 2, 3], [7]],
+                              completions=[Completion([4, 5], None, "stop", "a"), Completion([6], None, "length", "b"),
+                                           Completion([8, 9, 10], None, "stop", "c")])
+    assert trained_tokens(rollout) == {"train/tokens": 3 + 2 + 3 + 1 + 1 + 3, "train/completion_tokens": 6}
 
 
 @pytest.mark.parametrize("objective", [(), KL_TO_SYNCED_REFERENCE], ids=["no_kl", "kl_to_synced_reference"])

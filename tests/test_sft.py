@@ -181,6 +181,33 @@ def test_resume_mid_epoch_continues_with_the_next_batches(tmp_path, tiny_model_d
     assert all(torch.allclose(a[k], b[k], atol=1e-6, rtol=0) for k in a)
 
 
+def test_token_totals_count_every_micro_batch_and_survive_a_resume(tmp_path, tiny_model_dir, monkeypatch):
+    """`train/tokens_seen` and `train/loss_tokens_seen` are running totals over every micro-batch trained on (here 2
+    per step), and a resumed run goes on counting from its checkpoint."""
+    seen = []
+    training_step = SFTModule.training_step
+
+    def recording(self, batch, batch_idx):
+        seen.append((int(batch["attention_mask"].sum()), int((batch["labels"][:, 1:] != -100).sum())))
+        return training_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(SFTModule, "training_step", recording)
+    root = tmp_path / "run"
+    every_step = ["--trainer.log_every_n_steps", "1", "--trainer.accumulate_grad_batches", "2"]
+    build_cli("fit", tiny_args(root, tiny_model_dir, 2, *every_step))
+    rows = [r for r in read_metrics(root) if r.get("train/tokens_seen")]
+    after_step = {int(r["step"]): float(r["train/tokens_seen"]) for r in rows}  # a step's last row: after it
+    assert len(seen) == 4 and after_step == {0: sum(t for t, _ in seen[:2]), 1: sum(t for t, _ in seen)}
+    assert float(rows[-1]["train/loss_tokens_seen"]) == sum(n for _, n in seen)
+    assert 0 < sum(n for _, n in seen) < sum(t for t, _ in seen)
+    build_cli("fit", tiny_args(root, tiny_model_dir, 3, *every_step,
+                               "--ckpt_path", str(root / "checkpoints" / "last.ckpt")))
+    resumed = [r for r in read_metrics(root / "csv" / "resumed-last") if r.get("train/tokens_seen")]
+    assert len(seen) == 6
+    assert float(resumed[-1]["train/tokens_seen"]) == sum(t for t, _ in seen)
+    assert float(resumed[-1]["train/loss_tokens_seen"]) == sum(n for _, n in seen)
+
+
 def test_a_rerun_refuses_to_replace_the_earlier_run_unless_told(tmp_path, tiny_model_dir):
     from rcl.run_dir import RunFolderInUse
 

@@ -125,6 +125,21 @@ def test_analysis_maths():
     assert sp["std"] == pytest.approx(0.2)
 
 
+def test_token_totals_of_both_arms(tmp_path):
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,step,train/loss,train/tokens_seen,train/loss_tokens_seen,val/exact_match\n"
+                    "0,0,2.5,120,30,\n0,1,2.0,250,61,\n0,1,,,,0.25\n")
+    assert analysis.sft_tokens(path) == {"tokens_processed": 250.0, "loss_tokens": 61.0}
+    old = tmp_path / "old.csv"
+    old.write_text("epoch,step,train/loss\n0,0,2.5\n")
+    assert analysis.sft_tokens(old) == {"tokens_processed": None, "loss_tokens": None}
+    history = [{"step": 0, "eval/accuracy": 0.1},
+               {"step": 1, "reward": 0.5, "train/tokens": 100.0, "train/completion_tokens": 40.0, "tokens/policy": 40.0},
+               {"step": 2, "reward": 0.6, "train/tokens": 90.0, "train/completion_tokens": 30.0, "tokens/policy": 30.0},
+               {"step": 2, "eval/accuracy": 0.2}]
+    assert analysis.rl_tokens(history) == {"tokens_processed": 190.0, "loss_tokens": 70.0, "generated_tokens": 70.0}
+
+
 def test_sft_curves_put_validation_at_the_steps_done(tmp_path):
     path = tmp_path / "metrics.csv"
     path.write_text("epoch,step,train/loss,val/exact_match\n0,0,2.5,\n0,1,2.0,\n0,1,,0.25\n")
@@ -156,14 +171,34 @@ def test_study_recipes_parse_and_name_recipes_that_exist(name):
     assert sft_t["student_baseline"] == rl_t["student_baseline"] == eval_t["student_baseline"]
 
 
-def test_wandb_joins_both_arms_to_the_csv_and_tensorboard_loggers():
+def test_wandb_puts_both_arms_in_the_study_group_and_the_flags_parse(capsys):
+    """With W&B on, the SFT arm gets a WandbLogger (beside the CLI's CSV and TensorBoard) and the RLVR arm the wandb
+    logger, both in the study's group with their files under the arm's folder; the flags parse against the real CLIs."""
     from experiments.sft_vs_rlvr.study import rl_overrides, sft_overrides
+    from rcl.__main__ import main
 
-    rl = rl_overrides("base", 10, 1, Path("r"), 2, wandb=True)
+    rl = rl_overrides("base", 10, 1, Path("r"), 2, wandb_group="study-x")
     assert json.loads(rl[rl.index("--trainer.loggers") + 1]) == ["csv", "tensorboard", "wandb"]
-    assert "lightning_configs/loggers/wandb.yaml" in sft_overrides("base", 10, 1, Path("s"), 2, wandb=True)
-    assert "lightning_configs/loggers/wandb.yaml" not in sft_overrides("base", 10, 1, Path("s"), 2, wandb=False)
-    assert (ROOT / "lightning_configs/loggers/wandb.yaml").exists()
+    assert rl[rl.index("--trainer.wandb_group") + 1] == "study-x"
+    sft = sft_overrides("base", 10, 1, Path("s"), 2, wandb_group="study-x")
+    (logger,) = json.loads(sft[sft.index("--trainer.logger") + 1])
+    assert logger["class_path"] == "lightning.pytorch.loggers.WandbLogger"
+    assert logger["init_args"]["save_dir"] == "s" and logger["dict_kwargs"] == {"group": "study-x"}
+    assert "--trainer.logger" not in sft_overrides("base", 10, 1, Path("s"), 2, wandb_group=None)
+    off = rl_overrides("base", 10, 1, Path("r"), 2, wandb_group=None)
+    assert "--trainer.wandb_group" not in off and json.loads(off[off.index("--trainer.loggers") + 1]) == [
+        "csv", "tensorboard"]
+    for recipe, flags in (("sft_vs_rlvr_quickstart_sft.yaml", sft), ("sft_vs_rlvr_quickstart_rlvr.yaml", rl)):
+        with pytest.raises(SystemExit) as stop:
+            main(["fit", "--config", str(CONFIGS / recipe), *flags, "--print_config"])
+        assert stop.value.code in (0, None)
+        resolved = yaml.safe_load("\n".join(line for line in capsys.readouterr().out.splitlines()
+                                             if not line.startswith("[20")))
+        if "grpo" in resolved:
+            assert resolved["trainer"]["wandb_group"] == "study-x"
+        else:
+            (parsed,) = resolved["trainer"]["logger"]
+            assert parsed["dict_kwargs"] == {"group": "study-x"} and parsed["init_args"]["project"] == "rcl"
 
 
 def test_lora_arms_get_the_study_seed_as_their_adapter_init_seed():
@@ -182,12 +217,9 @@ def test_seeds_flag_takes_a_space_separated_list():
     assert study.seeds == [1, 2, 3] and study.budget.value == 240
 
 
-@pytest.mark.slow
-def test_a_miniature_study_matches_budgets_hashes_and_reads_its_weights(tmp_path, models_dir, monkeypatch):
-    from experiments.sft_vs_rlvr.study import run_study
-
-    monkeypatch.chdir(ROOT)
-    monkeypatch.setenv("RCL_MODELS_DIR", str(models_dir))
+def miniature_study(tmp_path: Path, wandb: bool = False) -> Path:
+    """A study recipe of a few steps per arm on 600 problems (5 base steps, 3 per arm, 6 held-out problems x 2
+    samples), writing under tmp_path/study; returns its path."""
     small = ["--data.init_args.synthetic_size", "600", "--data.init_args.val_size", "40"]
     evaluation = load_yaml(CONFIGS / "sft_vs_rlvr_quickstart_eval.yaml")
     for task in evaluation["tasks"]:
@@ -199,7 +231,7 @@ def test_a_miniature_study_matches_budgets_hashes_and_reads_its_weights(tmp_path
     eval_recipe.write_text(yaml.safe_dump(evaluation))
     config = tmp_path / "study.yaml"
     config.write_text(yaml.safe_dump({
-        "name": "mini", "out_dir": str(tmp_path / "study"), "seeds": [3],
+        "name": "mini", "out_dir": str(tmp_path / "study"), "seeds": [3], "wandb": wandb,
         "budget": {"measure": "training_samples", "value": 24},
         "arms": {"base_recipe": str(CONFIGS / "sft_vs_rlvr_quickstart_base.yaml"),
                  "sft_recipe": str(CONFIGS / "sft_vs_rlvr_quickstart_sft.yaml"),
@@ -210,35 +242,103 @@ def test_a_miniature_study_matches_budgets_hashes_and_reads_its_weights(tmp_path
                               "--trainer.enable_progress_bar", "false", *small],
                  "rlvr_args": ["--eval.num_prompts", "4", *small]},
         "report": {"curve_points": 1}}))
-    study = run_study(parse_study(["--config", str(config)]))
+    return config
+
+
+def check_seeds_and_spread(document: dict, seeds: list[int]) -> None:
+    """Both arms for every seed, each seed's own folder and results, and the spread over them."""
+    assert [s["seed"] for s in document["seeds"]] == seeds
+    for s in document["seeds"]:
+        assert [a["name"] for a in s["arms"]] == ["sft", "rlvr"] and {a["seed"] for a in s["arms"]} == {s["seed"]}
+        assert Path(s["out_dir"]).name == f"seed-{s['seed']}" and Path(s["results_file"]).is_file()
+        assert (Path(s["out_dir"]) / "report.md").is_file()
+    for key, values in (("sft_accuracy", [s["arms"][0]["accuracy"] for s in document["seeds"]]),
+                        ("rlvr_accuracy", [s["arms"][1]["accuracy"] for s in document["seeds"]]),
+                        ("delta", [s["difference"]["delta"] for s in document["seeds"]])):
+        assert document["spread"][key] == pytest.approx(analysis.spread(values)), key
+        assert document["spread"][key]["n"] == len(seeds)
+
+
+@pytest.mark.slow
+def test_a_miniature_study_matches_budgets_hashes_and_reads_its_weights(tmp_path, models_dir, monkeypatch):
+    from experiments.sft_vs_rlvr.study import run_study
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("RCL_MODELS_DIR", str(models_dir))
+    study = run_study(parse_study(["--config", str(miniature_study(tmp_path)), "--seeds", "1", "2"]))
     on_disk = json.loads((tmp_path / "study" / "study.json").read_text())
     assert on_disk["arms"] == json.loads(json.dumps(study["arms"]))
-    arms = {a["name"]: a for a in on_disk["arms"]}
-    assert set(arms) == {"sft", "rlvr"}
-    assert arms["sft"]["eval_rows_hash"] == arms["rlvr"]["eval_rows_hash"]
-    assert arms["sft"]["template_hash"] == arms["rlvr"]["template_hash"] == arms["sft"]["eval_template_hash"]
-    for arm in arms.values():
-        assert arm["budget"]["measure"] == "training_samples" and arm["budget"]["value"] == 24
-        assert arm["budget"]["optimizer_steps"] == arm["budget"]["optimizer_steps_logged"] == 3
-        results = json.loads(Path(arm["results_file"]).read_text())
-        entry = next(e for e in results["results"] if (e["model"], e["task"]) == (arm["name"], "heldout"))
-        assert (arm["accuracy"], arm["ci_low"], arm["ci_high"]) == (entry["accuracy"], entry["ci_low"],
-                                                                    entry["ci_high"])
-    difference = next(d for d in results["paired_differences"]
-                      if (d["model"], d["reference"], d["task"]) == ("rlvr", "sft", "heldout"))
-    assert on_disk["difference"]["delta"] == difference["delta"]
+    check_seeds_and_spread(on_disk, [1, 2])
+    report = (tmp_path / "study" / "report.md").read_text()
+    assert "## Spread over seeds 1, 2" in report
+    for seed in on_disk["seeds"]:
+        arms = {a["name"]: a for a in seed["arms"]}
+        assert arms["sft"]["eval_rows_hash"] == arms["rlvr"]["eval_rows_hash"]
+        assert arms["sft"]["template_hash"] == arms["rlvr"]["template_hash"] == arms["sft"]["eval_template_hash"]
+        for arm in arms.values():
+            budget = arm["budget"]
+            assert budget["measure"] == "training_samples" and budget["value"] == budget["training_samples"] == 24
+            assert budget["optimizer_steps"] == budget["optimizer_steps_logged"] == 3
+            assert 0 < budget["loss_tokens"] < budget["tokens_processed"]
+            results = json.loads(Path(arm["results_file"]).read_text())
+            entry = next(e for e in results["results"] if (e["model"], e["task"]) == (arm["name"], "heldout"))
+            assert (arm["accuracy"], arm["ci_low"], arm["ci_high"]) == (entry["accuracy"], entry["ci_low"],
+                                                                        entry["ci_high"])
+        # RLVR: 3 steps of 8 prompts x 8 sampled completions; its loss is on exactly what it generated
+        assert arms["rlvr"]["budget"]["completions"] == 24 * 8
+        assert arms["rlvr"]["budget"]["loss_tokens"] == arms["rlvr"]["budget"]["generated_tokens"] > 0
+        assert arms["sft"]["budget"]["generated_tokens"] == 0
+        history = analysis.read_jsonl(Path(seed["out_dir"]) / "rlvr" / "history.jsonl")
+        assert arms["rlvr"]["budget"]["tokens_processed"] == sum(h["train/tokens"] for h in history if "reward" in h)
+        difference = next(d for d in results["paired_differences"]
+                          if (d["model"], d["reference"], d["task"]) == ("rlvr", "sft", "heldout"))
+        assert seed["difference"]["delta"] == difference["delta"]
+    assert on_disk["difference"] == on_disk["seeds"][0]["difference"]
     # A fresh `rcl evaluate` of the exported models, from the study's own eval recipe, gives the same numbers.
     from rcl.eval.cli import cli_main
 
-    cli_main(["--config", str(tmp_path / "study" / "seed-3" / "eval.yaml"), "--run.out_dir", str(tmp_path / "fresh")])
+    cli_main(["--config", str(tmp_path / "study" / "seed-1" / "eval.yaml"), "--run.out_dir", str(tmp_path / "fresh")])
     fresh = json.loads((tmp_path / "fresh" / "results.json").read_text())
-    for arm in arms.values():
+    for arm in on_disk["arms"]:
         entry = next(e for e in fresh["results"] if (e["model"], e["task"]) == (arm["name"], "heldout"))
-        assert (arm["accuracy"], arm["pass_at_k"]) == (entry["accuracy"], entry["pass_at_k"])
+        assert (arm["accuracy"], arm["ci_low"], arm["ci_high"], arm["pass_at_k"]) == (
+            entry["accuracy"], entry["ci_low"], entry["ci_high"], entry["pass_at_k"])
     seed = on_disk["seeds"][0]
     assert seed["weights"]["sft"]["top"][0]["relative_change"] > 0
     assert len(seed["curves"]["rlvr"]["kl"]) == 3 and len(seed["curves"]["sft"]["loss"]) == 3
-    report = (tmp_path / "study" / "report.md").read_text()
-    assert "RLVR − SFT" in report and "Weight differences" in report
-    assert {p.name for p in (tmp_path / "study" / "seed-3").glob("*.png")} == {"accuracy.png", "learning_curves.png",
-                                                                             "weights.png"}
+    assert "RLVR − SFT" in report and "Weight differences" in report and "tokens processed" in report
+    for s in (1, 2):
+        assert {p.name for p in (tmp_path / "study" / f"seed-{s}").glob("*.png")} == {
+            "accuracy.png", "learning_curves.png", "weights.png"}
+
+
+def wandb_run(run_dir: Path) -> tuple[str, str]:
+    """The group and the name in an offline W&B run folder's run record, read by wandb's own reader of its
+    transaction log (`wandb leet inspect --json`: one JSON record a line)."""
+    import subprocess
+    import sys
+
+    (log,) = run_dir.glob("run-*.wandb")
+    out = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(log)], capture_output=True,
+                         text=True, check=True, timeout=120).stdout
+    run = next(r["run"] for r in map(json.loads, out.splitlines()) if r.get("type") == "run")
+    return run.get("run_group"), run.get("display_name")
+
+
+@pytest.mark.slow
+def test_a_miniature_study_with_seeds_logs_both_arms_to_one_offline_wandb_group(tmp_path, models_dir, monkeypatch):
+    pytest.importorskip("wandb", reason="W&B is the optional `wandb` extra (pip install -e '.[wandb]')")
+    from experiments.sft_vs_rlvr.study import run_study
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("RCL_MODELS_DIR", str(models_dir))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_RUN_GROUP", raising=False)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "elsewhere"))  # the arms' save_dir must win over it
+    document = run_study(parse_study(["--config", str(miniature_study(tmp_path, wandb=True)), "--seeds", "1", "2"]))
+    check_seeds_and_spread(document, [1, 2])
+    for seed in (1, 2):
+        for arm in ("sft", "rlvr"):
+            runs = list((tmp_path / "study" / f"seed-{seed}" / arm / "wandb").glob("offline-run-*"))
+            assert len(runs) == 1, (seed, arm, runs)
+            assert wandb_run(runs[0]) == ("mini", f"mini-{arm}-seed{seed}")

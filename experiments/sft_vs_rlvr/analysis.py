@@ -43,6 +43,29 @@ def rl_curves(history: Sequence[dict], samples_per_step: int) -> dict[str, list[
     return out
 
 
+def sft_tokens(metrics_csv: Path) -> dict[str, float | None]:
+    """From the SFT arm's csv/metrics.csv, the running totals SFTModule logs (their largest value: the run's):
+    `tokens_processed` (non-padding tokens of the training batches) and `loss_tokens` (the labelled ones); None when
+    the log has no such column."""
+    out: dict[str, float | None] = {"tokens_processed": None, "loss_tokens": None}
+    with open(metrics_csv) as f:
+        for row in csv.DictReader(f):
+            for key, column in (("tokens_processed", "train/tokens_seen"), ("loss_tokens", "train/loss_tokens_seen")):
+                if row.get(column):
+                    out[key] = max(out[key] or 0.0, float(row[column]))
+    return out
+
+
+def rl_tokens(history: Sequence[dict]) -> dict[str, float]:
+    """From the RLVR arm's history.jsonl (every step logged), summed over its training steps: `tokens_processed`
+    (prompt + completion tokens through the policy, `train/tokens`), `loss_tokens` (the completions,
+    `train/completion_tokens`) and `generated_tokens` (sampled, the `tokens/*` sums)."""
+    steps = [h for h in history if "reward" in h]
+    return {"tokens_processed": sum(h.get("train/tokens", 0.0) for h in steps),
+            "loss_tokens": sum(h.get("train/completion_tokens", 0.0) for h in steps),
+            "generated_tokens": sum(v for h in steps for k, v in h.items() if k.startswith("tokens/"))}
+
+
 def first_reaching(curve: Sequence[tuple[int, float, float]], target: float) -> float | None:
     """The smallest budget at which the curve's value is >= target (None if never)."""
     hits = [budget for _, budget, value in curve if value >= target]

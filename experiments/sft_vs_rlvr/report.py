@@ -112,6 +112,10 @@ def _pass(m: dict, k: str) -> str:
     return fmt(m["pass_at_k"].get(k), ci[0], ci[1])
 
 
+def _count(value: float | None) -> str:
+    return "not logged" if value is None else f"{value:.0f}"
+
+
 def seed_markdown(s: dict, plots: list[str], prefix: str = "") -> str:
     level = int(round(100 * s["arms"][0]["ci_level"]))
     models = _models(s)
@@ -136,13 +140,16 @@ def seed_markdown(s: dict, plots: list[str], prefix: str = "") -> str:
         lines[-1] += f"; out of distribution: {o['delta']:+.3f} [{o['ci_low']:+.3f}, {o['ci_high']:+.3f}]"
     arms = {a["name"]: a for a in s["arms"]}
     lines += ["", "### Budget", "",
-              "| arm | optimizer steps | training samples | completions trained on | tokens generated |",
-              "|---|---|---|---|---|"]
+              "| arm | optimizer steps | training samples | completions trained on | tokens processed | loss tokens | "
+              "tokens generated |", "|---|---|---|---|---|---|---|"]
     for name, a in arms.items():
         b = a["budget"]
         lines.append(f"| {LABELS[name]} | {b['optimizer_steps']} | {b['training_samples']} | {b['completions']} | "
-                     f"{b['generated_tokens']:.0f} |")
-    lines += ["", f"Matched: **{arms['sft']['budget']['measure']}**. Eval rows hash "
+                     + " | ".join(_count(b.get(k)) for k in ("tokens_processed", "loss_tokens", "generated_tokens"))
+                     + " |")
+    lines += ["", f"Matched: **{arms['sft']['budget']['measure']}**. Tokens processed: through the trained model's "
+              "forward and backward (SFT: prompt and answer; RLVR: each sampled completion with its prompt); loss "
+              "tokens: the answer or completion tokens among them. Eval rows hash "
               f"`{arms['sft']['eval_rows_hash'][:12]}` (both arms), template hash `{arms['sft']['template_hash'][:12]}`"
               f" (SFT) / `{arms['rlvr']['template_hash'][:12]}` (RLVR) / `{arms['sft']['eval_template_hash'][:12]}` "
               "(evaluation).", ""]

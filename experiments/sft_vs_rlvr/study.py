@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -118,20 +119,31 @@ def curve_interval(steps: int, points: int) -> int:
     return max(1, steps // max(1, points))
 
 
-def sft_overrides(model: str, steps: int, seed: int, root: Path, points: int, wandb: bool) -> list[str]:
+def wandb_logger(root: Path, group: str) -> dict:
+    """The SFT arm's W&B logger (next to the CLI's CSV and TensorBoard): run files under the arm's folder, in the
+    study's group, online or offline as WANDB_MODE says (as the RL loop's)."""
+    return {"class_path": "lightning.pytorch.loggers.WandbLogger",
+            "init_args": {"project": "rcl", "save_dir": str(root), "offline": False, "log_model": False},
+            "dict_kwargs": {"group": group}}
+
+
+def sft_overrides(model: str, steps: int, seed: int, root: Path, points: int, wandb_group: str | None) -> list[str]:
+    """The study's flags of the SFT arm; `wandb_group` (None: no W&B) adds W&B in that group."""
     out = ["--model.init_args.model_name_or_path", model, "--trainer.max_steps", str(steps),
            "--seed_everything", str(seed), "--trainer.default_root_dir", str(root),
            "--model.init_args.export_dir", str(root / "hf_model"),
            "--trainer.val_check_interval", str(curve_interval(steps, points)), "--trainer.log_every_n_steps", "1",
            "--overwrite", "true"]
-    return (["--config", "lightning_configs/loggers/wandb.yaml"] if wandb else []) + out
+    return out + (["--trainer.logger", json.dumps([wandb_logger(root, wandb_group)])] if wandb_group else [])
 
 
-def rl_overrides(model: str, steps: int, seed: int, root: Path, points: int, wandb: bool) -> list[str]:
-    loggers = ["csv", "tensorboard", *(["wandb"] if wandb else [])]
+def rl_overrides(model: str, steps: int, seed: int, root: Path, points: int, wandb_group: str | None) -> list[str]:
+    """The study's flags of the RLVR arm; `wandb_group` (None: no W&B) adds W&B in that group."""
+    loggers = ["csv", "tensorboard", *(["wandb"] if wandb_group else [])]
     return ["--teacher.model_name_or_path", model, "--student.model_name_or_path", model,
             "--trainer.max_steps", str(steps), "--trainer.seed", str(seed), "--trainer.out_dir", str(root),
-            "--trainer.loggers", json.dumps(loggers), "--eval.every_n_steps", str(curve_interval(steps, points)),
+            "--trainer.loggers", json.dumps(loggers), *(["--trainer.wandb_group", wandb_group] if wandb_group else []),
+            "--trainer.log_every_n_steps", "1", "--eval.every_n_steps", str(curve_interval(steps, points)),
             "--eval.at_start", "true", "--overwrite", "true"]
 
 
@@ -184,12 +196,13 @@ def run_seed(study: Study, seed: int, base: str, env: dict[str, str], seconds: d
     plan = plan_budget(study.budget, {"sft": sft_samples_per_step(recipes["sft"]),
                                       "rlvr": rl_samples_per_step(recipes["rlvr"])})
     points = study.report.curve_points
+    group = study.name if study.wandb else None
     commands = {
         "sft": [*study.arms.sft_command, "--config", study.arms.sft_recipe,
-                *sft_overrides(base, plan["sft"]["optimizer_steps"], seed, out / "sft", points, study.wandb),
+                *sft_overrides(base, plan["sft"]["optimizer_steps"], seed, out / "sft", points, group),
                 *lora_seed_args("sft", recipes["sft"], seed), *study.arms.sft_args],
         "rlvr": [*study.arms.rlvr_command, "--config", study.arms.rlvr_recipe,
-                 *rl_overrides(base, plan["rlvr"]["optimizer_steps"], seed, out / "rlvr", points, study.wandb),
+                 *rl_overrides(base, plan["rlvr"]["optimizer_steps"], seed, out / "rlvr", points, group),
                  *lora_seed_args("rlvr", recipes["rlvr"], seed), *study.arms.rlvr_args],
     }
     for arm in ARMS:
@@ -211,10 +224,10 @@ def run_seed(study: Study, seed: int, base: str, env: dict[str, str], seconds: d
     if mismatched:
         raise StudyError(f"the {', '.join(mismatched)} arm trained with another prompt than the evaluation's: make "
                          "the recipes' templates (and the tokenizers' chat templates) the same")
-    commands_text = {arm: " ".join(["python", "-m", "rcl", *commands[arm]]) for arm in ARMS}
+    commands_text = {arm: shlex.join(["python", "-m", "rcl", *commands[arm]]) for arm in ARMS}
     return summarize_seed(study, seed, out, plan, recipes, templates, eval_template, commands_text,
-                          " ".join(["python", "-m", "rcl", "evaluate", "--config", str(eval_path),
-                                    *study.arms.eval_args]))
+                          shlex.join(["python", "-m", "rcl", "evaluate", "--config", str(eval_path),
+                                      *study.arms.eval_args]))
 
 
 def make_base(study: Study, env: dict[str, str], seconds: dict[str, float]) -> str:
@@ -236,8 +249,6 @@ def run_study(study: Study) -> dict:
     from experiments.sft_vs_rlvr.report import write_study
 
     env = dict(os.environ)
-    if study.wandb:
-        env["WANDB_RUN_GROUP"] = study.name  # both arms' runs (and every seed's) in one W&B group
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     base = make_base(study, env, seconds)

@@ -31,11 +31,6 @@ def headline(entry: dict) -> dict:
                                   "pass_at_k_ci", "mean_tokens", "completion_rate")}
 
 
-def rl_tokens(history: list[dict]) -> float:
-    """Completion tokens the RLVR arm generated for training (the loop's per-step `tokens/*` sums)."""
-    return sum(v for h in history if "reward" in h for k, v in h.items() if k.startswith("tokens/"))
-
-
 def sample_texts(eval_dir: Path, model: str, task: str) -> tuple[dict[str, list], dict[str, dict]]:
     """row id -> the model's completion texts (sample order), and row id -> the row."""
     texts: dict[str, list] = {}
@@ -66,15 +61,15 @@ def summarize_seed(study: Any, seed: int, out: Path, plan: dict, recipes: dict, 
     if short:
         raise StudyError("an arm did not train its budget (steps logged, planned): " + repr(short))
     generations = recipes["rlvr"]["grpo"]["num_generations"]
-    extra = {"sft": {"completions": plan["sft"]["training_samples"], "generated_tokens": 0},
-             "rlvr": {"completions": plan["rlvr"]["training_samples"] * generations,
-                      "generated_tokens": rl_tokens(history)}}
+    extra = {"sft": {"completions": plan["sft"]["training_samples"], **analysis.sft_tokens(metrics_csv),
+                     "generated_tokens": 0},
+             "rlvr": {"completions": plan["rlvr"]["training_samples"] * generations, **analysis.rl_tokens(history)}}
     arms = []
     for arm in ("sft", "rlvr"):
         entry = find_entry(results, arm, task)
         budget = {"measure": study.budget.measure, "value": plan[arm][study.budget.measure],
-                  "optimizer_steps": plan[arm]["optimizer_steps"], "optimizer_steps_logged": done[arm], "training_samples": plan[arm]["training_samples"],
-                  **extra[arm]}
+                  "optimizer_steps": plan[arm]["optimizer_steps"], "optimizer_steps_logged": done[arm],
+                  "training_samples": plan[arm]["training_samples"], **extra[arm]}
         arms.append({"name": arm, "budget": budget, "eval_rows_hash": results["rows_sha256"][task],
                      "template_hash": templates[arm], "eval_template_hash": eval_template,
                      "results_file": str(results_file), **headline(entry),

@@ -35,6 +35,9 @@ class TrainerArgs:
     log_every_n_steps: int = 1
     loggers: list[Literal["csv", "tensorboard", "wandb"]] = field(default_factory=lambda: ["csv", "tensorboard"])
     """Fabric loggers; wandb honours WANDB_MODE=offline."""
+    wandb_group: str | None = None
+    """W&B run group, with `wandb` in `loggers` (null: $WANDB_RUN_GROUP, else none); the SFT-vs-RLVR study puts both
+    arms in one."""
     checkpoint_every_n_steps: int = 0
     """Save a full Fabric checkpoint every N optimizer steps (0: only at the end)."""
     keep_last_checkpoints: int = 2

@@ -197,7 +197,7 @@ def build_fabric(trainer: TrainerArgs, callbacks: list[FabricCallback], ckpt_pat
         devices=trainer.devices,
         num_nodes=trainer.num_nodes,
         precision=trainer.precision,
-        loggers=build_loggers(trainer.loggers, Path(trainer.out_dir), version),
+        loggers=build_loggers(trainer.loggers, Path(trainer.out_dir), version, trainer.wandb_group),
         callbacks=callbacks,
     )
 
@@ -334,7 +334,7 @@ def default_callbacks(grpo: GRPOArgs, logging: LoggingArgs, engines: EnginesArgs
     return callbacks
 
 
-def build_loggers(names: list[str], out_dir: Path, version: str = "") -> list:
+def build_loggers(names: list[str], out_dir: Path, version: str = "", wandb_group: str | None = None) -> list:
     from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
 
     loggers = []
@@ -346,7 +346,7 @@ def build_loggers(names: list[str], out_dir: Path, version: str = "") -> list:
         elif name == "wandb":
             from lightning.pytorch.loggers import WandbLogger
 
-            loggers.append(WandbLogger(save_dir=str(out_dir), project="rcl"))
+            loggers.append(WandbLogger(save_dir=str(out_dir), project="rcl", group=wandb_group))
     return loggers
 
 
@@ -874,6 +874,14 @@ def _mean_over_processes(fabric, values: dict[str, float]) -> dict[str, float]:
     return dict(zip(keys, t.tolist()))
 
 
+def trained_tokens(rollout: Rollout) -> dict[str, float]:
+    """Tokens one optimizer pass over the rollout puts through the policy: `train/tokens` (each completion with its
+    prompt) and `train/completion_tokens` (the completions alone, where the loss is)."""
+    completion = sum(len(c.token_ids) for c in rollout.completions)
+    return {"train/tokens": float(sum(len(p) for p in rollout.prompt_ids) + completion),
+            "train/completion_tokens": float(completion)}
+
+
 def step_metrics(fabric, rollout: Rollout, stats: dict, state: dict, train_seconds: float, grpo: GRPOArgs) -> dict:
     rewards = rollout.rewards
     groups = rewards.view(-1, rollout.num_generations)
@@ -896,6 +904,7 @@ def step_metrics(fabric, rollout: Rollout, stats: dict, state: dict, train_secon
     metrics = _mean_over_processes(fabric, local)
     metrics["lr"] = state["scheduler"].get_last_lr()[0]
     tokens = {f"tokens/{k}": float(v) for k, v in rollout.generated_tokens.items()} | rollout.verifier  # summed
+    tokens |= trained_tokens(rollout)
     summed = {k: v * fabric.world_size for k, v in _mean_over_processes(fabric, tokens | rollout.by_task).items()}
     metrics.update({k: v for k, v in summed.items() if k not in rollout.by_task} | per_task_means(summed))
     return metrics
