@@ -110,6 +110,38 @@ def test_the_loop_mask_is_the_action_mask(tok):
     assert mask[0].tolist() == [float(m) for m in rollout.action_masks[0]]
 
 
+
+def test_dapo_normalises_by_the_trained_action_tokens_not_the_environment_text(tok, tiny_model_dir):
+    """On-policy, the dapo loss of one row is -A x (trained tokens / normaliser): exactly -A when the normaliser counts
+    the policy's tokens only (environment text, masked out of the loss, would shrink it to -A x 6 / 30 or so)."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM
+
+    from rcl.optim import OptimizerArgs
+    from rcl.rl import loop
+
+    rollout = MultiTurnRunner(FakeEngine(tok, ["a", "b", "c"]), Scripted, TEMPLATES).run([{"question": "q"}], 0,
+                                                                                         settings())
+    assert loop.trained_tokens(rollout, GRPOArgs()) == sum(rollout.action_masks[0]) == 6  # 3 x (action, end)
+    assert len(rollout.completions[0].token_ids) > 12  # the environment's two turns sit in between
+    rollout.completions[0] = Completion(rollout.completions[0].token_ids, rollout.completions[0].logprobs, "length",
+                                        "")
+    assert loop.trained_tokens(rollout, GRPOArgs(mask_truncated_completions=True)) == 0
+    rollout.completions[0] = Completion(rollout.completions[0].token_ids, rollout.completions[0].logprobs, "stop", "")
+    rollout.advantages = torch.tensor([1.0])
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    fabric = SimpleNamespace(world_size=1, global_rank=0, device=torch.device("cpu"), strategy=None,
+                             backward=lambda loss: loss.backward(), all_reduce=lambda t, reduce_op=None: t,
+                             no_backward_sync=lambda *a, **k: nullcontext(), call=lambda *a, **k: None)
+    state = {"model": model, "optimizer": optimizer, "ref_model": None,
+             "scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)}
+    stats = loop.train_step(fabric, state, rollout, GRPOArgs(loss_type="dapo", beta=0.0), GenerationArgs(),
+                            OptimizerArgs(max_grad_norm=0.0), [tok.eos_token_id], None)
+    assert stats["loss"] == pytest.approx(-1.0, abs=1e-6)
+
 def test_returns_aggregate_by_last_or_sum():
     assert episode_return([0.5, 0.25, 1.0], "sum") == 1.75
     assert episode_return([0.5, 0.25, 1.0], "last") == 1.0
