@@ -492,6 +492,9 @@ def main(
             f"grpo.prompts_per_step={grpo.prompts_per_step} must be divisible by the {fabric.world_size} training "
             f"processes; use a multiple of {fabric.world_size}"
         )
+    if ppo is not None and ppo.mini_batch_size % fabric.world_size:
+        raise ConfigError(f"ppo.mini_batch_size={ppo.mini_batch_size} counts completions over all processes and must "
+                          f"be divisible by the {fabric.world_size} training processes")
     out_dir = Path(trainer.out_dir)
     # an in-process async run computes on two threads of its own (training, the generation worker): each gets a share
     computing = max(1, fabric.world_size // trainer.num_nodes) * (
