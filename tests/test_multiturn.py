@@ -252,3 +252,46 @@ def test_the_rl_loop_trains_on_a_multi_turn_environment(models_dir, tmp_path, al
     assert len(train) == 2 and all("rewards/env_return/mean" in r for r in train)
     assert ("value/loss" in train[0]) == (algorithm == "ppo")
     assert rows[-1]["step"] == 2 and "eval/accuracy" in rows[-1]
+
+
+HANGING_ENV = '''
+import threading
+
+from rcl.tasks.base import register_task
+from rcl.tasks.envs.grid import GridEnv
+
+
+@register_task("hanging_grid")
+class HangingGrid(GridEnv):
+    """The grid, except that the second step of every episode never returns."""
+
+    def step(self, action):
+        if self.turns == 1:
+            threading.Event().wait()
+        return super().step(action)
+'''
+
+
+def test_a_run_whose_environment_hangs_forever_finishes_and_exits(models_dir, tmp_path, repo_env):
+    """The hung calls time out and fail their episodes; their abandoned worker threads must not keep the finished
+    process alive (a ThreadPoolExecutor's threads are joined at exit, which here would wait forever)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "hanging_env.py").write_text(HANGING_ENV)
+    out = tmp_path / "run"
+    env = dict(repo_env, RCL_MODELS_DIR=str(models_dir), OMP_NUM_THREADS="1",
+               PYTHONPATH=f"{tmp_path}{__import__('os').pathsep}{repo_env['PYTHONPATH']}")
+    args = ["--config", str(root / "lightning_configs" / "quickstart_grid.yaml"), "--task.module", "hanging_env",
+            "--task.name", "hanging_grid", "--multiturn.timeout_s", "0.5", "--trainer.max_steps", "1",
+            "--grpo.prompts_per_step", "2", "--eval.num_prompts", "2", "--eval.at_start", "false",
+            "--trainer.export_hf", "false", "--trainer.loggers", "[csv]", "--trainer.out_dir", str(out)]
+    proc = subprocess.run([sys.executable, "-m", "rcl", "fit", *args], capture_output=True, text=True, timeout=300,
+                          env=env, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    train = [r for r in rows if "reward" in r]
+    assert len(train) == 1 and train[0]["verifier/timeouts"] == 2.0  # both episodes hung at their second step
