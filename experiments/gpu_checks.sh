@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Every check that needs a GPU, in one command, with a PASS/FAIL line and the wall time of each:
-#   1. the gpu-marked tests (SFT in bf16; 2 RL steps under DeepSpeed ZeRO-3 and under FSDP),
+#   1. the gpu-marked tests (pytest -m gpu): SFT in bf16; 2 RL steps under DeepSpeed ZeRO-3 and under FSDP; QLoRA
+#      adapters on an 8-bit and a 4-bit base (test_lora.py::test_qlora_*, needs bitsandbytes); LoRA RL under
+#      ZeRO-3 and FSDP with the merged export (test_lora.py::test_lora_rl_under_a_sharded_strategy_*); vLLM
+#      serving a pushed LoRA adapter like the trainer's merged model (test_adapter_sync.py::test_vllm_*, needs
+#      vLLM in this Python),
 #   2. experiments/gpu_smoke.sh with the hf engine, over HTTP and over gloo,
 #   3. with vLLM installed: gpu_smoke.sh with the vllm engine over HTTP, and over NCCL when there are 2+ GPUs,
 #   4. with vLLM and ASYNC_MODEL (a local model folder): the async benchmark, sync vs max_off_policy_steps 1.
@@ -8,7 +12,7 @@
 #   experiments/gpu_checks.sh                     # logs and summary.txt under runs/gpu_checks-<time>/
 #   SERVER_PYTHON=/path/to/vllm-venv/bin/python experiments/gpu_checks.sh   # vLLM servers from their own venv
 #
-# Needs rcl importable with its extras (pip install -e ".[dev]"; DeepSpeed for the ZeRO-3 test). Exits non-zero
+# Needs rcl importable with its extras (pip install -e ".[dev,qlora]"; vLLM for its tests). Exits non-zero
 # when any check fails; a check whose requirement is missing is reported as SKIP with the reason.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -44,7 +48,9 @@ if [ "$GPUS" -lt 1 ]; then
   echo "gpu_checks: no CUDA GPU visible" | tee -a "$SUMMARY"; exit 1
 fi
 
-check pytest_gpu "$PYTHON" -m pytest -m gpu -v -p no:cacheprovider tests/
+check pytest_gpu "$PYTHON" -m pytest -m gpu -v -rs -p no:cacheprovider tests/
+# a gpu test whose package is missing (bitsandbytes, deepspeed, vllm) skips inside a passing run: list each one
+grep -E "^SKIPPED" "$OUT_DIR/pytest_gpu.log" | sed "s/^/SKIP pytest_gpu: /" | tee -a "$SUMMARY"
 for transport in http gloo; do
   check "smoke_hf_$transport" env PYTHON="$PYTHON" SERVER_PYTHON="$PYTHON" ENGINE=hf TRANSPORT=$transport \
     RUN_DIR="$OUT_DIR/smoke_hf_$transport" experiments/gpu_smoke.sh

@@ -110,6 +110,38 @@ def test_the_loop_mask_is_the_action_mask(tok):
     assert mask[0].tolist() == [float(m) for m in rollout.action_masks[0]]
 
 
+
+def test_dapo_normalises_by_the_trained_action_tokens_not_the_environment_text(tok, tiny_model_dir):
+    """On-policy, the dapo loss of one row is -A x (trained tokens / normaliser): exactly -A when the normaliser counts
+    the policy's tokens only (environment text, masked out of the loss, would shrink it to -A x 6 / 30 or so)."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM
+
+    from rcl.optim import OptimizerArgs
+    from rcl.rl import loop
+
+    rollout = MultiTurnRunner(FakeEngine(tok, ["a", "b", "c"]), Scripted, TEMPLATES).run([{"question": "q"}], 0,
+                                                                                         settings())
+    assert loop.trained_tokens(rollout, GRPOArgs()) == sum(rollout.action_masks[0]) == 6  # 3 x (action, end)
+    assert len(rollout.completions[0].token_ids) > 12  # the environment's two turns sit in between
+    rollout.completions[0] = Completion(rollout.completions[0].token_ids, rollout.completions[0].logprobs, "length",
+                                        "")
+    assert loop.trained_tokens(rollout, GRPOArgs(mask_truncated_completions=True)) == 0
+    rollout.completions[0] = Completion(rollout.completions[0].token_ids, rollout.completions[0].logprobs, "stop", "")
+    rollout.advantages = torch.tensor([1.0])
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    fabric = SimpleNamespace(world_size=1, global_rank=0, device=torch.device("cpu"), strategy=None,
+                             backward=lambda loss: loss.backward(), all_reduce=lambda t, reduce_op=None: t,
+                             no_backward_sync=lambda *a, **k: nullcontext(), call=lambda *a, **k: None)
+    state = {"model": model, "optimizer": optimizer, "ref_model": None,
+             "scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)}
+    stats = loop.train_step(fabric, state, rollout, GRPOArgs(loss_type="dapo", beta=0.0), GenerationArgs(),
+                            OptimizerArgs(max_grad_norm=0.0), [tok.eos_token_id], None)
+    assert stats["loss"] == pytest.approx(-1.0, abs=1e-6)
+
 def test_returns_aggregate_by_last_or_sum():
     assert episode_return([0.5, 0.25, 1.0], "sum") == 1.75
     assert episode_return([0.5, 0.25, 1.0], "last") == 1.0
@@ -220,3 +252,46 @@ def test_the_rl_loop_trains_on_a_multi_turn_environment(models_dir, tmp_path, al
     assert len(train) == 2 and all("rewards/env_return/mean" in r for r in train)
     assert ("value/loss" in train[0]) == (algorithm == "ppo")
     assert rows[-1]["step"] == 2 and "eval/accuracy" in rows[-1]
+
+
+HANGING_ENV = '''
+import threading
+
+from rcl.tasks.base import register_task
+from rcl.tasks.envs.grid import GridEnv
+
+
+@register_task("hanging_grid")
+class HangingGrid(GridEnv):
+    """The grid, except that the second step of every episode never returns."""
+
+    def step(self, action):
+        if self.turns == 1:
+            threading.Event().wait()
+        return super().step(action)
+'''
+
+
+def test_a_run_whose_environment_hangs_forever_finishes_and_exits(models_dir, tmp_path, repo_env):
+    """The hung calls time out and fail their episodes; their abandoned worker threads must not keep the finished
+    process alive (a ThreadPoolExecutor's threads are joined at exit, which here would wait forever)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "hanging_env.py").write_text(HANGING_ENV)
+    out = tmp_path / "run"
+    env = dict(repo_env, RCL_MODELS_DIR=str(models_dir), OMP_NUM_THREADS="1",
+               PYTHONPATH=f"{tmp_path}{__import__('os').pathsep}{repo_env['PYTHONPATH']}")
+    args = ["--config", str(root / "lightning_configs" / "quickstart_grid.yaml"), "--task.module", "hanging_env",
+            "--task.name", "hanging_grid", "--multiturn.timeout_s", "0.5", "--trainer.max_steps", "1",
+            "--grpo.prompts_per_step", "2", "--eval.num_prompts", "2", "--eval.at_start", "false",
+            "--trainer.export_hf", "false", "--trainer.loggers", "[csv]", "--trainer.out_dir", str(out)]
+    proc = subprocess.run([sys.executable, "-m", "rcl", "fit", *args], capture_output=True, text=True, timeout=300,
+                          env=env, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    train = [r for r in rows if "reward" in r]
+    assert len(train) == 1 and train[0]["verifier/timeouts"] == 2.0  # both episodes hung at their second step

@@ -211,3 +211,59 @@ def test_ppo_under_a_sharded_strategy_is_refused():
         validate_ppo("ppo", GRPOArgs(num_generations=1), ppo.PPOArgs(), TrainerArgs(strategy="deepspeed_stage_3"))
     with pytest.raises(ConfigError, match="ppo.kl_coef"):
         validate_ppo("ppo", GRPOArgs(beta=0.1), ppo.PPOArgs())
+
+
+def test_one_ppo_update_on_two_processes_equals_one_process_on_the_same_rows(models_dir, tiny_model_dir, tmp_path,
+                                                                             repo_env):
+    """DDP on two gloo processes, each with half of a fixed multi-turn rollout whose halves hold different numbers of
+    trained tokens, lands on the policy and value-head weights one process reaches on the whole rollout: whitening,
+    the token means of the losses and the mini-batch size span the global batch."""
+    import subprocess
+    import sys
+
+    from transformers import AutoModelForCausalLM
+
+    from serving_support import free_port
+
+    script = Path(__file__).with_name("ddp_ppo_step.py")
+    weights = {}
+    for devices in (1, 2):
+        out = tmp_path / f"weights-{devices}.pt"
+        env = dict(repo_env, RCL_MODELS_DIR=str(models_dir), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
+                   OMP_NUM_THREADS="1")
+        proc = subprocess.run([sys.executable, str(script), str(devices), str(out)], capture_output=True, text=True,
+                              timeout=300, env=env, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        weights[devices] = torch.load(out, weights_only=True)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    head = ppo.build_critic(ppo.PPOArgs(), AutoModelForCausalLM.from_pretrained(tiny_model_dir), "", seed=0)
+    start = {f"policy.{k}": v for k, v in base.items()} | {f"critic.{k}": v for k, v in head.state_dict().items()}
+    assert weights[1].keys() == start.keys()
+    for part in ("policy.", "critic."):
+        assert any(not torch.equal(start[k], weights[1][k]) for k in start if k.startswith(part)), f"{part} moved"
+    for name in weights[1]:
+        torch.testing.assert_close(weights[2][name], weights[1][name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_ppo_on_the_grid_under_ddp_two_processes_on_cpu(models_dir, tmp_path, repo_env):
+    """The whole loop: multi-turn rollouts on each process, PPO updates over DDP, the critic exported."""
+    import subprocess
+    import sys
+
+    from serving_support import free_port
+
+    out = tmp_path / "ddp"
+    args = ["--config", str(CONFIGS / "quickstart_grid.yaml"), "--trainer.strategy", "ddp", "--trainer.devices", "2",
+            "--trainer.max_steps", "2", "--grpo.prompts_per_step", "4", "--ppo.mini_batch_size", "4",
+            "--eval.num_prompts", "2", "--eval.at_start", "false", "--trainer.loggers", "[csv]",
+            "--trainer.out_dir", str(out)]
+    env = dict(repo_env, RCL_MODELS_DIR=str(models_dir), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
+               OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "rcl", "fit", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    train = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    train = [r for r in train if "reward" in r]
+    assert [r["step"] for r in train] == [1, 2]
+    assert all(r["ppo/updates"] == 4.0 and math.isfinite(r["value/loss"]) for r in train)  # 4 epochs x 1 mini-batch
+    assert (out / "hf_model" / "value_head.safetensors").is_file()

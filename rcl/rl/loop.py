@@ -472,6 +472,9 @@ def main(
             f"grpo.prompts_per_step={grpo.prompts_per_step} must be divisible by the {fabric.world_size} training "
             f"processes; use a multiple of {fabric.world_size}"
         )
+    if ppo is not None and ppo.mini_batch_size % fabric.world_size:
+        raise ConfigError(f"ppo.mini_batch_size={ppo.mini_batch_size} counts completions over all processes and must "
+                          f"be divisible by the {fabric.world_size} training processes")
     out_dir = Path(trainer.out_dir)
     # an in-process async run computes on two threads of its own (training, the generation worker): each gets a share
     computing = max(1, fabric.world_size // trainer.num_nodes) * (
@@ -800,6 +803,18 @@ def trained_rows(rollout: Rollout, grpo: GRPOArgs, world_size: int, off_policy: 
     return [i for i in every if rollout.advantages[i] != 0]
 
 
+def trained_tokens(rollout: Rollout, grpo: GRPOArgs) -> int:
+    """The completion tokens the loss trains on this process (dapo's normaliser): every sampled token, only the
+    policy's own turns in multi-turn episodes (environment text is masked out of the loss, so it must not dilute it),
+    and none of a truncated completion under `mask_truncated_completions`."""
+    total = 0
+    for i, c in enumerate(rollout.completions):
+        if grpo.mask_truncated_completions and _truncated(c):
+            continue
+        total += sum(rollout.action_masks[i]) if rollout.action_masks is not None else len(c.token_ids)
+    return total
+
+
 def train_step(fabric, state, rollout, grpo, generation, optimizer_args, stop_ids, old_logps) -> dict:
     """One optimizer step over the whole rollout, accumulating gradients over micro-batches."""
     model, optimizer = state["model"], state["optimizer"]
@@ -811,10 +826,7 @@ def train_step(fabric, state, rollout, grpo, generation, optimizer_args, stop_id
     rows = trained_rows(rollout, grpo, fabric.world_size, old_logps is not None) or [
         min(range(len(rollout)), key=lambda i: len(rollout.completions[i].token_ids))]
     batches = [rows[i : i + grpo.micro_batch_size] for i in range(0, len(rows), grpo.micro_batch_size)]
-    local_tokens = sum(
-        0 if grpo.mask_truncated_completions and _truncated(c) else len(c.token_ids)
-        for c in rollout.completions
-    )
+    local_tokens = trained_tokens(rollout, grpo)
     global_tokens = fabric.all_reduce(torch.tensor(float(local_tokens), device=fabric.device), reduce_op="sum")
     tokens_per_process = max(float(global_tokens) / fabric.world_size, 1.0)
     advantages = rollout.advantages.to(fabric.device)

@@ -6,16 +6,18 @@ always continues from exactly those ids, and the loss trains exactly the sampled
 policy's tokens, 0 on environment text). Per-step rewards sit on each turn's last token (`turn_rewards`, for PPO's
 GAE); the episode's return, aggregated by `last` or `sum`, is the sequence reward (GRPO's group advantages).
 
-Environments run in a bounded thread pool with a per-call timeout: an environment that raises or hangs fails its own
-episode (return 0, `failed` counted), never the run. A hung call cannot be killed from Python, so its worker is
-abandoned and the pool replaced.
+Environments run in a bounded pool of daemon threads with a per-call timeout: an environment that raises or hangs fails
+its own episode (return 0, `failed` counted), never the run. A hung call cannot be killed from Python, so its worker
+is abandoned and replaced; being a daemon thread, it never delays the process's exit.
 """
 
 from __future__ import annotations
 
 import copy
+import queue
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Literal, Sequence
@@ -49,33 +51,77 @@ class EnvironmentFailure(RuntimeError):
 
 
 class EnvPool:
-    """Runs environment calls on at most `workers` threads, each call bounded by `timeout_s`."""
+    """Runs environment calls on `workers` daemon threads, each call bounded by `timeout_s` from when it starts.
+
+    Not a ThreadPoolExecutor: its threads are joined at interpreter exit, so one environment hung past its timeout
+    would keep a finished run from exiting until the call returned. A worker whose call times out is abandoned (it
+    exits once the call returns, if ever) and a fresh one takes its place, so later calls still get `workers`
+    threads and never queue behind a hung one.
+    """
 
     def __init__(self, workers: int = 8, timeout_s: float = 30.0):
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         self.workers, self.timeout_s = workers, timeout_s
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rcl-env")
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._live = self._spawned = 0
+        for _ in range(workers):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        threading.Thread(target=self._work, name=f"rcl-env-{self._spawned}", daemon=True).start()
+        self._live, self._spawned = self._live + 1, self._spawned + 1
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            call, future = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            future.started_at = time.monotonic()
+            try:
+                future.set_result(call())
+            except BaseException as exc:  # noqa: BLE001 - handed to map(), which fails only this episode
+                future.set_exception(exc)
+            if getattr(future, "abandoned", False):  # map() gave up on this call and spawned a replacement
+                return
 
     def map(self, calls: Sequence[Callable[[], Any]]) -> list[Any]:
         """Results in order; a call that raised or ran past the timeout gives an EnvironmentFailure instead."""
-        futures = [self._pool.submit(call) for call in calls]
-        deadline = time.monotonic() + self.timeout_s
-        out: list[Any] = []
-        hung = False
-        for future in futures:
+        futures = []
+        for call in calls:
+            future: Future = Future()
+            future.started_at = None
+            self._queue.put((call, future))
+            futures.append(future)
+        return [self._result(future) for future in futures]
+
+    def _result(self, future: Future) -> Any:
+        while True:
+            started = future.started_at
+            # not started yet: every earlier call has returned or been abandoned, so a worker takes it shortly
+            wait = self.timeout_s if started is None else started + self.timeout_s - time.monotonic()
             try:
-                out.append(future.result(timeout=max(0.0, deadline - time.monotonic())))
+                return future.result(timeout=max(0.0, wait))
             except FutureTimeout:
-                hung = True
-                out.append(EnvironmentFailure(f"environment call timed out after {self.timeout_s:g} s"))
+                if future.done():  # it returned just as the wait ran out
+                    continue
+                started = future.started_at
+                if started is not None and time.monotonic() - started >= self.timeout_s:
+                    future.abandoned = True
+                    self._live -= 1
+                    self._spawn()
+                    return EnvironmentFailure(f"environment call timed out after {self.timeout_s:g} s")
             except Exception as exc:  # noqa: BLE001 - any environment error fails only its episode
-                out.append(EnvironmentFailure(f"environment raised {type(exc).__name__}: {exc}"))
-        if hung:  # the hung threads stay busy: start a fresh pool so later calls still get `workers` threads
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="rcl-env")
-        return out
+                return EnvironmentFailure(f"environment raised {type(exc).__name__}: {exc}")
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Stop the idle workers (a hung one is a daemon thread and never holds up exit)."""
+        for _ in range(self._live):
+            self._queue.put(None)
+        self._live = 0
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,8 @@ class PPOArgs:
     ppo_epochs: int = 4
     """Passes over one rollout."""
     mini_batch_size: int = 8
-    """Completions per optimizer update (each update is one optimizer step)."""
+    """Completions per optimizer update (each update is one optimizer step), over all processes: under DDP each process
+    takes mini_batch_size / processes of its own rows (it must divide)."""
     critic_learning_rate: float | None = None
     """Learning rate of the critic (null: the policy's)."""
 
@@ -114,7 +115,9 @@ def forward_with_values(model, critic, input_ids: Tensor, attention_mask: Tensor
     the policy's entropy there. Value and log-prob use the same positions (the one that predicts the token)."""
     position_ids = (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
     start = input_ids.size(1) - completion_len - 1
-    shared = isinstance(getattr(critic, "_forward_module", critic), ValueHead)  # Fabric wraps it
+    from rcl.rl.loop import unwrap
+
+    shared = isinstance(unwrap(critic), ValueHead)  # inside Fabric's wrapper (and DDP's, under DDP)
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                 output_hidden_states=shared)
     logits = out.logits[:, start:-1, :]
@@ -155,7 +158,11 @@ def train_step(fabric, state, rollout, ppo: PPOArgs, generation, optimizer_args,
     reference = state["ref_model"]
     pad = unwrap(model).config.pad_token_id or 0
     n, temp = len(rollout), generation.temperature
-    chunks = [list(range(i, min(n, i + ppo.mini_batch_size))) for i in range(0, n, ppo.mini_batch_size)]
+    size = local_mini_batch(ppo.mini_batch_size, fabric.world_size)
+    chunks = [list(range(i, min(n, i + size))) for i in range(0, n, size)]
+
+    def total(t: Tensor) -> Tensor:  # summed over the processes: whitening and token means span the global batch
+        return fabric.all_reduce(t, reduce_op="sum") if fabric.world_size > 1 else t
 
     # 1. the rollout as the behaviour policy and the critic saw it (no gradients)
     old_logp, old_values, masks, rewards, dones, kls = {}, {}, {}, {}, {}, []
@@ -189,7 +196,7 @@ def train_step(fabric, state, rollout, ppo: PPOArgs, generation, optimizer_args,
     all_mask = _pad_rows([masks[i] for i in order], width)
     raw_adv = adv
     if ppo.whiten_advantages:
-        adv = ppo_math.whiten(adv, all_mask)
+        adv = ppo_math.whiten(adv, all_mask, total=total)
     ev = ppo_math.explained_variance(_pad_rows([old_values[i] for i in order], width), ret, all_mask)
 
     # 3. ppo_epochs over shuffled mini-batches
@@ -198,8 +205,8 @@ def train_step(fabric, state, rollout, ppo: PPOArgs, generation, optimizer_args,
     generator = torch.Generator().manual_seed(step_seed)
     for _ in range(ppo.ppo_epochs):
         perm = torch.randperm(n, generator=generator).tolist()
-        for start in range(0, n, ppo.mini_batch_size):
-            index = perm[start : start + ppo.mini_batch_size]
+        for start in range(0, n, size):
+            index = perm[start : start + size]
             ids, attn, comp = _pack(rollout, index, pad, fabric.device)
             T = comp.shape[1]
             mask = _pad_rows([masks[i] for i in index], T)
@@ -210,6 +217,9 @@ def train_step(fabric, state, rollout, ppo: PPOArgs, generation, optimizer_args,
                                                _pad_rows([ret[i] for i in index], T), mask, ppo.clip_range_value)
             mean_entropy = (ent * mask).sum() / mask.sum().clamp(min=1.0)
             loss = pg + ppo.vf_coef * vl - ppo.entropy_coef * mean_entropy
+            if fabric.world_size > 1:  # every term is a mean over this process's tokens of the mini-batch
+                local_tokens = mask.sum().detach()
+                loss = loss * ppo_math.process_share(local_tokens, total(local_tokens.clone()), fabric.world_size)
             fabric.backward(loss)
             fabric.call("on_before_optimizer_step", fabric=fabric, state=state, optimizer=optimizer)
             if optimizer_args.max_grad_norm:
@@ -235,13 +245,22 @@ def train_step(fabric, state, rollout, ppo: PPOArgs, generation, optimizer_args,
     stats["advantages/mean_raw"] = float((raw_adv * all_mask).sum() / all_mask.sum().clamp(min=1.0))
     stats["value/mean"] = float(sum(v.sum() for v in old_values.values()) / max(all_mask.sum(), 1.0))
     stats["ppo/updates"] = float(updates)
-    if kls:
-        mean_kl = float(sum(k for k, _ in kls) / max(float(sum(m for _, m in kls)), 1.0))
+    if kls:  # the global KL, so every process's controller takes the same step
+        kl_sum, kl_tokens = total(torch.stack([sum(k for k, _ in kls), sum(m for _, m in kls)]).float()).tolist()
+        mean_kl = kl_sum / max(kl_tokens, 1.0)
         stats["kl"] = mean_kl
         stats["kl_coef"] = kl_coef
         if state.get("kl_controller") is not None:
             state["kl_controller"].update(mean_kl, n)
     return stats
+
+
+def local_mini_batch(mini_batch_size: int, world_size: int) -> int:
+    """Each process's rows per update: `mini_batch_size` is counted over all processes."""
+    if mini_batch_size % world_size:
+        raise ValueError(f"ppo.mini_batch_size={mini_batch_size} must be divisible by the {world_size} training "
+                         f"processes; use a multiple of {world_size}")
+    return mini_batch_size // world_size
 
 
 def setup_critic(fabric, state: dict, ppo: PPOArgs, policy_path: str, optimizer_args, max_steps: int,

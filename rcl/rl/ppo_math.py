@@ -8,6 +8,7 @@ on environment text. Masked positions are skipped by GAE: the value after an act
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -47,12 +48,16 @@ def gae(rewards: Tensor, values: Tensor, dones: Tensor, mask: Tensor, gamma: flo
     return advantages, (advantages + values) * mask
 
 
-def whiten(values: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
-    """(x - mean) / std over the active positions (unbiased std; masked positions stay 0)."""
+def whiten(values: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8,
+           total: Callable[[Tensor], Tensor] = lambda t: t) -> Tensor:
+    """(x - mean) / std over the active positions (unbiased std; masked positions stay 0).
+
+    `total` sums a scalar over the training processes (an all-reduce), so that under DDP the mean and std are those of
+    the whole batch and each process whitens its share exactly as one process would whiten all of it."""
     mask = mask.to(values.dtype)
-    n = mask.sum().clamp(min=1.0)
-    mean = (values * mask).sum() / n
-    var = (((values - mean) * mask) ** 2).sum() / (n - 1).clamp(min=1.0)
+    n = total(mask.sum()).clamp(min=1.0)
+    mean = total((values * mask).sum()) / n
+    var = total((((values - mean) * mask) ** 2).sum()) / (n - 1).clamp(min=1.0)
     out = (values - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean
@@ -85,6 +90,12 @@ def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor
     with torch.no_grad():
         frac = masked_mean((clipped > unclipped).to(values.dtype), mask)
     return loss, {"value/clip_frac": frac}
+
+
+def process_share(local_tokens: Tensor, global_tokens: Tensor, world_size: int) -> Tensor:
+    """The factor that turns a process's token mean into its share of the global token mean: DDP averages the
+    processes' gradients, so mean_p(share_p x mean_p) = sum over all tokens / all tokens whatever each holds."""
+    return local_tokens * world_size / global_tokens.clamp(min=1.0)
 
 
 def entropy(logits: Tensor) -> Tensor:
