@@ -119,16 +119,16 @@ def test_every_trainable_parameter_changes_after_one_step(models_dir, tmp_path):
     assert step["train/tokens"] > step["train/completion_tokens"]
 
 
-def test_trained_tokens_count_each_completion_with_its_prompt():
+def test_budget_tokens_count_each_completion_with_its_prompt():
     from types import SimpleNamespace
 
     from rcl.engines import Completion
-    from rcl.rl.loop import trained_tokens
+    from rcl.rl.loop import budget_tokens
 
     rollout = SimpleNamespace(prompt_ids=[[1, 2, 3], [1, 2, 3], [7]],
                               completions=[Completion([4, 5], None, "stop", "a"), Completion([6], None, "length", "b"),
                                            Completion([8, 9, 10], None, "stop", "c")])
-    assert trained_tokens(rollout) == {"train/tokens": 3 + 2 + 3 + 1 + 1 + 3, "train/completion_tokens": 6}
+    assert budget_tokens(rollout) == {"train/tokens": 3 + 2 + 3 + 1 + 1 + 3, "train/completion_tokens": 6}
 
 
 @pytest.mark.parametrize("objective", [(), KL_TO_SYNCED_REFERENCE], ids=["no_kl", "kl_to_synced_reference"])

@@ -886,7 +886,7 @@ def _mean_over_processes(fabric, values: dict[str, float]) -> dict[str, float]:
     return dict(zip(keys, t.tolist()))
 
 
-def trained_tokens(rollout: Rollout) -> dict[str, float]:
+def budget_tokens(rollout: Rollout) -> dict[str, float]:
     """Tokens one optimizer pass over the rollout puts through the policy: `train/tokens` (each completion with its
     prompt) and `train/completion_tokens` (the completions alone, where the loss is)."""
     completion = sum(len(c.token_ids) for c in rollout.completions)
@@ -916,7 +916,7 @@ def step_metrics(fabric, rollout: Rollout, stats: dict, state: dict, train_secon
     metrics = _mean_over_processes(fabric, local)
     metrics["lr"] = state["scheduler"].get_last_lr()[0]
     tokens = {f"tokens/{k}": float(v) for k, v in rollout.generated_tokens.items()} | rollout.verifier  # summed
-    tokens |= trained_tokens(rollout)
+    tokens |= budget_tokens(rollout)
     summed = {k: v * fabric.world_size for k, v in _mean_over_processes(fabric, tokens | rollout.by_task).items()}
     metrics.update({k: v for k, v in summed.items() if k not in rollout.by_task} | per_task_means(summed))
     return metrics
