@@ -11,29 +11,18 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 
-def preallocated_cache(config: Any, capacity: int) -> Any:
+def preallocated_cache(config: Any, capacity: int) -> DynamicCache:
     """A `DynamicCache` for `config` whose full-attention layers preallocate `capacity` positions; layers of other
     kinds (sliding windows, linear attention) stay as transformers builds them."""
-    from transformers import DynamicCache
-
     cache = DynamicCache(config=config)
-    layers = getattr(cache, "layers", None)
-    if layers is not None:
-        from transformers.cache_utils import DynamicLayer
-
-        cache.layers = [PreallocatedLayer(capacity) if type(layer) is DynamicLayer else layer for layer in layers]
+    cache.layers = [PreallocatedLayer(capacity) if type(layer) is DynamicLayer else layer for layer in cache.layers]
     return cache
 
 
-def _layer_base() -> type:
-    from transformers.cache_utils import DynamicLayer
-
-    return DynamicLayer
-
-
-class PreallocatedLayer(_layer_base()):
+class PreallocatedLayer(DynamicLayer):
     """`DynamicLayer` semantics (`keys`/`values` hold the cached states, batch selection and repetition work), with
     in-place writes into buffers of `capacity` positions instead of a concatenation per step."""
 
