@@ -26,8 +26,10 @@ from data_modules.sft_examples import (
 )
 from data_modules.sources import DataError, DataFiles, load_rows
 from rcl.prompts import PromptTemplates
+from rcl.tasks.base import TaskArgs
 
 SYNTHETIC = "synthetic"
+ENVIRONMENT = "environment"
 _SYNTHETIC_ROWS = {
     "atlas_sft": lambda problems, seed: synthetic.to_sft_rows(problems, seed),
     "atlas_rl": lambda problems, seed: synthetic.to_rl_rows(problems),
@@ -62,10 +64,13 @@ class TeacherStudentDataModule(LightningDataModule):
         batch_size: int = 16,
         num_workers: int = 0,
         student_examples: Sequence[StudentExample] = ("baseline",),
+        environment: TaskArgs | None = None,
+        scripted_epsilon: float = 0.0,
     ):
         """
         Args:
-            dataset: "synthetic" (generated arithmetic), a hub dataset id, a local .jsonl/.json/.parquet/.csv file,
+            dataset: "synthetic" (generated arithmetic), "environment" (SFT episodes that the scripted policy of
+                `environment` plays; `synthetic_size` episodes from `synthetic_seed`, the schema unused), a hub dataset id, a local .jsonl/.json/.parquet/.csv file,
                 or a local folder.
             dataset_config: Hub dataset configuration name (ignored for local files).
             split: Split to load from a hub dataset or folder (a single local file is always one split).
@@ -93,6 +98,12 @@ class TeacherStudentDataModule(LightningDataModule):
             student_examples: For generic rows, which student examples each row gives: baseline (question ->
                 solution), with_teaching (question + teaching -> solution; needs `teaching`) and probe (question ->
                 approach; needs `approach`).
+            environment: With dataset "environment": the multi-turn environment (name, kwargs, module, as the RL
+                recipe's `task`), one with scripted policies (`optimal_action`, `random_action`: any
+                `rcl.tasks.envs.base.ToyEnvironment`). Each episode becomes one example whose ids are the multi-turn
+                rollout's for those actions and whose labels are the actions (environment text masked).
+            scripted_epsilon: Share of turns on which the scripted expert takes a uniformly random action instead of
+                the optimal one (the data then holds its mistakes too, leaving RL room to improve).
         """
         super().__init__()
         self.dataset = dataset
@@ -114,6 +125,8 @@ class TeacherStudentDataModule(LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.student_examples = tuple(student_examples)
+        self.environment = environment
+        self.scripted_epsilon = scripted_epsilon
         self.tokenizer = None
         self.train_set: datasets.Dataset | None = None
         self.val_set: datasets.Dataset | None = None
@@ -125,6 +138,9 @@ class TeacherStudentDataModule(LightningDataModule):
         """All rows, with the schema's canonical column names and checked types, plus the `extra` fields."""
         if extra not in self._rows:
             self._check_settings()
+            if self.dataset == ENVIRONMENT:
+                self._rows[extra] = datasets.Dataset.from_list(self._episode_rows())
+                return self._rows[extra]
             if self.dataset == SYNTHETIC:
                 table = datasets.Dataset.from_list(_SYNTHETIC_ROWS[self.schema](self._problems(), self.synthetic_seed))
             else:
@@ -132,6 +148,16 @@ class TeacherStudentDataModule(LightningDataModule):
             self._rows[extra] = canonicalize(table, self.schema, None if self.dataset == SYNTHETIC else self.columns,
                                              extra)
         return self._rows[extra]
+
+    def _scripted_env(self):
+        env = self.environment.build()
+        if not all(callable(getattr(env, name, None)) for name in ("optimal_action", "random_action")):
+            raise DataError(f"environment {self.environment.name!r} has no scripted policy (optimal_action and "
+                            "random_action, as rcl.tasks.envs.base.ToyEnvironment has) to play SFT episodes")
+        return env
+
+    def _episode_rows(self) -> list[dict]:
+        return self._scripted_env().rows("train", self.synthetic_size, self.synthetic_seed)
 
     def _problems(self) -> list[dict]:
         if self.synthetic_kind == "word_problems":
@@ -144,6 +170,10 @@ class TeacherStudentDataModule(LightningDataModule):
         # Checked here rather than in __init__: errors raised while the CLI instantiates classes come wrapped.
         if self.val_size < 0 or (isinstance(self.val_size, float) and self.val_size >= 1):
             raise DataError(f"val_size must be 0, a share in (0, 1) or a row count >= 1, got {self.val_size}")
+        if self.dataset == ENVIRONMENT and self.environment is None:
+            raise DataError("dataset environment needs data.init_args.environment (name, kwargs, module)")
+        if not 0.0 <= self.scripted_epsilon <= 1.0:
+            raise DataError(f"scripted_epsilon must be in [0, 1], got {self.scripted_epsilon}")
         if self.max_length < 1 or self.batch_size < 1:
             raise DataError(f"max_length and batch_size must be >= 1, got {self.max_length} and {self.batch_size}")
 
@@ -193,10 +223,24 @@ class TeacherStudentDataModule(LightningDataModule):
         raise DataError(f"schema {self.schema} has no SFT target (its rows hold prompts only); use atlas_sft, generic or "
                         "messages for SFT")
 
+    def _scripted_examples(self, batch: dict[str, list]) -> list[tuple[list[int], list[int]]]:
+        """One example per episode row: the scripted policy's episode, rendered as the multi-turn rollout renders it."""
+        from rcl.rl.multiturn import ConversationIds, scripted_example
+        from rcl.tasks.envs.base import scripted_policy
+
+        env, render = self._scripted_env(), ConversationIds(self.tokenizer, self.templates)
+        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        return [scripted_example(env, render, row, scripted_policy(self.scripted_epsilon, seed=int(row["seed"])))[:2]
+                for row in rows]
+
+    def _examples(self, batch: dict[str, list], indices: list[int]) -> list[tuple[list[int], list[int]]]:
+        if self.dataset == ENVIRONMENT:
+            return self._scripted_examples(batch)
+        return [tokenize_pair(self.tokenizer, prompt, completion) for prompt, completion in self._pairs(batch, indices)]
+
     def _tokenize_batch(self, batch: dict[str, list], indices: list[int]) -> dict[str, list]:
         out: dict[str, list] = {"input_ids": [], "labels": [], "overlong": []}
-        for prompt, completion in self._pairs(batch, indices):
-            input_ids, labels = tokenize_pair(self.tokenizer, prompt, completion)
+        for input_ids, labels in self._examples(batch, indices):
             fitted = fit_length(input_ids, labels, self.max_length, self.overlong)
             out["overlong"].append(fitted is None or len(fitted[0]) < len(input_ids))
             input_ids, labels = fitted if fitted is not None else ([], [])
@@ -215,7 +259,7 @@ class TeacherStudentDataModule(LightningDataModule):
 
     def tokenize(self, rows: datasets.Dataset, name: str) -> datasets.Dataset:
         """SFT examples of `rows` (input_ids, labels); overlong ones truncated or dropped, target-less ones removed."""
-        if self.schema == "generic":
+        if self.schema == "generic" and self.dataset != ENVIRONMENT:
             self._check_student_columns(rows)
         if len(rows) == 0:
             return datasets.Dataset.from_dict({"input_ids": [], "labels": []})

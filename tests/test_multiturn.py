@@ -244,7 +244,8 @@ def test_the_rl_loop_trains_on_a_multi_turn_environment(models_dir, tmp_path, al
     recipe = str(Path(__file__).resolve().parents[1] / "lightning_configs" / "quickstart_grid.yaml")
     extra = ["--grpo.num_generations", "2", "--grpo.prompts_per_step", "2"] if algorithm == "grpo" else \
         ["--grpo.prompts_per_step", "2"]
-    cli_main("fit", ["--config", recipe, "--algorithm", algorithm, "--trainer.out_dir", str(out),
+    cli_main("fit", ["--config", recipe, "--teacher.model_name_or_path", "tiny-1m", "--algorithm", algorithm,
+                     "--trainer.out_dir", str(out),
                      "--trainer.loggers", "[csv]", "--trainer.max_steps", "2", "--eval.num_prompts", "2",
                      "--trainer.export_hf", "false", *extra])
     rows = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
@@ -285,7 +286,8 @@ def test_a_run_whose_environment_hangs_forever_finishes_and_exits(models_dir, tm
     out = tmp_path / "run"
     env = dict(repo_env, RCL_MODELS_DIR=str(models_dir), OMP_NUM_THREADS="1",
                PYTHONPATH=f"{tmp_path}{__import__('os').pathsep}{repo_env['PYTHONPATH']}")
-    args = ["--config", str(root / "lightning_configs" / "quickstart_grid.yaml"), "--task.module", "hanging_env",
+    args = ["--config", str(root / "lightning_configs" / "quickstart_grid.yaml"), "--teacher.model_name_or_path", "tiny-1m",
+            "--task.module", "hanging_env",
             "--task.name", "hanging_grid", "--multiturn.timeout_s", "0.5", "--trainer.max_steps", "1",
             "--grpo.prompts_per_step", "2", "--eval.num_prompts", "2", "--eval.at_start", "false",
             "--trainer.export_hf", "false", "--trainer.loggers", "[csv]", "--trainer.out_dir", str(out)]
@@ -295,3 +297,94 @@ def test_a_run_whose_environment_hangs_forever_finishes_and_exits(models_dir, tm
     rows = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     train = [r for r in rows if "reward" in r]
     assert len(train) == 1 and train[0]["verifier/timeouts"] == 2.0  # both episodes hung at their second step
+
+
+# ----- SFT data from an environment's scripted policy -----
+
+GRID = {"size": 4, "terse": True, "char_actions": True, "max_turns": 6}
+
+
+def grid_rows(n=12):
+    return get_task("grid", **GRID).rows("train", n)
+
+
+def test_char_action_texts_are_one_token_and_read_back_as_their_action(tok):
+    env = get_task("grid", **GRID)
+    texts = {a: env.action_text(a) for a in env.actions()}
+    assert len(set(texts.values())) == 5
+    for action, text in texts.items():
+        assert len(tok(text, add_special_tokens=False)["input_ids"]) == 1
+    # the optimal policy written as characters plays exactly the episodes of the optimal policy written as names
+    for row in grid_rows():
+        named = run_episode(get_task("grid", **GRID), optimal_policy, row)
+        written = run_episode(get_task("grid", **GRID), lambda e, o: e.action_text(e.optimal_action()), row)
+        assert written.rewards == named.rewards and written.actions == [texts[a] for a in named.actions]
+    assert get_task("grid", size=4).action_text("pickup") == "pickup"  # named actions stay named
+
+
+def test_scripted_sft_rows_are_the_rollouts_ids_with_the_action_mask_as_labels(tok):
+    """For the same actions, the SFT example is token for token the sequence MultiTurnRunner builds, and its labels
+    are the rollout's trained tokens (the actions and their end-of-turn ids) and nothing else."""
+    from rcl.rl.multiturn import ConversationIds, scripted_example
+    from rcl.tasks.envs.base import scripted_policy
+
+    templates = PromptTemplates(student_system=None, student_baseline="{question}")
+    render = ConversationIds(tok, templates)
+    checked_turns = 0
+    for row in grid_rows(6):
+        ids, labels, actions = scripted_example(get_task("grid", **GRID), render, row, scripted_policy(0.3, row["seed"]))
+        runner = MultiTurnRunner(FakeEngine(tok, actions), lambda: get_task("grid", **GRID), templates)
+        rollout = runner.run([row], seed=0, settings=settings())
+        assert rollout.prompt_ids[0] + rollout.completions[0].token_ids == ids
+        mask = [0] * len(rollout.prompt_ids[0]) + rollout.action_masks[0]
+        assert [t if m else -100 for t, m in zip(ids, mask)] == labels
+        assert rollout.completions[0].text.split("\n") == actions
+        checked_turns += len(actions)
+    assert checked_turns > 12  # multi-turn episodes, not only one-step ones
+
+
+def test_epsilon_zero_reproduces_the_scripted_optimal_policy_and_epsilon_adds_seeded_mistakes(tok):
+    from rcl.rl.multiturn import ConversationIds, scripted_example
+    from rcl.tasks.envs.base import scripted_policy
+
+    render = ConversationIds(tok, TEMPLATES)
+    env = get_task("grid", **GRID)
+    differs = 0
+    for row in grid_rows(20):
+        optimal = run_episode(get_task("grid", **GRID), optimal_policy, row)
+        ids, labels, actions = scripted_example(env, render, row, scripted_policy(0.0, seed=row["seed"]))
+        assert actions == [env.action_text(a) for a in optimal.actions]
+        trained = tok.decode([t for t in labels if t != -100])
+        assert trained == "".join(a + tok.eos_token for a in actions)
+        noisy = scripted_example(env, render, row, scripted_policy(0.5, seed=row["seed"]))
+        assert noisy == scripted_example(env, render, row, scripted_policy(0.5, seed=row["seed"]))  # seeded
+        differs += noisy[2] != actions
+    assert differs >= 5
+    with pytest.raises(ValueError, match="epsilon"):
+        scripted_policy(1.5)
+
+
+def test_the_data_module_plays_any_registered_scripted_environment(tiny_model_dir):
+    """`dataset: environment` works for a user's environment in experiments/ as it is (countdown), labels only the
+    actions, and refuses an environment without a scripted policy."""
+    from data_modules import TeacherStudentDataModule
+    from data_modules.sources import DataError
+    from rcl.tasks.base import TaskArgs
+
+    def module(name, module_name, epsilon=0.0, kwargs=None):
+        return TeacherStudentDataModule(dataset="environment", environment=TaskArgs(name, kwargs or {}, module_name),
+                                        scripted_epsilon=epsilon, synthetic_size=10, val_size=2,
+                                        tokenizer_name_or_path=str(tiny_model_dir), templates=TEMPLATES)
+
+    dm = module("countdown", "experiments.my_environment")
+    dm.setup()
+    assert (len(dm.train_set), len(dm.val_set)) == (8, 2)
+    for example in dm.train_set:
+        text = dm.tokenizer.decode(example["input_ids"])
+        start = int(text.split("Count down from ")[1].split(" ")[0])
+        trained = dm.tokenizer.decode([t for t in example["labels"] if t != -100])
+        assert trained == "".join(f"{n}{dm.tokenizer.eos_token}" for n in range(start - 1, -1, -1))
+    with pytest.raises(DataError, match="no scripted policy"):
+        module("bandit", "rcl.tasks.envs", kwargs={}).setup()
+    with pytest.raises(DataError, match="needs data.init_args.environment"):
+        TeacherStudentDataModule(dataset="environment", tokenizer_name_or_path=str(tiny_model_dir)).setup()

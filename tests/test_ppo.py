@@ -253,7 +253,8 @@ def test_ppo_on_the_grid_under_ddp_two_processes_on_cpu(models_dir, tmp_path, re
     from serving_support import free_port
 
     out = tmp_path / "ddp"
-    args = ["--config", str(CONFIGS / "quickstart_grid.yaml"), "--trainer.strategy", "ddp", "--trainer.devices", "2",
+    args = ["--config", str(CONFIGS / "quickstart_grid.yaml"), "--teacher.model_name_or_path", "tiny-1m",
+            "--trainer.strategy", "ddp", "--trainer.devices", "2",
             "--trainer.max_steps", "2", "--grpo.prompts_per_step", "4", "--ppo.mini_batch_size", "4",
             "--eval.num_prompts", "2", "--eval.at_start", "false", "--trainer.loggers", "[csv]",
             "--trainer.out_dir", str(out)]

@@ -29,6 +29,7 @@ from rcl.grpo import group_advantages
 from rcl.rl.rollout import Interaction, Rollout
 from rcl.tasks.base import Environment
 
+IGNORE_INDEX = -100
 Aggregate = Literal["last", "sum"]
 
 
@@ -149,6 +150,32 @@ class ChatSegments:
         return cls(after, prefix, suffix)
 
 
+class ConversationIds:
+    """How an episode's conversation becomes token ids, built once here for the rollout and for scripted SFT data
+    (`scripted_example`): the first observation rendered as the prompt (the student baseline template), and after
+    each action the environment's answer rendered as the next user turn of the chat template."""
+
+    def __init__(self, tokenizer: Any, templates):
+        self.tokenizer, self.templates = tokenizer, templates
+        self.segments = ChatSegments.of(tokenizer)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def prompt(self, observation: str) -> list[int]:
+        from rcl.prompts import render_prompt, student_messages
+
+        return self.encode(render_prompt(self.tokenizer, student_messages(self.templates, "baseline", observation)))
+
+    def reply(self, action_ids: Sequence[int], observation: str) -> list[int]:
+        """The ids after an action's ids: its end-of-turn token unless the action ended with it, then `observation`
+        as the next user turn, up to where the next assistant turn begins."""
+        eos = self.tokenizer.eos_token_id
+        closing = [eos] if not action_ids or action_ids[-1] != eos else []
+        return closing + self.encode(self.segments.after_action + self.segments.user_prefix + observation
+                                     + self.segments.user_suffix)
+
+
 @dataclass
 class Episode:
     env: Environment
@@ -189,17 +216,8 @@ class MultiTurnRunner:
         self.aggregate = aggregate
         self.pool = EnvPool(workers, timeout_s)
         self.max_total_tokens = max_total_tokens
-        self.segments = ChatSegments.of(policy_engine.tokenizer)
+        self.render = ConversationIds(policy_engine.tokenizer, templates)
         self.failed = 0
-
-    def _encode(self, text: str) -> list[int]:
-        return self.policy.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    def _first_prompt(self, observation: str) -> list[int]:
-        from rcl.prompts import render_prompt, student_messages
-
-        return self._encode(render_prompt(self.policy.tokenizer, student_messages(self.templates, "baseline",
-                                                                                   observation)))
 
     def run(self, rows: Sequence[dict], seed: int, settings) -> Rollout:
         start = time.perf_counter()
@@ -211,12 +229,11 @@ class MultiTurnRunner:
         episodes = []
         for env, first in zip(envs, firsts):
             if isinstance(first, EnvironmentFailure):
-                ep = Episode(env, self._first_prompt("(the environment failed to start)"), done=True, failed=str(first))
+                ep = Episode(env, self.render.prompt("(the environment failed to start)"), done=True, failed=str(first))
             else:
-                ep = Episode(env, self._first_prompt(first))
+                ep = Episode(env, self.render.prompt(first))
             episodes.append(ep)
         timings = {"generation/policy": 0.0, "environment": 0.0}
-        eos = self.policy.tokenizer.eos_token_id
         for turn in range(max(getattr(e, "max_turns", 1) for e in envs)):
             active = [ep for ep in episodes if not ep.done]
             if not active:
@@ -245,9 +262,7 @@ class MultiTurnRunner:
                 if res.done or turn + 1 >= ep.env.max_turns:
                     ep.done, ep.success = True, bool(res.info.get("success"))
                     continue
-                closing = ([eos] if not c.token_ids or c.token_ids[-1] != eos else [])
-                env_ids = closing + self._encode(self.segments.after_action + self.segments.user_prefix
-                                                 + res.observation + self.segments.user_suffix)
+                env_ids = self.render.reply(c.token_ids, res.observation)
                 ep.ids += env_ids
                 ep.mask += [0] * len(env_ids)
                 ep.logprobs += [0.0] * len(env_ids)
@@ -288,3 +303,27 @@ class MultiTurnRunner:
 def copy_factory(env: Environment) -> Callable[[], Environment]:
     """A factory of fresh environments like `env` (the task the recipe built)."""
     return lambda: copy.deepcopy(env)
+
+
+def scripted_example(env: Environment, render: ConversationIds, row: dict, policy: Callable[[Environment, str], str],
+                     seed: int = 0) -> tuple[list[int], list[int], list[str]]:
+    """One SFT example from an episode that `policy(env, observation) -> action text` plays: (ids, labels, actions).
+
+    The ids are what MultiTurnRunner builds for a policy that writes these actions, each followed by its end-of-turn
+    token; the labels are those action and end-of-turn ids, -100 on the prompt and the environment's turns (the
+    rollout's action mask)."""
+    observation = env.reset(row, seed)
+    ids = render.prompt(observation)
+    labels = [IGNORE_INDEX] * len(ids)
+    actions: list[str] = []
+    for turn in range(env.max_turns):
+        actions.append(policy(env, observation))
+        action_ids = render.encode(actions[-1]) + [render.tokenizer.eos_token_id]
+        ids, labels = ids + action_ids, labels + action_ids
+        step = env.step(actions[-1])
+        if step.done or turn + 1 >= env.max_turns:
+            break
+        observation = step.observation
+        reply = render.reply(action_ids, observation)
+        ids, labels = ids + reply, labels + [IGNORE_INDEX] * len(reply)
+    return ids, labels, actions

@@ -2,7 +2,8 @@
 
 A toy environment is deterministic by seed: `reset(row, seed)` builds the episode from `row["seed"]` (and `seed`), and
 the same actions always give the same observations and rewards. Each one ships two scripted policies, `optimal_action`
-and `random_action`, whose returns are tested, so a learning curve can be read against both ends.
+and `random_action`, whose returns are tested, so a learning curve can be read against both ends; `scripted_policy`
+mixes them (an epsilon-noisy expert), which is what SFT data from an environment plays (`dataset: environment`).
 Rewards follow the guide's shaping: a small per-step reward for progress plus a completion reward at the end.
 """
 
@@ -82,6 +83,11 @@ class ToyEnvironment(Environment):
     def random_action(self, rng: random.Random) -> str:
         return rng.choice(self.actions())
 
+    def action_text(self, action: str) -> str:
+        """How a model writes `action` (one of `actions()`), e.g. in scripted SFT data: the action itself, unless
+        the environment reads its actions in another form."""
+        return action
+
 
 def run_episode(env: Environment, policy: Callable[[Environment, str], str], row: dict, seed: int = 0
                 ) -> EpisodeResult:
@@ -102,6 +108,20 @@ def run_episode(env: Environment, policy: Callable[[Environment, str], str], row
 
 def optimal_policy(env: ToyEnvironment, observation: str) -> str:
     return env.optimal_action()
+
+
+def scripted_policy(epsilon: float = 0.0, seed: int = 0) -> Callable[[ToyEnvironment, str], str]:
+    """The optimal policy, except that each action is a uniformly random one with probability `epsilon` (an
+    imperfect expert, for SFT data that leaves RL room to improve), written as `env.action_text` writes it."""
+    if not 0.0 <= epsilon <= 1.0:
+        raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
+    rng = random.Random(seed)
+
+    def act(env: ToyEnvironment, observation: str) -> str:
+        noisy = rng.random() < epsilon
+        return env.action_text(env.random_action(rng) if noisy else env.optimal_action())
+
+    return act
 
 
 def random_policy(seed: int) -> Callable[[ToyEnvironment, str], str]:

@@ -7,6 +7,8 @@ agent closer to the ball (Manhattan distance), `completion_reward` for picking i
 
 from __future__ import annotations
 
+from string import ascii_lowercase
+
 from rcl.tasks.base import register_task
 from rcl.tasks.envs.base import ToyEnvironment
 
@@ -92,3 +94,10 @@ class GridEnv(ToyEnvironment):
 
     def actions(self) -> list[str]:
         return list(ACTIONS)
+
+    def action_text(self, action: str) -> str:
+        """With `char_actions`, the first lowercase letter that reads as `action` (forward d, left e, right a,
+        pickup b, toggle c): one token, as a model that answers with one token per turn writes it."""
+        if not self.char_actions:
+            return action
+        return next(c for c in ascii_lowercase if ord(c) % len(ACTIONS) == ACTIONS.index(action))
