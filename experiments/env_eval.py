@@ -3,7 +3,7 @@
     python experiments/env_eval.py --models runs/quickstart_grid_sft/hf_model runs/quickstart_grid/hf_model \
         --episodes 300
 
-Every model plays the same `--episodes` episodes of the environment's own `test` rows (seeds disjoint from the
+The environment, the prompt templates and the tokens per turn are the RL recipe's (`--config`). Every model plays the same `--episodes` episodes of the environment's own `test` rows (seeds disjoint from the
 `train` rows that SFT data from the environment uses) through the multi-turn rollout (rcl.rl.multiturn), with the
 recipe's generation settings at temperature 0. Prints each model's mean return and success with percentile-bootstrap
 intervals over episodes, and for every model after the first the paired difference against the first
@@ -17,6 +17,7 @@ import json
 from dataclasses import replace
 
 import numpy as np
+import yaml
 
 from rcl.engines import HFEngine
 from rcl.eval.stats import bootstrap_mean_interval, paired_delta
@@ -27,7 +28,6 @@ from rcl.rl.multiturn import MultiTurnRunner, copy_factory
 from rcl.tasks.base import TaskArgs
 from rcl.tiny_models import resolve_model
 
-GRID = {"size": 4, "terse": True, "char_actions": True, "max_turns": 6, "step_reward": 0.1, "completion_reward": 1.0}
 
 
 def play(path: str, task: TaskArgs, rows: list[dict], templates: PromptTemplates, max_tokens: int) -> dict:
@@ -50,17 +50,18 @@ def play(path: str, task: TaskArgs, rows: list[dict], templates: PromptTemplates
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", required=True, help="HF folders or tiny presets; the first is the base")
-    parser.add_argument("--task", default="grid")
-    parser.add_argument("--task-kwargs", default=json.dumps(GRID), help="JSON, as the recipe's task.kwargs")
-    parser.add_argument("--task-module", default="rcl.tasks.envs")
+    parser.add_argument("--config", default="lightning_configs/quickstart_grid.yaml",
+                        help="the RL recipe: its task, templates and generation.max_completion_length")
     parser.add_argument("--episodes", type=int, default=300)
-    parser.add_argument("--max-tokens", type=int, default=1, help="generation.max_completion_length of the recipe")
     parser.add_argument("--json", default=None, help="write the per-episode values here")
     args = parser.parse_args(argv)
-    task = TaskArgs(args.task, json.loads(args.task_kwargs), args.task_module)
+    with open(args.config) as f:
+        recipe = yaml.safe_load(f)
+    task = TaskArgs(**recipe["task"])
+    templates = PromptTemplates(**recipe["templates"])
+    max_tokens = recipe["generation"]["max_completion_length"]
     rows = task.build().rows("test", args.episodes)
-    templates = PromptTemplates(student_system=None, student_baseline="{question}")  # the grid recipes' templates
-    results = {path: play(path, task, rows, templates, args.max_tokens) for path in args.models}
+    results = {path: play(path, task, rows, templates, max_tokens) for path in args.models}
     base = args.models[0]
     for path, values in results.items():
         line = [path]

@@ -17,12 +17,12 @@ from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelP
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchmetrics import MeanMetric
 
+from data_modules.sft_examples import IGNORE_INDEX
 from rcl.engines import HFEngine, SamplingParams
 from rcl.lora import LoraArgs, check_quantization, describe_trainable, export_model, find_peft, load_for_training
 from rcl.optim import OptimizerArgs, build_optimizer, build_scheduler
 from rcl.tiny_models import resolve_model
 
-IGNORE_INDEX = -100
 DType = Literal["float32", "bfloat16", "float16", "auto"]
 
 

@@ -24,12 +24,12 @@ from typing import Any, Callable, Literal, Sequence
 
 import torch
 
+from data_modules.sft_examples import IGNORE_INDEX
 from rcl.engines import Completion
 from rcl.grpo import group_advantages
 from rcl.rl.rollout import Interaction, Rollout
 from rcl.tasks.base import Environment
 
-IGNORE_INDEX = -100
 Aggregate = Literal["last", "sum"]
 
 

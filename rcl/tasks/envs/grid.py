@@ -17,6 +17,11 @@ MOVES = {"north": (0, -1), "east": (1, 0), "south": (0, 1), "west": (-1, 0)}
 ACTIONS = ("forward", "left", "right", "pickup", "toggle")
 
 
+def char_action(char: str) -> str:
+    """The action a character reads as with `char_actions`: its code point modulo 5 indexes ACTIONS."""
+    return ACTIONS[ord(char) % len(ACTIONS)]
+
+
 @register_task("grid")
 class GridEnv(ToyEnvironment):
     max_turns = 20
@@ -60,7 +65,7 @@ class GridEnv(ToyEnvironment):
     def apply(self, action: str) -> tuple[str, float, bool, dict]:
         action = action.lower().split()[0] if action.split() else ""
         if self.char_actions and action not in ACTIONS and action:
-            action = ACTIONS[ord(action[0]) % len(ACTIONS)]
+            action = char_action(action[0])
         before = self.distance()
         if action == "pickup":
             if self.front() == self.ball:
@@ -100,4 +105,4 @@ class GridEnv(ToyEnvironment):
         pickup b, toggle c): one token, as a model that answers with one token per turn writes it."""
         if not self.char_actions:
             return action
-        return next(c for c in ascii_lowercase if ord(c) % len(ACTIONS) == ACTIONS.index(action))
+        return next(c for c in ascii_lowercase if char_action(c) == action)
