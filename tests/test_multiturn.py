@@ -210,6 +210,72 @@ def test_grid_shaping_is_a_step_reward_per_approach_plus_completion():
     assert result.total == pytest.approx(0.1 * (start_distance - 1) + 1.0)
 
 
+def test_grid_egocentric_view_states_the_bearing_and_is_enough_for_the_expert():
+    """Every state of a 4x4 grid: the egocentric observation is the ball's position in the agent's frame, and states
+    that look the same get the same optimal action, so a policy can imitate the expert from the observation alone;
+    the absolute view's observation differs between such states."""
+    from itertools import product
+
+    env = get_task("grid", size=4, terse=True, egocentric=True)
+    env.reset(env.rows("train", 1)[0])
+    cells = list(product(range(4), range(4)))
+    action_of = {}
+    for agent, ball, facing in product(cells, cells, ("north", "east", "south", "west")):
+        if agent == ball:
+            continue
+        env.agent, env.ball, env.facing = agent, ball, facing
+        action_of.setdefault(env.describe(), set()).add(env.optimal_action())
+    assert all(len(actions) == 1 for actions in action_of.values())
+    assert action_of["ball 1 ahead"] == {"pickup"} and action_of["ball 2 ahead"] == {"forward"}
+    assert action_of["ball 1 ahead, 2 left"] == {"forward"} and action_of["ball 3 behind"] == {"right"}
+    assert action_of["ball 1 left"] == {"left"} and action_of["ball 2 behind, 1 right"] == {"right"}
+    env.agent, env.ball, env.facing = (0, 0), (2, 3), "east"  # ball 2 east, 3 south: ahead 2, right 3
+    assert env.describe() == "ball 2 ahead, 3 right"
+    env.facing = "north"
+    assert env.describe() == "ball 3 behind, 2 right"
+    verbose = get_task("grid", size=4, egocentric=True)
+    verbose.reset(verbose.rows("train", 1)[0])
+    verbose.agent, verbose.ball, verbose.facing = (0, 0), (2, 3), "west"
+    assert verbose.describe() == "The ball is 2 behind and 3 left of you."
+    rows = env.rows("train", 30)
+    assert all(run_episode(get_task("grid", size=4, egocentric=True), optimal_policy, r).success for r in rows)
+
+
+def test_grid_expert_takes_a_shortest_path_from_every_state():
+    """The scripted expert's episode length equals a breadth-first search's fewest actions to pick up the ball."""
+    from collections import deque
+    from itertools import product
+
+    env = get_task("grid", size=4, max_turns=50)
+    env.reset(env.rows("train", 1)[0])
+
+    def fewest_actions(agent, ball, facing):
+        seen, queue = {(agent, facing)}, deque([(agent, facing, 0)])
+        while queue:
+            agent, facing, n = queue.popleft()
+            env.agent, env.ball, env.facing, env.done = agent, ball, facing, False
+            if env.front() == ball:
+                return n + 1
+            for action in ("forward", "left", "right"):
+                env.agent, env.facing = agent, facing
+                env.apply(action)
+                if (env.agent, env.facing) not in seen:
+                    seen.add((env.agent, env.facing))
+                    queue.append((env.agent, env.facing, n + 1))
+
+    cells = list(product(range(4), range(4)))
+    for agent, ball, facing in product(cells, cells, ("north", "east", "south", "west")):
+        if agent == ball:
+            continue
+        shortest = fewest_actions(agent, ball, facing)
+        env.agent, env.ball, env.facing, env.done, env.turns = agent, ball, facing, False, 0
+        steps = 0
+        while not env.done:
+            env.step(env.optimal_action())
+            steps += 1
+        assert steps == shortest, (agent, ball, facing)
+
+
 def test_craft_and_shop_shaping():
     craft = get_task("craft")
     row = next(r for r in craft.rows("train", 50) if (craft.reset(r), craft.goal)[1] == "torch")
@@ -301,7 +367,7 @@ def test_a_run_whose_environment_hangs_forever_finishes_and_exits(models_dir, tm
 
 # ----- SFT data from an environment's scripted policy -----
 
-GRID = {"size": 4, "terse": True, "char_actions": True, "max_turns": 6}
+GRID = {"size": 4, "terse": True, "char_actions": True, "egocentric": True, "max_turns": 6}
 
 
 def grid_rows(n=12):
@@ -388,3 +454,40 @@ def test_the_data_module_plays_any_registered_scripted_environment(tiny_model_di
         module("bandit", "rcl.tasks.envs", kwargs={}).setup()
     with pytest.raises(DataError, match="needs data.init_args.environment"):
         TeacherStudentDataModule(dataset="environment", tokenizer_name_or_path=str(tiny_model_dir)).setup()
+
+
+def test_env_eval_plays_models_and_scripted_experts_on_the_same_held_out_episodes(tiny_model_dir, tmp_path):
+    """experiments/env_eval.py: greedy or K samples per episode, paired by episode; scripted experts on the same
+    episodes (epsilon 0 is the optimal policy), and the same call gives the same numbers."""
+    import json
+    from pathlib import Path
+
+    from experiments.env_eval import main
+    from rcl.tasks import TaskArgs
+
+    config = str(Path(__file__).resolve().parents[1] / "lightning_configs" / "quickstart_grid.yaml")
+    args = ["--config", config, "--models", tiny_model_dir, "--episodes", "8", "--scripted", "0", "1"]
+    sampled = main([*args, "--temperature", "1", "--samples", "2", "--json", str(tmp_path / "sampled.json")])
+    assert json.loads((tmp_path / "sampled.json").read_text()) == sampled
+    assert list(sampled) == [tiny_model_dir, "scripted expert, epsilon 0.0", "scripted expert, epsilon 1.0"]
+    for values in sampled.values():
+        assert len(values["return"]) == 8 and all(s in (0.0, 0.5, 1.0) for s in values["success"])
+    optimal, random_ = sampled["scripted expert, epsilon 0.0"], sampled["scripted expert, epsilon 1.0"]
+    env = TaskArgs(**yaml_task(config)).build()
+    for row, ret in zip(env.rows("test", 8), optimal["return"]):
+        assert ret == pytest.approx(run_episode(env, optimal_policy, row).total)
+    assert sum(optimal["return"]) > sum(random_["return"])
+    assert main([*args, "--temperature", "1", "--samples", "2"]) == sampled
+    greedy = main(["--config", config, "--models", tiny_model_dir, tiny_model_dir, "--episodes", "8",
+                   "--pool", "both", "0,1"])
+    assert all(s in (0.0, 1.0) for s in greedy[tiny_model_dir]["success"])
+    assert greedy["both"] == greedy[tiny_model_dir]  # the per-episode mean of two identical runs
+    with pytest.raises(SystemExit):
+        main([*args, "--samples", "2"])  # greedy plays would repeat exactly
+
+
+def yaml_task(config: str) -> dict:
+    import yaml
+
+    with open(config) as f:
+        return yaml.safe_load(f)["task"]

@@ -3,6 +3,12 @@
 Actions: `forward`, `left`, `right` (turn in place), `pickup` (takes the ball in the cell in front), `toggle` (opens
 a door in front; this grid has no doors, so it only costs a turn). Reward: `step_reward` for a step that brings the
 agent closer to the ball (Manhattan distance), `completion_reward` for picking it up.
+
+Observations give the ball either in grid coordinates (the agent's cell and facing, the ball's cell) or, with
+`egocentric`, relative to the agent ("ball 2 ahead, 1 left"), as BabyAI's agent-centred view does. The absolute form
+asks the policy to work out the ball's bearing from four numbers and a letter; the egocentric one states it, and is
+what the scripted expert decides on (tested: states with the same egocentric observation get the same optimal
+action).
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ def char_action(char: str) -> str:
 class GridEnv(ToyEnvironment):
     max_turns = 20
 
-    def __init__(self, size: int = 5, terse: bool = False, char_actions: bool = False, **kwargs):
+    def __init__(self, size: int = 5, terse: bool = False, char_actions: bool = False, egocentric: bool = False,
+                 **kwargs):
         """
         Args:
             size: Side of the square grid.
@@ -34,10 +41,12 @@ class GridEnv(ToyEnvironment):
             char_actions: Any first character is an action: its code point modulo 5 indexes (forward, left, right,
                 pickup, toggle), so every one-token answer acts and a tiny model only has to learn which characters
                 mean what (named actions are still read as such).
+            egocentric: Describe the ball relative to the agent (steps ahead or behind, left or right) instead of
+                giving both positions in grid coordinates.
             **kwargs: max_turns, step_reward, completion_reward.
         """
         super().__init__(**kwargs)
-        self.size, self.terse, self.char_actions = size, terse, char_actions
+        self.size, self.terse, self.char_actions, self.egocentric = size, terse, char_actions, egocentric
 
     def start(self) -> str:
         cells = [(x, y) for x in range(self.size) for y in range(self.size)]
@@ -48,7 +57,20 @@ class GridEnv(ToyEnvironment):
         return (f"Pick up the ball. Actions: {', '.join(ACTIONS)}. The grid is {self.size}x{self.size}, x grows east "
                 f"and y grows south.\n{self.describe()}")
 
+    def bearing(self) -> tuple[int, int]:
+        """The ball relative to the agent: (steps ahead, negative behind; steps to the right, negative left)."""
+        dx, dy = self.ball[0] - self.agent[0], self.ball[1] - self.agent[1]
+        mx, my = MOVES[self.facing]
+        return dx * mx + dy * my, dx * -my + dy * mx  # right of (mx, my) is (-my, mx) with y growing south
+
     def describe(self) -> str:
+        if self.egocentric:
+            ahead, right = self.bearing()
+            parts = ([f"{abs(ahead)} {'ahead' if ahead > 0 else 'behind'}"] if ahead else []) + \
+                ([f"{abs(right)} {'right' if right > 0 else 'left'}"] if right else [])
+            if self.terse:
+                return "ball " + ", ".join(parts)
+            return f"The ball is {' and '.join(parts)} of you."
         if self.terse:
             (x, y), (bx, by) = self.agent, self.ball
             return f"at {x},{y} facing {self.facing[0].upper()}; ball {bx},{by}"
@@ -93,8 +115,10 @@ class GridEnv(ToyEnvironment):
         wanted = [d for d, (mx, my) in MOVES.items() if (mx and mx * dx > 0) or (my and my * dy > 0)]
         if self.facing in wanted:
             return "forward"
-        target = wanted[0]
-        turn = (DIRECTIONS.index(target) - DIRECTIONS.index(self.facing)) % 4
+        # the fewest turns to face a way that closes in (turning around goes right); by the bearing alone, so the
+        # expert acts the same in every state that looks the same from where the agent stands
+        turns = [(DIRECTIONS.index(d) - DIRECTIONS.index(self.facing)) % 4 for d in wanted]
+        turn = min(turns, key=lambda t: (min(t, 4 - t), t))
         return "right" if turn in (1, 2) else "left"
 
     def actions(self) -> list[str]:
