@@ -86,14 +86,14 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--pool LABEL INDICES: INDICES are comma-separated positions in --models, e.g. 1,2,3")
     if any(not 0 <= i < len(args.models) for _, members in args.pool for i in members):
         parser.error("--pool indices must be positions in --models")
+    if args.samples < 1 or (args.samples > 1 and args.temperature == 0):
+        parser.error("--samples > 1 needs --temperature > 0 (greedy plays repeat exactly)")
     with open(args.config) as f:
         recipe = yaml.safe_load(f)
     task = TaskArgs(**recipe["task"])
     templates = PromptTemplates(**recipe["templates"])
     max_tokens = recipe["generation"]["max_completion_length"]
     rows = task.build().rows("test", args.episodes)
-    if args.samples < 1 or (args.samples > 1 and args.temperature == 0):
-        parser.error("--samples > 1 needs --temperature > 0 (greedy plays repeat exactly)")
     results = {path: play(path, task, rows, templates, max_tokens, args.temperature, args.samples)
                for path in args.models}
     for epsilon in args.scripted:
