@@ -1,5 +1,5 @@
 from rcl.rl.loop import progress_line
-from rcl.rl.trend import direction, trend_line
+from rcl.rl.trend import direction, room_warning, trend_line
 
 
 def _eval(step, acc, ndr):
@@ -38,3 +38,22 @@ def test_progress_line_prints_the_window_ndr_when_tracked():
     assert "ndr(window) 0.810" in progress_line(1, 10, m)
     del m["teaching/window_ndr"]
     assert "ndr 0.500" in progress_line(1, 10, m)
+
+
+def _first(alone, alone_ci, taught, taught_ci):
+    return {"step": 0, "eval/baseline_accuracy": alone, "eval/baseline_accuracy_ci_low": alone_ci[0],
+            "eval/baseline_accuracy_ci_high": alone_ci[1], "eval/with_teaching_accuracy": taught,
+            "eval/with_teaching_accuracy_ci_low": taught_ci[0], "eval/with_teaching_accuracy_ci_high": taught_ci[1]}
+
+
+def test_room_warning_when_the_student_alone_is_not_below_teacher_plus_student():
+    # the 1-thread quickstart: student alone 0.835, teacher + student 0.290
+    line = room_warning(_first(0.835, (0.80, 0.87), 0.290, (0.25, 0.33)))
+    assert line.startswith("student alone 0.835 [0.800, 0.870] is not below teacher + student 0.290 [0.250, 0.330]")
+    # overlapping intervals: no measured room either
+    assert room_warning(_first(0.30, (0.25, 0.35), 0.33, (0.28, 0.38))) is not None
+    # a student that needs teaching: quiet
+    assert room_warning(_first(0.075, (0.05, 0.10), 0.265, (0.23, 0.30))) is None
+    # the direct protocol has no baseline or teacher
+    assert room_warning({"step": 0, "eval/accuracy": 0.5, "eval/accuracy_ci_low": 0.4,
+                         "eval/accuracy_ci_high": 0.6}) is None

@@ -63,7 +63,7 @@ from rcl.rl.async_rollouts import LocalWorker, RolloutPipeline, VersionedEngine,
 from rcl.rl.importance import resolve_correction, sampler_logprobs
 from rcl.rl.rollout import Rollout, RolloutRunner, RolloutSettings
 from rcl.rl.threads import busy_machine_warning, training_threads
-from rcl.rl.trend import trend_line
+from rcl.rl.trend import room_warning, trend_line
 from rcl.interrupt import StopRequest, TrainingInterrupted, report, resume_command
 from rcl.run_dir import (
     RL_OUTPUTS,
@@ -959,6 +959,8 @@ def evaluate(fabric, state, runner: RolloutRunner, val_rows, settings, eval_args
     trend = trend_line(state["evals"])
     if trend:
         fabric.print(trend)
+    if len(state["evals"]) == 1 and (warning := room_warning(state["evals"][0])):
+        fabric.print(f"warning: {warning}")
     if eval_args.keep_best:
         keep_if_best(fabric, state, runner.policy.tokenizer, metrics)
     return metrics

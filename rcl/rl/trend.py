@@ -40,3 +40,21 @@ def trend_line(evals: Sequence[dict], window: int = TREND_WINDOW) -> str | None:
                      f"[{low:.3f}, {high:.3f}] at step {first['step']}: {direction(trailing, low, high)}; "
                      f"best {best[key]:.3f} at step {best['step']}")
     return "held-out trend: " + "; ".join(parts) if parts else None
+
+
+def room_warning(first: dict) -> str | None:
+    """At the first evaluation of an adaptive-teaching run: a plain warning when the student alone already scores
+    at least what it scores with the teacher, by the intervals. The adaptive reward then mostly punishes teaching
+    (nearly every teaching falls short of the student's own baseline), and GRPO drives the teacher to teach less,
+    which is how a too-strong student SFT showed up in the quickstart. None when teaching has room, or for direct."""
+    keys = ("eval/baseline_accuracy", "eval/with_teaching_accuracy")
+    if any(k not in first or f"{k}_ci_low" not in first for k in keys):
+        return None
+    alone, taught = first[keys[0]], first[keys[1]]
+    if first[f"{keys[0]}_ci_high"] < first[f"{keys[1]}_ci_low"]:
+        return None
+    return (f"student alone {alone:.3f} [{first[f'{keys[0]}_ci_low']:.3f}, {first[f'{keys[0]}_ci_high']:.3f}] is not "
+            f"below teacher + student {taught:.3f} [{first[f'{keys[1]}_ci_low']:.3f}, {first[f'{keys[1]}_ci_high']:.3f}] "
+            "at the first evaluation: teaching has no measured room, and the adaptive reward will mostly push the "
+            "teacher to teach less. Check the student checkpoint (is it already solving these problems alone?) "
+            "before reading this run as the teacher's learning.")
