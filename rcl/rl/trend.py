@@ -6,6 +6,8 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
+from rcl.eval.report import fmt
+
 TREND_WINDOW = 3
 """Evaluations the trailing mean covers: enough to smooth one noisy evaluation, few enough to show a late fall."""
 
@@ -36,25 +38,25 @@ def trend_line(evals: Sequence[dict], window: int = TREND_WINDOW) -> str | None:
         trailing = statistics.fmean(e[key] for e in later)
         low, high = first[f"{key}_ci_low"], first[f"{key}_ci_high"]
         best = max(evals, key=lambda e: e[key])
-        parts.append(f"{_LABELS[key]} {trailing:.3f} (mean of the last {len(later)}) vs {first[key]:.3f} "
-                     f"[{low:.3f}, {high:.3f}] at step {first['step']}: {direction(trailing, low, high)}; "
+        parts.append(f"{_LABELS[key]} {trailing:.3f} (mean of the last {len(later)}) vs {fmt(first[key], low, high)} "
+                     f"at step {first['step']}: {direction(trailing, low, high)}; "
                      f"best {best[key]:.3f} at step {best['step']}")
     return "held-out trend: " + "; ".join(parts) if parts else None
 
 
 def room_warning(first: dict) -> str | None:
-    """At the first evaluation of an adaptive-teaching run: a plain warning when the student alone already scores
-    at least what it scores with the teacher, by the intervals. The adaptive reward then mostly punishes teaching
-    (nearly every teaching falls short of the student's own baseline), and GRPO drives the teacher to teach less,
-    which is how a too-strong student SFT showed up in the quickstart. None when teaching has room, or for direct."""
-    keys = ("eval/baseline_accuracy", "eval/with_teaching_accuracy")
-    if any(k not in first or f"{k}_ci_low" not in first for k in keys):
+    """At the first evaluation this process runs in an adaptive-teaching run: a plain warning when the student alone
+    is not below teacher + student by their intervals (the student's upper bound reaches the pair's lower bound).
+    The adaptive reward then mostly punishes teaching (nearly every teaching falls short of the student's own
+    baseline), and GRPO drives the teacher to teach less, which is how a too-strong student SFT showed up in the
+    quickstart. None when teaching has room, or for direct."""
+    alone, taught = "eval/baseline_accuracy", "eval/with_teaching_accuracy"
+    if any(f"{k}_ci_low" not in first for k in (alone, taught)):
         return None
-    alone, taught = first[keys[0]], first[keys[1]]
-    if first[f"{keys[0]}_ci_high"] < first[f"{keys[1]}_ci_low"]:
+    if first[f"{alone}_ci_high"] < first[f"{taught}_ci_low"]:
         return None
-    return (f"student alone {alone:.3f} [{first[f'{keys[0]}_ci_low']:.3f}, {first[f'{keys[0]}_ci_high']:.3f}] is not "
-            f"below teacher + student {taught:.3f} [{first[f'{keys[1]}_ci_low']:.3f}, {first[f'{keys[1]}_ci_high']:.3f}] "
-            "at the first evaluation: teaching has no measured room, and the adaptive reward will mostly push the "
-            "teacher to teach less. Check the student checkpoint (is it already solving these problems alone?) "
-            "before reading this run as the teacher's learning.")
+    interval = lambda k: fmt(first[k], first[f"{k}_ci_low"], first[f"{k}_ci_high"])  # noqa: E731
+    return (f"student alone {interval(alone)} is not below teacher + student {interval(taught)} at the first "
+            "evaluation: teaching has no measured room, and the adaptive reward will mostly push the teacher to teach "
+            "less. Check the student checkpoint (is it already solving these problems alone?) before reading this run "
+            "as the teacher's learning.")
