@@ -6,6 +6,7 @@ evaluation sample from. Labels are -100 on prompt positions: the loss covers the
 
 from __future__ import annotations
 
+import zlib
 from typing import Any, Literal, Sequence
 
 import torch
@@ -15,6 +16,12 @@ from rcl.prompts import PromptTemplates, render_prompt, student_messages, teache
 
 IGNORE_INDEX = -100
 StudentExample = Literal["baseline", "with_teaching", "probe"]
+
+
+def in_share(key: str, share: float) -> bool:
+    """Whether `key` is in a fixed `share` of all keys: by its crc32, which (unlike `hash`) is the same in every
+    process and on every machine."""
+    return zlib.crc32(key.encode()) < share * 2**32
 
 
 def atlas_sft_pair(tokenizer: Any, templates: PromptTemplates, row: dict) -> tuple[str, str]:

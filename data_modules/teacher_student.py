@@ -21,6 +21,7 @@ from data_modules.sft_examples import (
     collate_right_padded,
     fit_length,
     generic_pairs,
+    in_share,
     messages_pair,
     tokenize_pair,
 )
@@ -64,6 +65,7 @@ class TeacherStudentDataModule(LightningDataModule):
         batch_size: int = 16,
         num_workers: int = 0,
         student_examples: Sequence[StudentExample] = ("baseline",),
+        baseline_share: float = 1.0,
         environment: TaskArgs | None = None,
         scripted_epsilon: float = 0.0,
     ):
@@ -98,6 +100,10 @@ class TeacherStudentDataModule(LightningDataModule):
             student_examples: For generic rows, which student examples each row gives: baseline (question ->
                 solution), with_teaching (question + teaching -> solution; needs `teaching`) and probe (question ->
                 approach; needs `approach`).
+            baseline_share: Share of training rows that give their baseline example (when `student_examples` has
+                it), picked by a hash of the question, so the choice does not depend on row order. Fewer solved
+                examples keep a small student from learning to solve alone what teaching should help it with.
+                Validation rows always give every kind, so validation exact match still measures solving alone.
             environment: With dataset "environment": the multi-turn environment (name, kwargs, module, as the RL
                 recipe's `task`), one with scripted policies (`optimal_action`, `random_action`: any
                 `rcl.tasks.envs.base.ToyEnvironment`). Each episode becomes one example whose ids are the multi-turn
@@ -125,6 +131,7 @@ class TeacherStudentDataModule(LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.student_examples = tuple(student_examples)
+        self.baseline_share = baseline_share
         self.environment = environment
         self.scripted_epsilon = scripted_epsilon
         self.tokenizer = None
@@ -172,6 +179,8 @@ class TeacherStudentDataModule(LightningDataModule):
             raise DataError(f"val_size must be 0, a share in (0, 1) or a row count >= 1, got {self.val_size}")
         if self.dataset == ENVIRONMENT and self.environment is None:
             raise DataError("dataset environment needs data.init_args.environment (name, kwargs, module)")
+        if not 0.0 <= self.baseline_share <= 1.0:
+            raise DataError(f"baseline_share must be in [0, 1], got {self.baseline_share}")
         if not 0.0 <= self.scripted_epsilon <= 1.0:
             raise DataError(f"scripted_epsilon must be in [0, 1], got {self.scripted_epsilon}")
         if self.max_length < 1 or self.batch_size < 1:
@@ -211,17 +220,23 @@ class TeacherStudentDataModule(LightningDataModule):
 
     # ----- SFT -----
 
-    def _pairs(self, batch: dict[str, list], indices: list[int]) -> list[tuple[str, str]]:
+    def _pairs(self, batch: dict[str, list], indices: list[int], baseline_share: float) -> list[tuple[str, str]]:
         rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
         tok, templates = self.tokenizer, self.templates
         if self.schema == "atlas_sft":
             return [atlas_sft_pair(tok, templates, row) for row in rows]
         if self.schema == "generic":
-            return [pair for row in rows for pair in generic_pairs(tok, templates, row, self.student_examples)]
+            return [pair for row in rows
+                    for pair in generic_pairs(tok, templates, row, self._kinds_of(row, baseline_share))]
         if self.schema == "messages":
             return [messages_pair(tok, row, i) for row, i in zip(rows, indices)]
         raise DataError(f"schema {self.schema} has no SFT target (its rows hold prompts only); use atlas_sft, generic or "
                         "messages for SFT")
+
+    def _kinds_of(self, row: dict, baseline_share: float) -> tuple[StudentExample, ...]:
+        if baseline_share >= 1.0 or in_share(row["question"], baseline_share):
+            return self.student_examples
+        return tuple(kind for kind in self.student_examples if kind != "baseline")
 
     def _scripted_examples(self, batch: dict[str, list]) -> list[tuple[list[int], list[int]]]:
         """One example per episode row: the scripted policy's episode, rendered as the multi-turn rollout renders it."""
@@ -233,14 +248,17 @@ class TeacherStudentDataModule(LightningDataModule):
         return [scripted_example(env, render, row, scripted_policy(self.scripted_epsilon, seed=int(row["seed"])))[:2]
                 for row in rows]
 
-    def _examples(self, batch: dict[str, list], indices: list[int]) -> list[tuple[list[int], list[int]]]:
+    def _examples(
+        self, batch: dict[str, list], indices: list[int], baseline_share: float
+    ) -> list[tuple[list[int], list[int]]]:
         if self.dataset == ENVIRONMENT:
             return self._scripted_examples(batch)
-        return [tokenize_pair(self.tokenizer, prompt, completion) for prompt, completion in self._pairs(batch, indices)]
+        pairs = self._pairs(batch, indices, baseline_share)
+        return [tokenize_pair(self.tokenizer, prompt, completion) for prompt, completion in pairs]
 
-    def _tokenize_batch(self, batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+    def _tokenize_batch(self, batch: dict[str, list], indices: list[int], baseline_share: float) -> dict[str, list]:
         out: dict[str, list] = {"input_ids": [], "labels": [], "overlong": []}
-        for input_ids, labels in self._examples(batch, indices):
+        for input_ids, labels in self._examples(batch, indices, baseline_share):
             fitted = fit_length(input_ids, labels, self.max_length, self.overlong)
             out["overlong"].append(fitted is None or len(fitted[0]) < len(input_ids))
             input_ids, labels = fitted if fitted is not None else ([], [])
@@ -263,9 +281,9 @@ class TeacherStudentDataModule(LightningDataModule):
             self._check_student_columns(rows)
         if len(rows) == 0:
             return datasets.Dataset.from_dict({"input_ids": [], "labels": []})
-        examples = rows.map(
-            self._tokenize_batch, batched=True, with_indices=True, remove_columns=rows.column_names, desc=f"tokenize {name}"
-        )
+        share = self.baseline_share if name == "train" else 1.0
+        examples = rows.map(self._tokenize_batch, batched=True, with_indices=True, fn_kwargs={"baseline_share": share},
+                            remove_columns=rows.column_names, desc=f"tokenize {name}")
         overlong = sum(examples["overlong"])
         if overlong:
             action = "dropped" if self.overlong == "drop" else "truncated"

@@ -1,12 +1,13 @@
 """TeacherStudentDataModule: schemas end to end, the seeded split shared by SFT and RL, and the RL dataset API."""
 
 import json
+import zlib
 import logging
 
 import pytest
 
 from data_modules import DataError, TeacherStudentDataModule
-from data_modules.sft_examples import IGNORE_INDEX
+from data_modules.sft_examples import IGNORE_INDEX, in_share
 
 
 def write_jsonl(path, rows):
@@ -158,3 +159,34 @@ def test_examples_whose_prompt_fills_max_length_are_dropped_and_reported(tmp_pat
         dm.setup("fit")
     assert len(dm.train_set) == 2
     assert "2 of 4 train examples dropped: no target token left within max_length 64" in caplog.text
+
+
+def test_baseline_share_drops_baseline_examples_of_training_rows_only(tiny_model_dir):
+    kinds = ["baseline", "with_teaching", "probe"]
+    dm = TeacherStudentDataModule(schema="generic", synthetic_size=400, val_size=100, tokenizer_name_or_path=tiny_model_dir,
+                                  student_examples=kinds, baseline_share=0.25, batch_size=4)
+    dm.setup("fit")
+    train_rows, val_rows = dm.split_rows()
+    kept = [q for q in train_rows["question"] if in_share(q, 0.25)]
+    assert 0 < len(kept) < 300  # crc32 spreads the 300 questions: about a quarter are kept
+    assert len(dm.train_set) == 2 * 300 + len(kept)
+    assert len(dm.val_set) == 3 * 100
+    baseline_prompts = [dm.tokenizer.decode(e["input_ids"]) for e in dm.train_set
+                        if "Put the final answer" in dm.tokenizer.decode(e["input_ids"])
+                        and "Guidance:" not in dm.tokenizer.decode(e["input_ids"])]
+    assert sorted(p.split("\n")[1] for p in baseline_prompts) == sorted(kept)
+
+
+def test_in_share_is_stable_and_monotone_in_the_share():
+    keys = [f"What is {a}+{a + 3}?" for a in range(200)]
+    assert [in_share(k, 0.0) for k in keys] == [False] * 200 and all(in_share(k, 1.0) for k in keys)
+    half = {k for k in keys if in_share(k, 0.5)}
+    assert {k for k in keys if in_share(k, 0.2)} <= half and 70 < len(half) < 130
+    assert in_share("What is 12+34?", 0.5) == (zlib.crc32(b"What is 12+34?") < 2**31)
+
+
+def test_baseline_share_outside_0_1_is_refused(tiny_model_dir):
+    dm = TeacherStudentDataModule(schema="generic", synthetic_size=20, tokenizer_name_or_path=tiny_model_dir,
+                                  baseline_share=1.5)
+    with pytest.raises(DataError, match=r"baseline_share must be in \[0, 1\], got 1.5"):
+        dm.setup("fit")
