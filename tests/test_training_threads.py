@@ -1,9 +1,12 @@
 """`trainer.num_threads`: the request, else $OMP_NUM_THREADS, else this process's share of its cores."""
 
+import os
+import time
+
 import pytest
 
 from rcl.rl.loop import ConfigError, training_threads
-from rcl.rl.threads import busy_machine_warning
+from rcl.rl.threads import busy_cores, busy_machine_warning, cpu_jiffies
 
 
 def test_an_explicit_request_wins():
@@ -27,9 +30,50 @@ def test_a_negative_count_is_refused():
 
 
 def test_a_busy_machine_is_named_before_the_run_claims_its_cores():
-    message = busy_machine_warning(2, load=1.0, cores=2)
-    assert message and "load average is 1.0 on 2 cores" in message and "trainer.num_threads 1" in message
-    assert busy_machine_warning(2, load=0.2, cores=2) is None, "an idle machine fits both threads"
-    assert busy_machine_warning(1, load=5.0, cores=2) is None, "one thread never waits for a sibling thread"
-    assert busy_machine_warning(8, load=4.0, cores=16) is None
-    assert busy_machine_warning(2, load=0.0, cores=1), "more threads than cores even on an idle machine"
+    message = busy_machine_warning(2, busy=1.0, cores=2)
+    assert message and "keep 1.0 of this run's 2 cores busy" in message and "trainer.num_threads 1" in message
+    assert busy_machine_warning(2, busy=0.2, cores=2) is None, "an idle machine fits both threads"
+    assert busy_machine_warning(1, busy=5.0, cores=2) is None, "one thread never waits for a sibling thread"
+    assert busy_machine_warning(8, busy=4.0, cores=16) is None
+    assert busy_machine_warning(2, busy=0.0, cores=1), "more threads than cores even on an idle machine"
+
+
+STAT = """cpu  900 0 300 5000 10 0 0 0 0 0
+cpu0 400 5 100 2000 7 1 2 3 50 0
+cpu1 500 0 200 3000 3 0 0 0 0 0
+intr 12345
+"""
+
+
+def test_cpu_jiffies_sums_the_non_idle_time_of_the_chosen_cores_only():
+    assert cpu_jiffies({0}, STAT) == 400 + 5 + 100 + 1 + 2 + 3, "guest time is already in user; idle, iowait not busy"
+    assert cpu_jiffies({0, 1}, STAT) == 511 + 700
+    assert cpu_jiffies({7}, STAT) is None
+
+
+def test_busy_cores_sees_a_neighbour_spinning_on_this_process_core():
+    import multiprocessing
+
+    assert busy_cores(0.2) is not None
+    allowed = os.sched_getaffinity(0)
+    core = min(allowed)
+    stop = multiprocessing.Event()
+    neighbour = multiprocessing.Process(target=_spin_on, args=(core, stop))
+    neighbour.start()
+    try:
+        time.sleep(0.2)
+        os.sched_setaffinity(0, {core})  # measure the neighbour's core only
+        try:
+            seen = busy_cores(0.5)
+        finally:
+            os.sched_setaffinity(0, allowed)
+    finally:
+        stop.set()
+        neighbour.join()
+    assert seen is not None and seen > 0.5, seen
+
+
+def _spin_on(core, stop):
+    os.sched_setaffinity(0, {core})
+    while not stop.is_set():  # busy, never sleeping
+        pass
