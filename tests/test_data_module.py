@@ -1,8 +1,8 @@
 """TeacherStudentDataModule: schemas end to end, the seeded split shared by SFT and RL, and the RL dataset API."""
 
 import json
-import zlib
 import logging
+import zlib
 
 import pytest
 
@@ -171,9 +171,8 @@ def test_baseline_share_drops_baseline_examples_of_training_rows_only(tiny_model
     assert 0 < len(kept) < 300  # crc32 spreads the 300 questions: about a quarter are kept
     assert len(dm.train_set) == 2 * 300 + len(kept)
     assert len(dm.val_set) == 3 * 100
-    baseline_prompts = [dm.tokenizer.decode(e["input_ids"]) for e in dm.train_set
-                        if "Put the final answer" in dm.tokenizer.decode(e["input_ids"])
-                        and "Guidance:" not in dm.tokenizer.decode(e["input_ids"])]
+    texts = [dm.tokenizer.decode(e["input_ids"]) for e in dm.train_set]
+    baseline_prompts = [t for t in texts if "Put the final answer" in t and "Guidance:" not in t]
     assert sorted(p.split("\n")[1] for p in baseline_prompts) == sorted(kept)
 
 

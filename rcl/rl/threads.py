@@ -13,9 +13,13 @@ import time
 from rcl.rl.args import ConfigError
 
 
-def usable_cores() -> int:
+def usable_core_ids() -> set[int]:
     """The cores this process may run on (`taskset`, cgroup cpusets), not the machine's."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+
+
+def usable_cores() -> int:
+    return len(usable_core_ids())
 
 
 def training_threads(requested: int, local_processes: int, environ: dict | None = None,
@@ -53,7 +57,7 @@ def busy_cores(window: float = 0.2) -> float | None:
 
     Not the load average: its 1-minute memory still counts a job that just ended (the quickstart's SFT steps before
     its RL step), and it counts processes on other cores of a large host."""
-    cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    cores = usable_core_ids()
     try:
         with open("/proc/stat") as f:
             before = cpu_jiffies(cores, f.read())
