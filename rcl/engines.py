@@ -91,6 +91,21 @@ def trim_completion(
     return Completion(ids, lps, reason, tokenizer.decode(ids, skip_special_tokens=True))
 
 
+def sample_categorical(probs: torch.Tensor) -> torch.Tensor:
+    """One index per row of `probs` [R, V] (non-negative, any positive row sum), drawn exactly from the row's
+    distribution by inverting its cumulative sum at one uniform per row.
+
+    `torch.multinomial` draws one exponential per vocabulary entry: 8% of tiny-1m's sampling time (0.55 ms per call
+    on [64, 404], torch.profiler), against R uniforms here. A token of probability zero is never returned.
+    """
+    cdf = probs.cumsum(dim=-1)
+    total = cdf[:, -1:].contiguous()
+    drawn = torch.searchsorted(cdf, torch.rand_like(total) * total, right=True)
+    # u * total can round up to total; the first index that reaches the total is the last token with mass.
+    last = torch.searchsorted(cdf, total, right=False)
+    return torch.minimum(drawn, last).squeeze(1)
+
+
 @contextlib.contextmanager
 def _seeded(seed: int | None):
     if seed is None:
@@ -186,7 +201,8 @@ class HFEngine:
         """A KV-cache sampling loop: each distinct prompt is prefilled once and its cache copied to its `n` rows;
         rows that reached a stop id leave the batch, so finished completions cost nothing.
 
-        Same sampling as HF generate (the same logits processors, `multinomial` on the processed distribution) and
+        The same distribution as HF generate (the same logits processors; an exact draw from the processed
+        distribution, `sample_categorical`, where HF calls `multinomial`, so the same seed gives other tokens) and
         the same behaviour log-probs (log-softmax of the processed logits). Returns `[B*n, steps]` ids, padded with
         the pad id after a stop, and their log-probs.
         """
@@ -216,7 +232,7 @@ class HFEngine:
             if params.temperature == 0:
                 chosen = scores.argmax(-1)
             else:
-                chosen = torch.multinomial(logprobs.exp(), num_samples=1).squeeze(1)
+                chosen = sample_categorical(logprobs.exp())
             tokens[active, step] = chosen
             logps[active, step] = logprobs.gather(-1, chosen.unsqueeze(-1)).squeeze(-1)
             if step == params.max_tokens - 1:

@@ -20,6 +20,9 @@ AdvantageScale = Literal["group", "batch", "none"]
 LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
 ISCorrection = Literal["off", "tis", "mis", "tis_mis"]
 
+LOGSUMEXP_CHUNK = 1 << 22
+"""Most logits `selective_log_softmax` reduces in one call (16 MiB in fp32)."""
+
 
 def group_advantages(
     rewards: Tensor, group_size: int, scale: AdvantageScale = "group", eps: float = 1e-4,
@@ -103,18 +106,20 @@ def mask_truncated(mask: Tensor, truncated: Tensor) -> Tensor:
 def selective_log_softmax(logits: Tensor, index: Tensor) -> Tensor:
     """log_softmax(logits)[..., index] for logits [B, T, V] and index [B, T] without materialising [B, T, V] twice.
 
-    fp32/fp64: gathered logit minus a row-by-row logsumexp. bf16/fp16: log_softmax row by row, because logsumexp
-    in half precision is inaccurate enough to matter.
+    fp32/fp64: gathered logit minus a logsumexp over chunks of rows. bf16/fp16: log_softmax over chunks of rows,
+    because logsumexp in half precision is inaccurate enough to matter. A chunk holds at most `LOGSUMEXP_CHUNK`
+    logits, so the temporaries stay small for a large vocabulary, and a small one takes a few calls instead of
+    one per row.
     """
+    rows = max(1, LOGSUMEXP_CHUNK // max(1, logits[0].numel()))
     if logits.dtype in (torch.float32, torch.float64):
         selected = logits.gather(dim=-1, index=index.unsqueeze(-1)).squeeze(-1)
-        logsumexp = torch.stack([torch.logsumexp(row, dim=-1) for row in logits])
+        logsumexp = torch.cat([torch.logsumexp(chunk, dim=-1) for chunk in logits.split(rows)])
         return selected - logsumexp
-    rows = [
-        F.log_softmax(row_logits, dim=-1).gather(dim=-1, index=row_index.unsqueeze(-1)).squeeze(-1)
-        for row_logits, row_index in zip(logits, index)
-    ]
-    return torch.stack(rows)
+    return torch.cat([
+        F.log_softmax(chunk, dim=-1).gather(dim=-1, index=chunk_index.unsqueeze(-1)).squeeze(-1)
+        for chunk, chunk_index in zip(logits.split(rows), index.split(rows))
+    ])
 
 
 def token_logprobs(logits: Tensor, target_ids: Tensor, temperature: float = 1.0) -> Tensor:

@@ -1,9 +1,11 @@
 from dataclasses import replace
 
 import pytest
+import torch
+from scipy import stats
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rcl.engines import GenerationEngine, HFEngine, SamplingParams, trim_completion
+from rcl.engines import GenerationEngine, HFEngine, SamplingParams, sample_categorical, trim_completion
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +64,16 @@ def test_bad_params_are_refused(engine):
     with pytest.raises(ValueError, match="n and max_tokens"):
         engine.generate([[1, 2]], SamplingParams(n=0))
 
+
+
+def test_sample_categorical_draws_each_rows_distribution(monkeypatch):
+    torch.manual_seed(0)
+    # unnormalised rows (sum 2) with a zero in the middle and at the end (what top-k leaves)
+    probs = torch.tensor([[0.2, 0.0, 1.2, 0.6, 0.0]]).repeat(40_000, 1)
+    counts = torch.bincount(sample_categorical(probs), minlength=5)
+    assert counts[1] == 0 and counts[4] == 0
+    expected = (probs[0, [0, 2, 3]] / 2 * probs.shape[0]).numpy()
+    assert stats.chisquare(counts[[0, 2, 3]].numpy(), expected).pvalue > 1e-3
+    # a uniform that rounds up to the row total still lands on the last token with mass, never on the zero tail
+    monkeypatch.setattr(torch, "rand_like", torch.ones_like)
+    assert sample_categorical(probs[:2]).tolist() == [3, 3]

@@ -113,8 +113,10 @@ def test_selective_log_softmax_hand_values(dtype):
     torch.testing.assert_close(out.float(), torch.tensor([[math.log(0.75), math.log(0.5)]]), atol=tol, rtol=0)
 
 
+@pytest.mark.parametrize("chunk", [1, 2 * 5 * 11, 1 << 22])  # one row per call, two rows (3 = 2 + 1), all rows
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_selective_log_softmax_matches_log_softmax(dtype):
+def test_selective_log_softmax_matches_log_softmax(dtype, chunk, monkeypatch):
+    monkeypatch.setattr("rcl.grpo.LOGSUMEXP_CHUNK", chunk)
     torch.manual_seed(0)
     logits = (torch.randn(3, 5, 11) * 4).to(dtype)
     index = torch.randint(0, 11, (3, 5))
