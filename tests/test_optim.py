@@ -35,3 +35,32 @@ def test_scheduler_drives_the_optimizer_learning_rate():
         optimizer.step()
         scheduler.step()
     assert seen == pytest.approx([1e-3, 2e-3, 1.5e-3, 0.5e-3])
+
+
+def test_cpu_parameters_take_the_fused_adamw_with_the_same_update():
+    torch.manual_seed(0)
+    frozen = torch.nn.Parameter(torch.randn(3), requires_grad=False)
+    weights = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(3)), frozen]
+    reference = [torch.nn.Parameter(w.detach().clone()) for w in weights[:2]]
+    args = OptimizerArgs(learning_rate=1e-2, weight_decay=0.1)
+    fused = build_optimizer(weights, args)
+    assert fused.defaults["fused"] is True
+    assert [p for group in fused.param_groups for p in group["params"]] == weights[:2]  # the frozen one is left out
+    loop = torch.optim.AdamW(reference, lr=1e-2, weight_decay=0.1, foreach=False)
+    for _ in range(3):
+        for params in (weights[:2], reference):
+            for p in params:
+                p.grad = torch.arange(p.numel(), dtype=p.dtype).reshape(p.shape) / 7 - p.detach()
+        fused.step()
+        loop.step()
+    for got, want in zip(weights[:2], reference):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_parameters_of_other_kinds_keep_torchs_default():
+    class Flat(torch.nn.Parameter):  # stands for FSDP's flat parameters and DTensor-backed ones
+        pass
+
+    args = OptimizerArgs()
+    assert build_optimizer([Flat(torch.randn(2))], args).defaults["fused"] is None
+    assert build_optimizer([torch.nn.Parameter(torch.randn(2, dtype=torch.float64))], args).defaults["fused"] is True
