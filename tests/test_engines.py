@@ -77,3 +77,10 @@ def test_sample_categorical_draws_each_rows_distribution(monkeypatch):
     # a uniform that rounds up to the row total still lands on the last token with mass, never on the zero tail
     monkeypatch.setattr(torch, "rand_like", torch.ones_like)
     assert sample_categorical(probs[:2]).tolist() == [3, 3]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 0.0])
+def test_sample_categorical_refuses_a_row_that_is_no_distribution(bad):
+    probs = torch.tensor([[0.5, 0.5], [bad, 0.0 if bad == 0.0 else 1.0]])
+    with pytest.raises(ValueError, match="invalid distribution"):
+        sample_categorical(probs)
