@@ -65,7 +65,6 @@ def test_bad_params_are_refused(engine):
         engine.generate([[1, 2]], SamplingParams(n=0))
 
 
-
 def test_sample_categorical_draws_each_rows_distribution(monkeypatch):
     torch.manual_seed(0)
     # unnormalised rows (sum 2) with a zero in the middle and at the end (what top-k leaves)
