@@ -151,25 +151,30 @@ def test_train_step_marks_the_deepspeed_boundary_on_the_last_micro_batch_only(ti
     assert marks == [False, False, True]
 
 
-@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo"])
-def test_one_step_on_two_processes_equals_one_process_on_the_same_rows(loss_type, models_dir, tmp_path, repo_env):
+def test_one_step_on_two_processes_equals_one_process_on_the_same_rows(models_dir, tmp_path, repo_env):
     """The loss normalisations hold across processes: DDP on two gloo processes, each with half of a fixed rollout,
-    lands on the weights one process reaches on the whole rollout. (bnpo normalises each micro-batch by its own
-    tokens, as TRL defines it, so it depends on how rows fall into micro-batches by design.)"""
+    lands on the weights one process reaches on the whole rollout, for grpo, dr_grpo and dapo. (bnpo normalises each
+    micro-batch by its own tokens, as TRL defines it, so it depends on how rows fall into micro-batches by design.)"""
     import subprocess
     import sys
     from pathlib import Path
 
+    loss_types = ["grpo", "dr_grpo", "dapo"]
     script = Path(__file__).with_name("ddp_train_step.py")
     repo_env["RCL_MODELS_DIR"] = str(models_dir)
     weights = {}
     for devices in (1, 2):
         out = tmp_path / f"weights-{devices}.pt"
-        proc = subprocess.run([sys.executable, str(script), str(devices), loss_type, str(out)], capture_output=True,
-                              text=True, timeout=300, env=repo_env, cwd=script.parents[1])
+        proc = subprocess.run([sys.executable, str(script), str(devices), ",".join(loss_types), str(out)],
+                              capture_output=True, text=True, timeout=300, env=repo_env, cwd=script.parents[1])
         assert proc.returncode == 0, proc.stderr[-3000:]
         weights[devices] = torch.load(out, weights_only=True)
     base = AutoModelForCausalLM.from_pretrained(models_dir / "tiny-1m").state_dict()
-    assert any(not torch.equal(base[k], weights[1][k]) for k in base), "the step changed the weights"
-    for name in weights[1]:
-        torch.testing.assert_close(weights[2][name], weights[1][name], atol=1e-6, rtol=1e-5)
+    assert sorted(weights[1]) == sorted(weights[2]) == sorted(loss_types)
+    for loss_type in loss_types:
+        one, two = weights[1][loss_type], weights[2][loss_type]
+        assert any(not torch.equal(base[k], one[k]) for k in base), f"{loss_type}: the step changed the weights"
+        for name in one:
+            torch.testing.assert_close(two[name], one[name], atol=1e-6, rtol=1e-5, msg=lambda m: f"{loss_type}: {m}")
+    # the normalisations differ, so the three steps must too: a script that ignored the loss type would fail here
+    assert not torch.equal(weights[1]["grpo"]["lm_head.weight"], weights[1]["dr_grpo"]["lm_head.weight"])
