@@ -34,11 +34,11 @@ mine = slice(fabric.global_rank * share, (fabric.global_rank + 1) * share)
 rollout = Rollout(prompts[mine], completions[mine], [], torch.zeros(share), {}, advantages[mine],
                   torch.zeros(share // 2), {}, {}, 2)
 
+args = OptimizerArgs(learning_rate=1.0, schedule="constant", max_grad_norm=0.0)
 weights = {}
 for loss_type in loss_types:
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(resolve_model("tiny-1m"))
-    args = OptimizerArgs(learning_rate=1.0, schedule="constant", max_grad_norm=0.0)
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)  # the weights move by exactly the gradient (AdamW's first
     # step is about lr * sign(g), which amplifies float noise in near-zero gradients)
     model, optimizer = fabric.setup(model, optimizer)
