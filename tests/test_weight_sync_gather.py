@@ -141,8 +141,11 @@ def _torch_worker(rank: int, world: int, port: int, model_dir: str, out_dir: str
 def _zero3_worker(rank: int, world: int, port: int, model_dir: str, out_dir: str, modes: list[str]) -> None:
     os.environ["DS_ACCELERATOR"] = "cpu"
     import deepspeed
+    from deepspeed_support import skip_the_shared_memory_comm_build
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
+
+    skip_the_shared_memory_comm_build()
 
     _init_gloo(rank, world, port)
     try:
