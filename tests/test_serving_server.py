@@ -196,6 +196,97 @@ def test_trls_own_vllm_client_generates_against_rcl(server, monkeypatch):
     assert [[step[0] for step in seq] for seq in out["logprob_token_ids"]] == generated["completion_ids"]
 
 
+def chat_prompt_ids(tokenizer, messages, **options):
+    text = tokenizer.apply_chat_template(messages, tokenize=False, **{"add_generation_prompt": True, **options})
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_trls_own_vllm_client_chats_against_rcl(server, tokenizer, monkeypatch):
+    """TRL's GRPO sends conversational prompts through `VLLMClient.chat` (`/v1/chat/completions`): the server renders
+    them with the tokenizer's chat template and generates what `/generate/` generates from those token ids."""
+    vllm_client = pytest.importorskip("trl.generation.vllm_client")
+    monkeypatch.setattr(vllm_client, "is_vllm_available", lambda *args, **kwargs: True)
+    client = vllm_client.VLLMClient(base_url=server, connection_timeout=10)
+    conversations = [[{"role": "user", "content": "Question: 1+2?"}],
+                     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]]
+    out = client.chat(conversations, n=2, temperature=0.0, max_tokens=6)
+    prompts = [chat_prompt_ids(tokenizer, c) for c in conversations]
+    generated = post(server, "/generate/", prompts=prompts, n=2, temperature=0, max_tokens=6).json()
+    assert out["prompt_ids"] == prompts
+    assert out["completion_ids"] == generated["completion_ids"]
+    assert [[step[0] for step in seq] for seq in out["logprob_token_ids"]] == generated["completion_ids"]
+    assert [step[0] for seq in out["logprobs"] for step in seq] == pytest.approx(
+        [step[0] for seq in generated["logprobs"] for step in seq], abs=1e-5)
+
+
+def test_the_openai_sdk_chats_and_completes_against_rcl(server, tokenizer):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+    messages = [{"role": "user", "content": [{"type": "text", "text": "Question:"}, {"type": "text", "text": "2+2?"}]}]
+    chat = client.chat.completions.create(model="tiny", messages=messages, max_completion_tokens=5, temperature=0,
+                                          logprobs=True)
+    ids = chat_prompt_ids(tokenizer, [{"role": "user", "content": "Question:\n2+2?"}])  # text parts joined as vLLM does
+    expected = post(server, "/generate/", prompts=[ids], temperature=0, max_tokens=5, return_text=True).json()
+    (choice,) = chat.choices
+    assert (choice.message.role, choice.message.content) == ("assistant", expected["completion_texts"][0])
+    assert choice.finish_reason == expected["finish_reasons"][0]
+    assert [t.logprob for t in choice.logprobs.content] == pytest.approx([s[0] for s in expected["logprobs"][0]],
+                                                                         abs=1e-5)
+    assert (chat.usage.prompt_tokens, chat.usage.completion_tokens) == (len(ids), len(expected["completion_ids"][0]))
+    # without a length the completion may run to the server's --max-tokens (64), as vLLM's runs to its context
+    assert client.chat.completions.create(model="tiny", messages=messages, temperature=0).usage.completion_tokens <= 64
+    text = client.completions.create(model="teacher", prompt="Hi", max_tokens=4, temperature=0)
+    assert text.choices[0].text == post(server, "/generate/", prompts=["Hi"], temperature=0, max_tokens=4,
+                                        return_text=True).json()["completion_texts"][0]
+    with pytest.raises(openai.UnprocessableEntityError) as refused:
+        client.chat.completions.create(model="tiny", messages=messages, stream=True)
+    assert refused.value.response.json()["detail"] == "stream is not supported by this server"
+
+
+def test_chat_completions_render_the_requests_template_tools_and_continuation(server, tokenizer):
+    template = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+                "{% if tools %}[{{ tools[0].function.name }}]{% endif %}{% if add_generation_prompt %}<a>{% endif %}")
+    tools = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {}}}}]
+    r = post(server, "/v1/chat/completions", messages=[{"role": "user", "content": "1+1"}], chat_template=template,
+             tools=tools, tool_choice="none", max_tokens=2, return_token_ids=True)
+    assert r.status_code == 200, r.text
+    assert r.json()["prompt_token_ids"] == tokenizer("<user>1+1[add]<a>", add_special_tokens=False)["input_ids"]
+    # continue_final_message: the prompt ends inside the assistant's turn, with no end-of-turn token after it
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "The answer is"}]
+    r = post(server, "/v1/chat/completions", messages=messages, add_generation_prompt=False,
+             continue_final_message=True, max_tokens=2, return_token_ids=True, temperature=0)
+    assert r.status_code == 200, r.text
+    ids = chat_prompt_ids(tokenizer, messages, add_generation_prompt=False, continue_final_message=True)
+    assert r.json()["prompt_token_ids"] == ids
+    assert tokenizer.decode(ids).endswith("The answer is")
+    assert r.json()["choices"][0]["token_ids"] == post(server, "/generate/", prompts=[ids], temperature=0,
+                                                       max_tokens=2).json()["completion_ids"][0]
+
+
+USER = [{"role": "user", "content": "Hi"}]
+
+
+@pytest.mark.parametrize("body, status, words", [
+    ({"messages": []}, 422, "invalid request"),
+    ({"messages": USER, "model": "other"}, 404, "model 'other' is not served here"),
+    ({"messages": USER, "stream": True}, 422, "stream is not supported"),
+    ({"messages": USER, "top_logprobs": 2, "logprobs": True}, 422, "top_logprobs"),
+    ({"messages": USER, "frequency_penalty": 0.5}, 422, "unsupported fields ['frequency_penalty']"),
+    ({"messages": USER, "n": 99}, 422, "n=99 is more than the server limit 8"),
+    ({"messages": USER, "max_completion_tokens": 65}, 422, "max_tokens=65 is more than the server limit 64"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}]}, 422,
+     "content parts of type ['image_url'] are not supported"),
+    ({"messages": USER, "tools": [{"type": "function", "function": {"name": "f"}}]}, 422,
+     "tool_choice None needs tool-call parsing"),
+    ({"messages": USER, "add_generation_prompt": True, "continue_final_message": True}, 422, "cannot both be true"),
+    ({"messages": USER, "chat_template": "{{ messages | no_such_filter }}"}, 400,
+     "the chat template could not render these messages"),
+])
+def test_bad_chat_completions_requests_are_4xx_with_a_message(server, body, status, words):
+    r = post(server, "/v1/chat/completions", **body)
+    assert r.status_code == status and words in r.json()["detail"], r.text
+
+
 @pytest.fixture(scope="module")
 def small_body_server(tiny_model_dir):
     proc, url = start_server(tiny_model_dir, server_env(), "--max-body-mb", "0.01")  # 10,485 bytes

@@ -9,7 +9,8 @@ whether it is the last one, which is when the server's `weights_version` advance
 one flat buffer (`rcl.serving.collective`).
 
 TRL >= 1.16 talks to vLLM's own server instead; for generation, rcl also answers the subset of its OpenAI-style routes
-that TRL's client uses (`GET /health`, `GET /v1/models`, `POST /v1/completions` with token ids and log-probs).
+that TRL's client uses (`GET /health`, `GET /v1/models`, `POST /v1/completions` and `POST /v1/chat/completions`, with
+token ids and log-probs).
 """
 
 from __future__ import annotations
@@ -94,23 +95,19 @@ ALWAYS_ON_COMPLETION_FIELDS = ("include_stop_str_in_output", "skip_special_token
 """What this server always does: stop strings stay in the completion (as in HFEngine); `text` skips special tokens."""
 
 
-class CompletionsRequest(SamplingFields):
-    """The part of vLLM's OpenAI-style `/v1/completions` body that TRL >= 1.16's `VLLMClient.generate` sends.
+class OpenAIRequest(SamplingFields):
+    """What vLLM's OpenAI-style `/v1/completions` and `/v1/chat/completions` bodies share here.
 
-    Any other field is refused (`unsupported_fields`) rather than silently ignored: penalties, prompt log-probs or
-    structured outputs that were dropped would change what a caller gets without telling it.
+    Any field outside the supported set is refused (`unsupported_fields`) rather than silently ignored: penalties,
+    prompt log-probs or structured outputs that were dropped would change what a caller gets without telling it.
     """
 
     model_config = ConfigDict(extra="allow")
 
     model: str | None = None
-    prompt: str | list[str] | list[int] | list[list[int]]
     stop: str | list[str] | None = None
-    logprobs: int | None = Field(None, ge=0, le=0)
-    """0: the sampled token's log-prob; null: none (top-k alternatives are not supported)."""
     return_token_ids: bool = False
     return_tokens_as_token_ids: bool = False
-    echo: bool = False
     stream: bool = False
     structured_outputs: dict[str, Any] | None = None
 
@@ -120,14 +117,76 @@ class CompletionsRequest(SamplingFields):
                and not (key in ALWAYS_ON_COMPLETION_FIELDS and value is True)]
         return sorted(bad + (["structured_outputs"] if self.structured_outputs else []))
 
+    def generate_request(self, prompts: Any, logprobs: int | None, **overrides: Any) -> GenerateRequest:
+        """The request in `/generate/` form, so every route shares one validation and one engine call."""
+        fields = {**self.model_dump(include=set(SamplingFields.model_fields)), **overrides}
+        return GenerateRequest(prompts=prompts, stop=[self.stop] if isinstance(self.stop, str) else self.stop,
+                               logprobs=logprobs, **fields)
+
+
+class CompletionsRequest(OpenAIRequest):
+    """The part of vLLM's `/v1/completions` body that TRL >= 1.16's `VLLMClient.generate` sends."""
+
+    prompt: str | list[str] | list[int] | list[list[int]]
+    logprobs: int | None = Field(None, ge=0, le=0)
+    """0: the sampled token's log-prob; null: none (top-k alternatives are not supported)."""
+    echo: bool = False
+
     def as_generate(self) -> GenerateRequest:
-        """The same request in `/generate/` form, so both routes share one validation and one engine call."""
         prompts: Any = self.prompt
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
-        fields = self.model_dump(include=set(SamplingFields.model_fields))
-        return GenerateRequest(prompts=prompts, stop=[self.stop] if isinstance(self.stop, str) else self.stop,
-                               logprobs=self.logprobs, **fields)
+        return self.generate_request(prompts, self.logprobs)
+
+
+class ChatMessage(BaseModel):
+    """One message; fields other than role and content (name, tool_calls, tool_call_id) go to the chat template."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: str = Field(min_length=1)
+    content: str | list[dict[str, Any]] | None = None
+
+    def for_template(self) -> dict[str, Any]:
+        """The message as chat templates take it: text parts joined by newlines, as vLLM's default content format
+        joins them. Any other part (an image) is refused with a ValueError."""
+        content = self.content
+        if isinstance(content, list):
+            kinds = sorted({str(part.get("type")) for part in content} - {"text"})
+            if kinds:
+                raise ValueError(f"message content parts of type {kinds} are not supported by this server (text only)")
+            content = "\n".join(str(part.get("text", "")) for part in content)
+        return {**(self.model_extra or {}), "role": self.role, "content": content}
+
+
+class ChatCompletionsRequest(OpenAIRequest):
+    """The part of vLLM's `/v1/chat/completions` body that TRL's `VLLMClient.chat` and plain OpenAI clients send:
+    one conversation, rendered with the tokenizer's chat template (or the request's `chat_template`), then generated
+    from as `/v1/completions` generates."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)  # type: ignore[assignment]
+    """None (and no max_completion_tokens): up to the server's max_tokens limit, as vLLM goes up to its context."""
+    max_completion_tokens: int | None = Field(None, ge=1)
+    """OpenAI's newer name for max_tokens; it wins when both are given."""
+    logprobs: bool = False
+    """True: each choice carries the sampled tokens' log-probs (`logprobs.content`)."""
+    top_logprobs: int | None = Field(None, ge=0, le=0)
+    """0 or null: no alternatives beside the sampled token (top-k alternatives are not supported)."""
+    chat_template: str | None = None
+    chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    tools: list[dict[str, Any]] | None = None
+    """Rendered into the prompt by the chat template; calls are not parsed, so `tool_choice` must be "none"."""
+    tool_choice: str | dict[str, Any] | None = None
+
+    def template_messages(self) -> list[dict[str, Any]]:
+        return [m.for_template() for m in self.messages]
+
+    def as_generate(self, prompt_ids: list[int], default_max_tokens: int) -> GenerateRequest:
+        max_tokens = self.max_completion_tokens or self.max_tokens or default_max_tokens
+        return self.generate_request([prompt_ids], 0 if self.logprobs else None, max_tokens=max_tokens)
 
 
 class InitCommunicatorRequest(BaseModel):

@@ -24,11 +24,13 @@ from typing import Any, Callable
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from jinja2 import TemplateError
 from pydantic import ValidationError
 
 from rcl.engines import SamplingParams
 from rcl.serving.backends import ServingBackend, UnsupportedOperation
 from rcl.serving.protocol import (
+    ChatCompletionsRequest,
     CompletionsRequest,
     GenerateRequest,
     GenerateResponse,
@@ -142,6 +144,51 @@ def sampling_params(req: GenerateRequest, limits: ServerLimits) -> SamplingParam
     return SamplingParams(**values)
 
 
+def _token_names(token_ids: list[int], req: CompletionsRequest | ChatCompletionsRequest, tokenizer: Any) -> list[str]:
+    return [f"token_id:{t}" if req.return_tokens_as_token_ids else tokenizer.decode([t]) for t in token_ids]
+
+
+def _usage(prompts: list[list[int]], completions: list[Any]) -> dict[str, int]:
+    prompt_tokens, completion_tokens = sum(len(p) for p in prompts), sum(len(c.token_ids) for c in completions)
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def _chat_choice(index: int, completion: Any, req: ChatCompletionsRequest, tokenizer: Any) -> dict:
+    """One `/v1/chat/completions` choice, shaped as vLLM's server shapes it."""
+    choice: dict[str, Any] = {"index": index, "message": {"role": "assistant", "content": completion.text},
+                              "finish_reason": completion.finish_reason, "logprobs": None}
+    if req.return_token_ids:
+        choice["token_ids"] = list(completion.token_ids)
+    if req.logprobs and completion.logprobs is not None:
+        tokens = _token_names(completion.token_ids, req, tokenizer)
+        choice["logprobs"] = {"content": [{"token": t, "logprob": lp, "bytes": list(t.encode()), "top_logprobs": []}
+                                          for t, lp in zip(tokens, completion.logprobs)]}
+    return choice
+
+
+def _render_chat(req: ChatCompletionsRequest, tokenizer: Any) -> str:
+    """The conversation as the prompt text, by the request's or the tokenizer's chat template."""
+    if req.add_generation_prompt and req.continue_final_message:
+        raise _bad(422, "add_generation_prompt and continue_final_message cannot both be true")
+    if req.tools and req.tool_choice != "none":
+        raise _bad(422, f"tool_choice {req.tool_choice!r} needs tool-call parsing, which this server does not do: send "
+                        "tool_choice 'none' (the tools are rendered into the prompt and calls stay in the text)")
+    if req.chat_template is None and not getattr(tokenizer, "chat_template", None):
+        raise _bad(400, "the served tokenizer has no chat template: send chat_template, or use /v1/completions")
+    try:
+        messages = req.template_messages()
+    except ValueError as exc:
+        raise _bad(422, str(exc)) from None
+    # as vLLM merges them: the request's chat_template_kwargs win over the fields of the same name
+    options = {"add_generation_prompt": req.add_generation_prompt, "continue_final_message": req.continue_final_message,
+               "chat_template": req.chat_template, "tools": req.tools or None, **req.chat_template_kwargs}
+    try:
+        return tokenizer.apply_chat_template(messages, **{**options, "tokenize": False})
+    except (ValueError, TypeError, TemplateError) as exc:  # the request's template or fields are at fault
+        raise _bad(400, f"the chat template could not render these messages: {type(exc).__name__}: {exc}") from None
+
+
 def _choice(index: int, prompt: list[int], completion: Any, req: CompletionsRequest, tokenizer: Any) -> dict:
     """One `/v1/completions` choice, shaped as vLLM's server shapes it."""
     choice: dict[str, Any] = {"index": index, "text": completion.text, "finish_reason": completion.finish_reason,
@@ -149,8 +196,7 @@ def _choice(index: int, prompt: list[int], completion: Any, req: CompletionsRequ
     if req.return_token_ids:
         choice.update(prompt_token_ids=prompt, token_ids=list(completion.token_ids))
     if req.logprobs is not None and completion.logprobs is not None:
-        tokens = [f"token_id:{t}" if req.return_tokens_as_token_ids else tokenizer.decode([t])
-                  for t in completion.token_ids]
+        tokens = _token_names(completion.token_ids, req, tokenizer)
         choice["logprobs"] = {"tokens": tokens, "token_logprobs": list(completion.logprobs),
                               "top_logprobs": [{t: lp} for t, lp in zip(tokens, completion.logprobs)]}
     return choice
@@ -230,33 +276,57 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
     async def models():
         return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "rcl"} for name in model_names]}
 
+    def refuse_unsupported(req: CompletionsRequest | ChatCompletionsRequest, sampling: str) -> None:
+        if req.stream:
+            raise _bad(422, "stream is not supported by this server")
+        unsupported = req.unsupported_fields()
+        if unsupported:
+            raise _bad(422, f"unsupported fields {unsupported}: this server takes the sampling fields of /generate/ "
+                            f"({sampling})")
+        if req.model is not None and req.model not in model_names:
+            raise _bad(404, f"model {req.model!r} is not served here; this server answers to "
+                            f"{' or '.join(repr(n) for n in model_names)} (`rcl serve --served-model-name` adds names)")
+
+    async def generate_for(gen: GenerateRequest) -> tuple[list[list[int]], list[Any]]:
+        params = sampling_params(gen, limits)
+        prompts = _prompt_ids(gen, backend.tokenizer, limits)
+        groups = await on_worker(backend.generate, prompts, params)
+        return prompts, groups
+
+    def validated(build: Callable[[], GenerateRequest]) -> GenerateRequest:
+        try:
+            return build()
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors()) from None
+
     @app.post("/v1/completions")
     async def completions(req: CompletionsRequest):
         if req.stream or req.echo:
             raise _bad(422, "stream and echo are not supported by this server")
-        unsupported = req.unsupported_fields()
-        if unsupported:
-            raise _bad(422, f"unsupported fields {unsupported}: this server takes the sampling fields of /generate/ "
-                            "(n, temperature, top_p, top_k, min_p, repetition_penalty, max_tokens, stop, "
-                            "stop_token_ids, seed, logprobs 0)")
-        if req.model is not None and req.model not in model_names:
-            raise _bad(404, f"model {req.model!r} is not served here; this server answers to "
-                            f"{' or '.join(repr(n) for n in model_names)} (`rcl serve --served-model-name` adds names)")
-        try:
-            gen = req.as_generate()
-        except ValidationError as exc:
-            raise RequestValidationError(exc.errors()) from None
-        params = sampling_params(gen, limits)
-        prompts = _prompt_ids(gen, backend.tokenizer, limits)
-        groups = await on_worker(backend.generate, prompts, params)
+        refuse_unsupported(req, "n, temperature, top_p, top_k, min_p, repetition_penalty, max_tokens, stop, "
+                                "stop_token_ids, seed, logprobs 0")
+        prompts, groups = await generate_for(validated(req.as_generate))
         flat = [(prompt, c) for prompt, group in zip(prompts, groups) for c in group]  # prompt-major, n per prompt
         choices = [_choice(i, prompt, c, req, backend.tokenizer) for i, (prompt, c) in enumerate(flat)]
-        completion_tokens = sum(len(c.token_ids) for _, c in flat)
-        prompt_tokens = sum(len(p) for p in prompts)
         return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-                "model": model_name, "choices": choices,
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                          "total_tokens": prompt_tokens + completion_tokens}}
+                "model": model_name, "choices": choices, "usage": _usage(prompts, [c for _, c in flat])}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(req: ChatCompletionsRequest):
+        refuse_unsupported(req, "n, temperature, top_p, top_k, min_p, repetition_penalty, max_tokens or "
+                                "max_completion_tokens, stop, stop_token_ids, seed, logprobs, top_logprobs 0")
+        text = _render_chat(req, backend.tokenizer)
+        # the template writes the special tokens itself (BOS included), so the tokenizer must not add them again
+        prompt_ids = backend.tokenizer(text, add_special_tokens=False)["input_ids"]
+        prompts, groups = await generate_for(validated(lambda: req.as_generate(prompt_ids, limits.max_tokens)))
+        (group,) = groups
+        body: dict[str, Any] = {
+            "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+            "model": model_name, "choices": [_chat_choice(i, c, req, backend.tokenizer) for i, c in enumerate(group)],
+            "usage": _usage(prompts, group)}
+        if req.return_token_ids:
+            body["prompt_token_ids"] = prompts[0]
+        return body
 
     @app.get("/get_world_size/")
     async def world_size():
