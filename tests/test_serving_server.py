@@ -183,6 +183,29 @@ def test_bad_completions_requests_are_4xx_with_a_message(server, body, status, w
     assert r.status_code == status and words in r.json()["detail"], r.text
 
 
+USER = [{"role": "user", "content": "Hi"}]
+
+
+def test_null_fields_and_fields_sent_turned_off_are_taken_as_absent(server):
+    """Clients that send every field (null, or a penalty at 0) get what a minimal body gets; a value that would
+    change the completion is still refused."""
+    def texts(route, **body):
+        r = post(server, route, **body)
+        assert r.status_code == 200, r.text
+        return [c["text"] if "text" in c else c["message"]["content"] for c in r.json()["choices"]]
+
+    turned_off = dict(frequency_penalty=0, presence_penalty=0.0, logit_bias={}, best_of=1, seed=None, stop=None,
+                      top_p=None, user="someone", store=False, metadata={})
+    assert texts("/v1/completions", prompt="Hi", max_tokens=4, temperature=0) == texts(
+        "/v1/completions", prompt="Hi", max_tokens=4, temperature=0, n=None, logprobs=None, **turned_off)
+    assert texts("/v1/chat/completions", messages=USER, max_tokens=4, temperature=0) == texts(
+        "/v1/chat/completions", messages=USER, max_tokens=None, max_completion_tokens=4, temperature=0,
+        parallel_tool_calls=True, tools=None, top_logprobs=None, **turned_off)
+    for field, value in [("presence_penalty", 0.1), ("best_of", True), ("logit_bias", {"5": 100})]:
+        r = post(server, "/v1/completions", prompt="Hi", max_tokens=4, **{field: value})
+        assert r.status_code == 422 and f"unsupported fields ['{field}']" in r.json()["detail"], r.text
+
+
 def test_trls_own_vllm_client_generates_against_rcl(server, monkeypatch):
     """TRL >= 1.16 speaks vLLM's OpenAI-style routes; its real client generates against an rcl server."""
     vllm_client = pytest.importorskip("trl.generation.vllm_client")
@@ -261,9 +284,6 @@ def test_chat_completions_render_the_requests_template_tools_and_continuation(se
     assert tokenizer.decode(ids).endswith("The answer is")
     assert r.json()["choices"][0]["token_ids"] == post(server, "/generate/", prompts=[ids], temperature=0,
                                                        max_tokens=2).json()["completion_ids"][0]
-
-
-USER = [{"role": "user", "content": "Hi"}]
 
 
 @pytest.mark.parametrize("body, status, words", [

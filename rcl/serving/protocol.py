@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rcl.engines import SamplingParams
 
@@ -90,9 +90,21 @@ class GenerateResponse(BaseModel):
     """With `return_text: true`: each completion decoded, in the order of `completion_ids`."""
 
 
-IGNORED_COMPLETION_FIELDS = ("user", "stream_options")
+IGNORED_COMPLETION_FIELDS = ("user", "stream_options", "store", "metadata", "parallel_tool_calls")
+"""Fields that cannot change a completion here (bookkeeping, streaming options, tool-call parsing that is not done)."""
+NEUTRAL_COMPLETION_VALUES: dict[str, Any] = {"frequency_penalty": 0, "presence_penalty": 0, "logit_bias": {},
+                                             "best_of": 1, "ignore_eos": False, "use_beam_search": False}
+"""Unsupported fields sent at the value that turns them off (clients that send every default): accepted."""
 ALWAYS_ON_COMPLETION_FIELDS = ("include_stop_str_in_output", "skip_special_tokens")
 """What this server always does: stop strings stay in the completion (as in HFEngine); `text` skips special tokens."""
+
+
+def _same_value(value: Any, neutral: Any) -> bool:
+    """Equal and of the same kind, so that `true` is not taken for `best_of: 1`."""
+    numeric = (int, float)
+    same_kind = isinstance(value, bool) == isinstance(neutral, bool) and (
+        isinstance(value, numeric) == isinstance(neutral, numeric))
+    return same_kind and value == neutral
 
 
 class OpenAIRequest(SamplingFields):
@@ -104,6 +116,12 @@ class OpenAIRequest(SamplingFields):
 
     model_config = ConfigDict(extra="allow")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_absent(cls, data: Any) -> Any:
+        """In the OpenAI API a null field is an absent one (`"temperature": null` samples at the default)."""
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
+
     model: str | None = None
     stop: str | list[str] | None = None
     return_token_ids: bool = False
@@ -114,7 +132,8 @@ class OpenAIRequest(SamplingFields):
     def unsupported_fields(self) -> list[str]:
         extra = self.model_extra or {}
         bad = [key for key, value in extra.items() if key not in IGNORED_COMPLETION_FIELDS
-               and not (key in ALWAYS_ON_COMPLETION_FIELDS and value is True)]
+               and not (key in ALWAYS_ON_COMPLETION_FIELDS and value is True)
+               and not (key in NEUTRAL_COMPLETION_VALUES and _same_value(value, NEUTRAL_COMPLETION_VALUES[key]))]
         return sorted(bad + (["structured_outputs"] if self.structured_outputs else []))
 
     def generate_request(self, prompts: Any, logprobs: int | None, **overrides: Any) -> GenerateRequest:
