@@ -264,6 +264,14 @@ def test_the_openai_sdk_chats_and_completes_against_rcl(server, tokenizer):
     with pytest.raises(openai.UnprocessableEntityError) as refused:
         client.chat.completions.create(model="tiny", messages=messages, stream=True)
     assert refused.value.response.json()["detail"] == "stream is not supported by this server"
+    with pytest.raises(openai.UnprocessableEntityError) as refused:
+        client.chat.completions.create(model="tiny", messages=messages, response_format={"type": "json_object"})
+    assert "unsupported fields ['response_format']" in refused.value.response.json()["detail"]
+    plain_text = client.chat.completions.create(model="tiny", messages=messages, max_tokens=5, temperature=0,
+                                                response_format={"type": "text"})
+    assert plain_text.choices[0].message.content == choice.message.content
+    models = client.models.list().data
+    assert models[0].id == "tiny" and all(isinstance(m.created, int) for m in models)
 
 
 def test_chat_completions_render_the_requests_template_tools_and_continuation(server, tokenizer):

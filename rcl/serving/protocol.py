@@ -93,7 +93,8 @@ class GenerateResponse(BaseModel):
 IGNORED_COMPLETION_FIELDS = ("user", "stream_options", "store", "metadata", "parallel_tool_calls")
 """Fields that cannot change a completion here (bookkeeping, streaming options, tool-call parsing that is not done)."""
 NEUTRAL_COMPLETION_VALUES: dict[str, Any] = {"frequency_penalty": 0, "presence_penalty": 0, "logit_bias": {},
-                                             "best_of": 1, "ignore_eos": False, "use_beam_search": False}
+                                             "best_of": 1, "ignore_eos": False, "use_beam_search": False,
+                                             "response_format": {"type": "text"}}
 """Unsupported fields sent at the value that turns them off (clients that send every default): accepted."""
 ALWAYS_ON_COMPLETION_FIELDS = ("include_stop_str_in_output", "skip_special_tokens")
 """What this server always does: stop strings stay in the completion (as in HFEngine); `text` skips special tokens."""

@@ -207,6 +207,7 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
     """`model_name`: the name, or names, a `/v1/completions` request may give as `model` (or leave out); `/v1/models`
     lists them, the first first (the one clients that read the list use)."""
     model_names = [model_name] if isinstance(model_name, str) else list(model_name)
+    started = int(time.time())  # /v1/models' `created`, as vLLM gives it: when the server started
     model_name = model_names[0]
     limits = limits or ServerLimits()
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rcl-engine")
@@ -274,7 +275,8 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "rcl"} for name in model_names]}
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": started, "owned_by": "rcl"}
+                                           for name in model_names]}
 
     def refuse_unsupported(req: CompletionsRequest | ChatCompletionsRequest, sampling: str) -> None:
         if req.stream:
