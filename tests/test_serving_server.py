@@ -6,6 +6,9 @@ import torch
 from safetensors.torch import save
 from serving_support import server_env, start_server, stop_server
 
+from rcl.serving.protocol import ChatCompletionsRequest, CompletionsRequest, ServerLimits
+from rcl.serving.server import _prompt_ids, chat_request_prompt_ids
+
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir):
@@ -186,6 +189,33 @@ def test_bad_completions_requests_are_4xx_with_a_message(server, body, status, w
 USER = [{"role": "user", "content": "Hi"}]
 
 
+class BosTokenizer:
+    """A tokenizer whose special tokens are a BOS (id 1), as Llama's are; the tiny model's Qwen2 one adds none."""
+    chat_template = "unused"
+
+    def __len__(self):
+        return 100
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": [1] * add_special_tokens + [ord(c) - 90 for c in text]}
+
+    def apply_chat_template(self, messages, tokenize, add_generation_prompt, **options):
+        assert tokenize is False
+        return "".join(m["content"] for m in messages) + "a" * add_generation_prompt
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_add_special_tokens_reaches_the_tokenizer_with_vllms_defaults(flag):
+    tok = BosTokenizer()
+    bos = [1] if flag else []
+    completions = CompletionsRequest(prompt="ab", add_special_tokens=flag)
+    assert _prompt_ids(completions.as_generate(), tok, ServerLimits()) == [bos + [7, 8]]
+    assert _prompt_ids(CompletionsRequest(prompt="ab").as_generate(), tok, ServerLimits()) == [[1, 7, 8]]
+    chat = ChatCompletionsRequest(messages=[{"role": "user", "content": "b"}], add_special_tokens=flag)
+    assert chat_request_prompt_ids(chat, tok) == bos + [8, 7]
+    assert chat_request_prompt_ids(ChatCompletionsRequest(messages=[{"role": "user", "content": "b"}]), tok) == [8, 7]
+
+
 def test_null_fields_and_fields_sent_turned_off_are_taken_as_absent(server):
     """Clients that send every field (null, or a penalty at 0) get what a minimal body gets; a value that would
     change the completion is still refused."""
@@ -197,13 +227,17 @@ def test_null_fields_and_fields_sent_turned_off_are_taken_as_absent(server):
     turned_off = dict(frequency_penalty=0, presence_penalty=0.0, logit_bias={}, best_of=1, seed=None, stop=None,
                       top_p=None, user="someone", store=False, metadata={})
     assert texts("/v1/completions", prompt="Hi", max_tokens=4, temperature=0) == texts(
-        "/v1/completions", prompt="Hi", max_tokens=4, temperature=0, n=None, logprobs=None, **turned_off)
+        "/v1/completions", prompt="Hi", max_tokens=4, temperature=0, n=None, logprobs=None, add_special_tokens=True,
+        **turned_off)
     assert texts("/v1/chat/completions", messages=USER, max_tokens=4, temperature=0) == texts(
         "/v1/chat/completions", messages=USER, max_tokens=None, max_completion_tokens=4, temperature=0,
-        parallel_tool_calls=True, tools=None, top_logprobs=None, **turned_off)
-    for field, value in [("presence_penalty", 0.1), ("best_of", True), ("logit_bias", {"5": 100})]:
-        r = post(server, "/v1/completions", prompt="Hi", max_tokens=4, **{field: value})
-        assert r.status_code == 422 and f"unsupported fields ['{field}']" in r.json()["detail"], r.text
+        parallel_tool_calls=True, tools=None, top_logprobs=None, add_special_tokens=False, echo=False, **turned_off)
+    refused = [("/v1/completions", "presence_penalty", 0.1), ("/v1/completions", "best_of", True),
+               ("/v1/completions", "logit_bias", {"5": 100}), ("/v1/chat/completions", "echo", True)]
+    for route, field, value in refused:
+        body = {"prompt": "Hi"} if route == "/v1/completions" else {"messages": USER}
+        r = post(server, route, max_tokens=4, **body, **{field: value})
+        assert r.status_code == 422 and f"unsupported fields ['{field}']" in r.json()["detail"], (route, r.text)
 
 
 def test_trls_own_vllm_client_generates_against_rcl(server, monkeypatch):

@@ -74,6 +74,8 @@ class GenerateRequest(SamplingFields):
     """0: return the sampled token's log-prob; null: none (top-k alternatives are not supported)."""
     return_text: bool = False
     """rcl extension: also answer each completion decoded (`completion_texts`, special tokens skipped)."""
+    add_special_tokens: bool = True
+    """rcl extension: whether text prompts are tokenized with the tokenizer's special tokens."""
     images: list[Any] | None = None
     structured_outputs_regex: str | None = None
     guided_decoding_regex: str | None = None
@@ -94,7 +96,7 @@ IGNORED_COMPLETION_FIELDS = ("user", "stream_options", "store", "metadata", "par
 """Fields that cannot change a completion here (bookkeeping, streaming options, tool-call parsing that is not done)."""
 NEUTRAL_COMPLETION_VALUES: dict[str, Any] = {"frequency_penalty": 0, "presence_penalty": 0, "logit_bias": {},
                                              "best_of": 1, "ignore_eos": False, "use_beam_search": False,
-                                             "response_format": {"type": "text"}}
+                                             "response_format": {"type": "text"}, "min_tokens": 0}
 """Unsupported fields sent at the value that turns them off (clients that send every default): accepted."""
 ALWAYS_ON_COMPLETION_FIELDS = ("include_stop_str_in_output", "skip_special_tokens")
 """What this server always does: stop strings stay in the completion (as in HFEngine); `text` skips special tokens."""
@@ -130,11 +132,15 @@ class OpenAIRequest(SamplingFields):
     stream: bool = False
     structured_outputs: dict[str, Any] | None = None
 
+    @classmethod
+    def neutral_values(cls) -> dict[str, Any]:
+        return NEUTRAL_COMPLETION_VALUES
+
     def unsupported_fields(self) -> list[str]:
         extra = self.model_extra or {}
         bad = [key for key, value in extra.items() if key not in IGNORED_COMPLETION_FIELDS
                and not (key in ALWAYS_ON_COMPLETION_FIELDS and value is True)
-               and not (key in NEUTRAL_COMPLETION_VALUES and _same_value(value, NEUTRAL_COMPLETION_VALUES[key]))]
+               and not (key in self.neutral_values() and _same_value(value, self.neutral_values()[key]))]
         return sorted(bad + (["structured_outputs"] if self.structured_outputs else []))
 
     def generate_request(self, prompts: Any, logprobs: int | None, **overrides: Any) -> GenerateRequest:
@@ -151,12 +157,14 @@ class CompletionsRequest(OpenAIRequest):
     logprobs: int | None = Field(None, ge=0, le=0)
     """0: the sampled token's log-prob; null: none (top-k alternatives are not supported)."""
     echo: bool = False
+    add_special_tokens: bool = True
+    """Text prompts are tokenized with the tokenizer's special tokens (a BOS), as vLLM's completions do."""
 
     def as_generate(self) -> GenerateRequest:
         prompts: Any = self.prompt
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
-        return self.generate_request(prompts, self.logprobs)
+        return self.generate_request(prompts, self.logprobs, add_special_tokens=self.add_special_tokens)
 
 
 class ChatMessage(BaseModel):
@@ -200,6 +208,12 @@ class ChatCompletionsRequest(OpenAIRequest):
     tools: list[dict[str, Any]] | None = None
     """Rendered into the prompt by the chat template; calls are not parsed, so `tool_choice` must be "none"."""
     tool_choice: str | dict[str, Any] | None = None
+    add_special_tokens: bool = False
+    """False, as in vLLM: the chat template writes the special tokens itself, so tokenizing adds none."""
+
+    @classmethod
+    def neutral_values(cls) -> dict[str, Any]:
+        return {**NEUTRAL_COMPLETION_VALUES, "echo": False}  # vLLM's echo of the last message: not supported
 
     def template_messages(self) -> list[dict[str, Any]]:
         return [m.for_template() for m in self.messages]

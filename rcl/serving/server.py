@@ -103,7 +103,8 @@ def _prompt_ids(req: GenerateRequest, tokenizer: Any, limits: ServerLimits) -> l
     vocab = len(tokenizer)
     out = []
     for i, prompt in enumerate(req.prompts):
-        ids = tokenizer(prompt)["input_ids"] if isinstance(prompt, str) else list(prompt)
+        ids = tokenizer(prompt, add_special_tokens=req.add_special_tokens)["input_ids"] if isinstance(prompt, str) \
+            else list(prompt)
         if not ids:
             raise _bad(422, f"prompt {i} is empty")
         if len(ids) > limits.max_prompt_tokens:
@@ -187,6 +188,10 @@ def _render_chat(req: ChatCompletionsRequest, tokenizer: Any) -> str:
         return tokenizer.apply_chat_template(messages, **{**options, "tokenize": False})
     except (ValueError, TypeError, TemplateError) as exc:  # the request's template or fields are at fault
         raise _bad(400, f"the chat template could not render these messages: {type(exc).__name__}: {exc}") from None
+
+
+def chat_request_prompt_ids(req: ChatCompletionsRequest, tokenizer: Any) -> list[int]:
+    return tokenizer(_render_chat(req, tokenizer), add_special_tokens=req.add_special_tokens)["input_ids"]
 
 
 def _choice(index: int, prompt: list[int], completion: Any, req: CompletionsRequest, tokenizer: Any) -> dict:
@@ -317,9 +322,7 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
     async def chat_completions(req: ChatCompletionsRequest):
         refuse_unsupported(req, "n, temperature, top_p, top_k, min_p, repetition_penalty, max_tokens or "
                                 "max_completion_tokens, stop, stop_token_ids, seed, logprobs, top_logprobs 0")
-        text = _render_chat(req, backend.tokenizer)
-        # the template writes the special tokens itself (BOS included), so the tokenizer must not add them again
-        prompt_ids = backend.tokenizer(text, add_special_tokens=False)["input_ids"]
+        prompt_ids = chat_request_prompt_ids(req, backend.tokenizer)
         prompts, groups = await generate_for(validated(lambda: req.as_generate(prompt_ids, limits.max_tokens)))
         (group,) = groups
         body: dict[str, Any] = {
