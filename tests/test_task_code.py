@@ -35,6 +35,8 @@ def task() -> CodeTask:
         ("```python\nprint(0)\n```<answer>\n```py\nprint(6)\n```\n</answer>", "print(6)\n"),  # the answer section
         ("<answer>print(7)</answer>", "print(7)\n"),
         ("<think>unfinished thought ```python\nprint(8)\n```", ""),  # an unclosed thought hides the rest
+        # the chat template opened the thought (Qwen3, DeepSeek-R1): the code drafted in it is not the answer
+        ("drafting ```python\nprint(0)\n```</think>\nprint(9)", "print(9)\n"),
         ("", ""),
     ],
 )
@@ -44,6 +46,7 @@ def test_extract_code(completion, code):
 
 def test_tags_and_reasoning():
     assert strip_reasoning("a<thinking>b</thinking>c<reasoning>d") == "ac"
+    assert strip_reasoning("opened by the prompt</THINK>a<think>b</think>c") == "ac"
     assert last_tagged("<INPUT>1</INPUT> <input>2</input>", "INPUT") == "2"
     assert last_tagged("<INPUT>1</INPUT> <INPUT>3", "INPUT") == "3"
     assert last_tagged("none", "INPUT") is None

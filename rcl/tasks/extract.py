@@ -10,10 +10,12 @@ _FENCE_RE = re.compile(r"```[ \t]*([^\n`]*)\n(.*?)```", re.DOTALL)
 
 def strip_reasoning(text: str) -> str:
     """The text without <think>/<thinking>/<reasoning> blocks; an unclosed one hides everything after it (a
-    truncated thought is not an answer)."""
+    truncated thought is not an answer), and a closing tag that nothing opened hides everything before it (the chat
+    template opened the thought in the prompt, as Qwen3's and DeepSeek-R1's do)."""
     for tag in _REASONING_TAGS:
         text = re.sub(rf"<{tag}>.*?</{tag}>", "", text, flags=re.DOTALL | re.IGNORECASE)
         text = re.split(rf"<{tag}>", text, flags=re.IGNORECASE)[0]
+        text = re.split(rf"</{tag}>", text, flags=re.IGNORECASE)[-1]
     return text
 
 
