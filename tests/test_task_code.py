@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import json
 
 import pytest
 
 from rcl.tasks import get_task
-from rcl.tasks.code import CodeTask, defines
+from rcl.tasks.code import CodeTask, defines, prompt_context
 from rcl.tasks.extract import answer_text, extract_code, last_tagged, strip_reasoning
 
 SANDBOX = {"workers": 2, "timeout_s": 5.0}
@@ -185,6 +186,35 @@ def test_humaneval_body_only_completion_gets_the_prompt(task, humaneval):
     row = humaneval[0]
     body = row["solution"][len(row["prompt"]) :]
     assert task.score(f"```python\n{body}```", row).correct
+
+
+def entry_point_only(row: dict) -> str:
+    """The canonical solution's entry-point function alone: no imports, no helpers, as models often reply."""
+    solution = row["solution"]
+    (node,) = [n for n in ast.parse(solution).body if isinstance(n, ast.FunctionDef) and n.name == row["entry_point"]]
+    return "".join(solution.splitlines(keepends=True)[node.lineno - 1 : node.end_lineno])
+
+
+def test_humaneval_whole_function_without_the_prompts_imports_and_helpers_still_runs(task, humaneval):
+    """`def f(numbers: List[float])` without `from typing import List`, or decode_cyclic without the prompt's
+    encode_cyclic: the prompt's context goes first, so every canonical function passes on its own."""
+    completions = [f"```python\n{entry_point_only(row)}```" for row in humaneval]
+    assert "from typing" not in completions[0] and "List[float]" in completions[0]
+    scores = task.score_batch(completions, humaneval)
+    assert [row["task_id"] for row, score in zip(humaneval, scores) if not score.correct] == []
+    # the model's own definitions win over the prompt's: a helper redefined wrongly fails the problem
+    (row10,) = [row for row in humaneval if row["task_id"] == "HumanEval/10"]
+    broken_helper = "def is_palindrome(string):\n    return True\n\n" + entry_point_only(row10)
+    assert not task.score(f"```python\n{broken_helper}```", row10).correct
+
+
+def test_prompt_context_keeps_what_is_not_the_entry_point():
+    prompt = "import math\nfrom typing import List\n\nK = 3\n\n@cache\ndef helper(x):\n    return x\n\n\n" \
+             "def solve(xs: List[int]) -> int:\n    \"\"\"Doc.\"\"\"\n"
+    assert prompt_context(prompt, "solve") == ("import math\nfrom typing import List\nK = 3\n"
+                                               "@cache\ndef helper(x):\n    return x\n\n\n")
+    assert prompt_context("def solve(:\nimport os\n", "solve") == "import os\n"  # unparsable: imports only
+    assert prompt_context("def solve():\n    pass\n", "solve") == ""
 
 
 def test_humaneval_split_and_sampling(task):

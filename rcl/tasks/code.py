@@ -8,7 +8,8 @@ Row fields:
     at either end.
   - `test` + `entry_point` (HumanEval's convention): `test` defines `check(candidate)`, and `entry_point` names the
     function passed as `candidate`. One test: check passes or not. Optional `prompt` (the signature and docstring) is
-    put before the completion's code when that code does not define `entry_point` itself (a body-only completion).
+    put before the completion's code when that code does not define `entry_point` itself (a body-only completion);
+    when it does, only the prompt's other top-level statements (imports, helpers) go before it (`prompt_context`).
 - `solution`: a reference program (HumanEval: the prompt plus the canonical solution). RL rows carry it: the reward
   self-test scores it as the gold answer, and it is the SFT label.
 - `language` (optional): a language configured in the sandbox; default the task's `language`.
@@ -74,6 +75,25 @@ def defines(code: str, name: str) -> bool:
         if isinstance(node, (ast.Import, ast.ImportFrom)) and any((a.asname or a.name) == name for a in node.names):
             return True
     return False
+
+
+def prompt_context(prompt: str, entry_point: str) -> str:
+    """The prompt's top-level statements other than the entry point's own definition: its imports, constants and
+    helper functions (HumanEval/38's `encode_cyclic`). A completion that rewrites the whole function often leaves them
+    out, and would fail on a missing `List` rather than on its logic; the model's own definitions come after these,
+    so they win. An unparsable prompt gives its import lines only."""
+    try:
+        tree = ast.parse(prompt)
+    except SyntaxError:
+        return "".join(line for line in prompt.splitlines(keepends=True) if line.startswith(("import ", "from ")))
+    lines = prompt.splitlines(keepends=True)
+    kept = []
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == entry_point:
+            continue
+        first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+        kept.append("".join(lines[first - 1 : node.end_lineno]).rstrip("\n") + "\n")
+    return "".join(kept) + "\n\n" if kept else ""
 
 
 class SandboxedTask(Task):
@@ -176,7 +196,10 @@ class CodeTask(SandboxedTask):
             elif row.get("test") and row.get("entry_point"):
                 if language != "python":
                     return infra_score("assert-style tests are Python only")
-                program = code if defines(code, row["entry_point"]) else row.get("prompt", "") + code
+                prompt = row.get("prompt", "")
+                # a whole function gets the prompt's imports and helpers; a body only continues the prompt
+                program = prompt_context(prompt, row["entry_point"]) + code if defines(code, row["entry_point"]) \
+                    else prompt + code
                 results = [self.sandbox.run_assert(program, row["test"], row["entry_point"])] if code else []
                 total = 1
             else:
