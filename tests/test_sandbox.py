@@ -3,6 +3,7 @@ leaves no process behind."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -17,6 +18,7 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy
 import pytest
 
 from rcl.sandbox import LanguageSpec, Sandbox, SandboxConfig, SandboxUnavailable, outputs_match
@@ -371,7 +373,29 @@ def test_writing_fake_replies_on_the_channel_does_not_pass(box):
 def test_always_equal_objects_do_not_pass(box, hack):
     program = hack + "def add(a, b):\n    return Anything()\n"
     result = box.run_assert(program, ADD_TEST, "add")
-    assert result.outcome == "wrong_answer" and "not plain data" in result.error
+    # the plain object is refused; the int subclass crosses as the int it holds (0), whose __eq__ is int's
+    assert result.outcome == "wrong_answer"
+    assert ("not plain data" if "(int)" not in hack else "AssertionError") in result.error
+
+
+@pytest.mark.parametrize("returned", ["np.int64(a + b)", "np.float64(a + b)", "np.array([a, b]).sum()",
+                                      "collections.namedtuple('P', 'x')(a + b)[0]"])
+def test_numpy_scalars_and_builtin_subclasses_are_compared_as_their_values(box, returned):
+    """What the standard HumanEval harness accepts (np.int64(3) == 3) passes here too."""
+    if "np." in returned and box.run("import numpy\n").outcome != "pass":
+        pytest.skip("the sandbox's Python has no numpy (as root, rlimits mode runs /usr/bin/python3)")
+    imports = "import numpy as np\n" if "np." in returned else "import collections\n"
+    program = f"{imports}def add(a, b):\n    return {returned}\n"
+    assert box.run_assert(program, ADD_TEST, "add").outcome == "pass"
+
+
+def test_a_counter_and_a_namedtuple_arrive_as_the_dict_and_tuple_they_are(box):
+    test = ("def check(candidate):\n    counts, point = candidate('abca')\n"
+            "    assert counts == {'a': 2, 'b': 1, 'c': 1} and type(counts) is dict\n"
+            "    assert point == (1, 2) and type(point) is tuple\n")
+    program = ("import collections\nPoint = collections.namedtuple('Point', 'x y')\n"
+               "def f(s):\n    return collections.Counter(s), Point(1, 2)\n")
+    assert box.run_assert(program, test, "f").outcome == "pass"
 
 
 def test_test_code_swallowing_a_timeout_still_times_out(box):
@@ -498,9 +522,21 @@ def test_wire_round_trips_plain_data_and_refuses_the_rest():
         assert decode(encode(value)) == value and type(decode(encode(value))) is type(value)
     nan = decode(encode(float("nan")))
     assert nan != nan
-    for bad in [object(), type("Sub", (int,), {})(3), [1, object()], {1: type("S", (str,), {})("x")}]:
+    for bad in [object(), [1, object()], {1: type("S", (set,), {})([object()])}, numpy.array([1, 2]),
+                numpy.datetime64("2026-01-01"), type("Spoof", (), {"__class__": property(lambda self: int)})()]:
         with pytest.raises(Unencodable):
             encode(bad)
+    # a builtin's subclass crosses as its base value, read without its overrides; a numpy scalar as its item()
+    always_equal = type("AlwaysEqual", (int,), {"__eq__": lambda self, other: True, "__hash__": int.__hash__,
+                                                 "__int__": lambda self: 99})
+    overridden = type("L", (list,), {"__iter__": lambda self: iter([99])})
+    subclassed = [(always_equal(3), 3), (type("S", (str,), {})("x"), "x"), (overridden([1, 2]), [1, 2]),
+                  (collections.OrderedDict(a=1), {"a": 1}), (collections.defaultdict(int, b=2), {"b": 2}),
+                  (collections.namedtuple("P", "x y")(1, 2), (1, 2)), (numpy.int64(7), 7), (numpy.float32(0.5), 0.5),
+                  (numpy.bool_(True), True), (numpy.str_("s"), "s"), (numpy.array(4), 4)]
+    for value, plain in subclassed:
+        decoded = decode(encode(value))
+        assert decoded == plain and type(decoded) is type(plain), (value, decoded)
     with pytest.raises(ValueError):
         decode({"zz": 1})
 

@@ -2,10 +2,14 @@
 
 Standard library only: this file is copied next to the runner inside the sandbox.
 
-Only exact builtin types cross: None, bool, int, float (nan/inf included), complex, str, bytes, and list, tuple, set,
-frozenset and dict of those. A subclass, or any other object, is refused by `encode`, and `decode` only ever builds
-builtin values. So whatever the program sends, the judge compares genuine builtins: an object whose `__eq__` always
-answers True cannot reach the test code.
+Only builtin values cross: None, bool, int, float (nan/inf included), complex, str, bytes, and list, tuple, set,
+frozenset and dict of those, and `decode` only ever builds exact builtins. So whatever the program sends, the judge
+compares genuine builtins: an object whose `__eq__` always answers True cannot reach the test code.
+
+`encode` (in the runner) sends an instance of a builtin's subclass as its base value, read through the base type's own
+methods so that no override runs: a `Counter`, `defaultdict` or namedtuple arrives as the dict or tuple that the
+standard HumanEval harness would compare, and an `int` subclass whose `__eq__` always answers True as its plain int.
+A numpy scalar (`np.int64(3)`, which equals 3 there too) is sent as its `.item()`. Any other object is refused.
 """
 
 from __future__ import annotations
@@ -19,6 +23,33 @@ MAX_DEPTH = 100
 
 class Unencodable(TypeError):
     """A value that is not plain builtin data."""
+
+
+# The base types' own methods, called on the subclass instance: an override in the subclass is never consulted.
+_AS_BASE = (
+    (int, int.__int__),
+    (float, float.__float__),
+    (complex, lambda v: complex(complex.real.__get__(v), complex.imag.__get__(v))),
+    (str, str.__str__),
+    (bytes, lambda v: bytes(memoryview(v))),
+    (list, lambda v: list(list.__iter__(v))),
+    (tuple, lambda v: tuple(tuple.__iter__(v))),
+    (frozenset, lambda v: frozenset(frozenset.__iter__(v))),
+    (set, lambda v: set(set.__iter__(v))),
+    (dict, lambda v: dict(dict.items(v))),
+)
+_EXACT = {int, float, complex, str, bytes, list, tuple, set, frozenset, dict}
+
+
+def _plain(value):
+    """The builtin value behind a builtin's subclass or a numpy scalar; None when there is none."""
+    kind = type(value)  # not isinstance: a `__class__` property can claim any class
+    for base, as_base in _AS_BASE:
+        if issubclass(kind, base):
+            return as_base(value)
+    if kind.__module__ == "numpy" and getattr(value, "ndim", None) == 0 and callable(getattr(value, "item", None)):
+        return value.item()
+    return None
 
 
 def encode(value, depth: int = 0):
@@ -42,6 +73,12 @@ def encode(value, depth: int = 0):
         return {tag: [encode(item, depth + 1) for item in value]}
     if kind is dict:
         return {"d": [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in value.items()]}
+    try:
+        plain = _plain(value)
+    except Exception as error:  # the program's own code ran (a numpy look-alike's `item`)
+        raise Unencodable(f"a {kind.__module__}.{kind.__qualname__} could not be read as plain data: {error}") from None
+    if plain is not None and type(plain) in _EXACT | {bool}:
+        return encode(plain, depth + 1)
     raise Unencodable(f"a {kind.__module__}.{kind.__qualname__} is not plain data")
 
 
