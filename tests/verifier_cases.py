@@ -25,6 +25,8 @@ MATH = [
     ("boxed_frac_vs_decimal", "math", "Thus $x=\\boxed{\\frac{7}{2}}$.", "3.5", True),
     ("boxed_degrees", "math", "The angle measures $\\boxed{120^\\circ}$.", "120", True),
     ("boxed_text_unit", "math", "The side length is $\\boxed{5\\text{ cm}}$.", "5", True),
+    ("boxed_text_unit_squared", "math", "So the area is $\\boxed{48\\text{ cm}^2}$.", "48", True),
+    ("boxed_cubic_unit", "math", "The volume is $\\boxed{27 \\text{ in}^{3}}$.", "27", True),
     ("boxed_dollars", "math", "She pays $\\boxed{\\$42.50}$ in total.", "42.50", True),
     ("boxed_percent", "math", "The population grew by $\\boxed{25\\%}$.", "25", True),
     ("boxed_list_same_order", "math", "The solutions are $\\boxed{1, 3, 5}$.", "1,3,5", True),
@@ -241,6 +243,8 @@ WRONG = [
     ("w_letter_other", "math", "$\\boxed{E}$", "D", False),
     ("w_root_vs_square", "math", "$\\boxed{\\sqrt{x}}$", "x^2", False),
     ("w_unit_value_other", "math", "$\\boxed{5\\text{ cm}}$", "50", False),
+    ("w_unit_squared_value_other", "math", "$\\boxed{48\\text{ cm}^2}$", "24", False),
+    ("w_expression_is_not_a_unit", "math", "The answer is $\\boxed{12 x^2}$.", "12", False),
     ("w_percent_other", "math", "$\\boxed{10\\%}$", "1", False),
     ("w_assignment_other", "math", "$\\boxed{a=2}$", "3", False),
     ("exploit_many_boxes", "math", "$\\boxed{2}$ $\\boxed{3}$ $\\boxed{4}$", "3", False),
@@ -510,6 +514,58 @@ LATEX = [
      '\\frac{\\pi}{4}', False),
 ]
 
+# A fourth batch, written on 2026-12-04 and measured once before its fix (see the README): chat and MATH answers with
+# units, currency, thousands, choices, intervals and equations. Its two remaining misses are in LIMITS (probe_14 and
+# probe_46); a double-boxed hedge (`\boxed{2} and \boxed{3}`) was dropped as ambiguous.
+PROBE = [
+    ("probe_01", "math", "So the total is \\boxed{\\frac{1}{2}}.", "0.5", True),
+    ("probe_02", "gsm8k", "The answer is $1,000$.", "1000", True),
+    ("probe_03", "gsm8k", "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n#### 72", "72", True),
+    ("probe_04", "gsm8k", "**Answer:** 18", "18", True),
+    ("probe_05", "gsm8k", "She pays $18.00 in total.\nThe answer is $18.00", "18", True),
+    ("probe_06", "math", "Therefore, the final answer is: $\\boxed{25\\%}$", "25", True),
+    ("probe_07", "gsm8k", "The answer is 10. Wait, actually let me recompute: 12. The answer is 12.", "12", True),
+    ("probe_08", "math", "<answer>-3</answer>", "-3", True),
+    ("probe_09", "math", "<think>maybe 5</think><answer>7</answer>", "7", True),
+    ("probe_10", "math", "The answer is \\boxed{3\\sqrt{2}}", "\\sqrt{18}", True),
+    ("probe_11", "math", "Final Answer: The final answer is $x=4$. I hope it is correct.", "4", True),
+    ("probe_12", "math", "\\boxed{(1, 2)}", "(1,2)", True),
+    ("probe_13", "gsm8k", "The answer is 5 apples", "6", False),
+    ("probe_15", "math", "\\boxed{\\dfrac{3}{4}}", "\\frac34", True),
+    ("probe_16", "math", "The answer is: 0.3333", "1/3", False),
+    ("probe_17", "math", "", "0", False),
+    ("probe_18", "math", "\\boxed{", "1", False),
+    ("probe_19", "math", "\\boxed{18 \\text{ dollars}}", "18", True),
+    ("probe_20", "math", "The answer is $\\$18$.", "18", True),
+    ("probe_21", "math", "\\boxed{1{,}000}", "1000", True),
+    ("probe_22", "math", "\\boxed{\\frac{\\sqrt{3}}{2}}", "sqrt(3)/2", True),
+    ("probe_23", "math", "\\boxed{2/4}", "1/2", True),
+    ("probe_24", "math", "\\boxed{0.50}", "\\frac{1}{2}", True),
+    ("probe_25", "math", "\\boxed{5, -5}", "-5, 5", True),
+    ("probe_26", "math", "\\boxed{\\pm 5}", "5, -5", True),
+    ("probe_27", "math", "\\boxed{x=5}", "5", True),
+    ("probe_28", "math", "\\boxed{\\text{(B)}}", "B", True),
+    ("probe_29", "math", "\\boxed{(B)}", "B", True),
+    ("probe_30", "math", "The answer is 7.", "7.0", True),
+    ("probe_31", "math", "\\boxed{3.14}", "\\pi", False),
+    ("probe_32", "math", "\\boxed{10^{3}}", "1000", True),
+    ("probe_33", "math", "\\boxed{\\left( 1, 2 \\right)}", "(1, 2)", True),
+    ("probe_34", "math", "\\boxed{[1, 2)}", "(1, 2)", False),
+    ("probe_35", "math", "\\boxed{x \\in [0, 1]}", "[0,1]", True),
+    ("probe_36", "math", "\\boxed{y = 2x + 1}", "y=2x+1", True),
+    ("probe_37", "math", "\\boxed{2x+1}", "1+2x", True),
+    ("probe_38", "math", "**Final answer:** $\\boxed{42}$ minutes", "42", True),
+    ("probe_39", "gsm8k", "The answer is 1,234,567.", "1234567", True),
+    ("probe_40", "math", "The answer is 12 cm^2", "12", True),  # missed before the fix: a squared unit
+    ("probe_41", "math", "\\boxed{90^\\circ}", "90", True),
+    ("probe_42", "math", "\\boxed{\\dfrac{7}{2}}", "3.5", True),
+    ("probe_43", "math", "So $x = \\boxed{-\\frac{1}{3}}$", "-1/3", True),
+    ("probe_44", "math", "\\boxed{1/0}", "1", False),
+    ("probe_45", "math", "\\boxed{\\infty}", "\\infty", True),
+    ("probe_47", "math", "\\boxed{}", "0", False),
+    ("probe_48", "math", "The answer is 3 + 4 = 7", "7", True),
+]
+
 # Correct answers the verifier does not recognise (false negatives), documented in the README's known limits.
 LIMITS = [
     ("limit_word_number", "gsm8k", "So she has twelve apples left. The answer is twelve.", "12", True),
@@ -518,9 +574,13 @@ LIMITS = [
     ('limit_degrees_vs_radians', 'math', '$\\boxed{45^\\circ}$',
      '\\frac{\\pi}{4}', True),
     # GSM8K's last-number fallback reads the last amount mentioned
+    # scientific notation in prose, with no answer phrase to anchor it
+    ("probe_14", "math", "I think it is 1e3", "1000", True),
+    # an unsimplified expression whose value is the reference
+    ("probe_46", "math", "\\boxed{e^{i\\pi}}", "-1", True),
     ('limit_last_amount_mentioned', 'gsm8k', 'He paid $2.00 for each of 3 apples, so $6.00 total, and got $4.00 back from $10.',
      '4', True),
 ]
 
-CASES = MATH + GSM8K + TRACES + ISSUE_CLASSES + WRONG + CHAT + EDGE + LATEX + LIMITS
+CASES = MATH + GSM8K + TRACES + ISSUE_CLASSES + WRONG + CHAT + EDGE + LATEX + PROBE + LIMITS
 KNOWN_LIMITS = {case[0] for case in LIMITS}

@@ -5,7 +5,8 @@ Both sides are read whole, in this order:
 1. References are unwrapped first: GSM8K's `… #### 42`, a last `\\boxed{}`, math delimiters.
 2. Both sides are canonicalised: `\\dfrac`/`\\tfrac` to `\\frac`, `\\left`/`\\right` and LaTeX spacing dropped,
    `{,}` to `,`, a lone `\\text{…}` unwrapped. Unless strict: a leading `x =` and trailing units (`\\text{ cm}`,
-   plain unit words after a number, `^\\circ`) are dropped.
+   `\\text{ cm}^2`, plain unit words after a number, a length unit squared or cubed such as `cm^2`, `^\\circ`) are
+   dropped.
 3. Plain numbers are compared exactly, as fractions (no rounding: 0.33 is not 1/3; 18.00 is 18):
    - signs: `-15`, `-$15`, `$-15`, `−15` and `+7` are read with their sign;
    - currency: a `$`, `\\$`, `€`, `£` prefix is dropped;
@@ -45,6 +46,9 @@ from rcl.tasks.answer_extraction import clean, is_bare, last_boxed
 
 DEFAULT_TIMEOUT_S = 5.0
 _UNIT_WORDS = r"[A-Za-z][A-Za-z.\-]*(?:\s+[A-Za-z][A-Za-z.\-]*){0,3}"
+_UNIT_POWER = r"\^\s*\{?\s*[23]\s*\}?"
+# Only known lengths take a power: "12 m^2" is square metres, but "12 x^2" is an expression.
+_POWERED_UNITS = rf"(?:square\s+|cubic\s+)?(?:mm|cm|dm|m|km|in|ft|yd|mi|units?)\s*{_UNIT_POWER}"
 _NUMBER_CORE = re.compile(
     r"(?P<sign1>[-+])?(?P<cur>\\?\$|€|£|¥)?(?P<sign2>[-+])?"
     r"(?P<int>\d{1,3}(?:(?P<sep>,|\\,|\s|\{,\}|\\ )\d{3})(?:(?P=sep)\d{3})*|\d*)"
@@ -97,11 +101,11 @@ def canonical(answer: str, strict: bool = False) -> str:
     text = re.sub(r"^\\(?:text|mbox|textbf|mathrm)\{([^{}]*)\}$", r"\1", text.strip())
     if not strict:
         text = re.sub(r"\s*\^\s*\{?\\circ\}?|°", "", text)
-        text = re.sub(r"\s*\\(?:text|mbox|mathrm)\{\s*[A-Za-z][^{}]*\}\s*$", "", text)
+        text = re.sub(rf"\s*\\(?:text|mbox|mathrm)\{{\s*[A-Za-z][^{{}}]*\}}(?:{_UNIT_POWER})?\s*$", "", text)
         assignment = _ASSIGNMENT.match(text.strip())
         if assignment:
             text = assignment.group("rhs")
-        unit = re.fullmatch(rf"(?P<head>.*?\d%?)\s+{_UNIT_WORDS}", text.strip())
+        unit = re.fullmatch(rf"(?P<head>.*?\d%?)\s+(?:{_UNIT_WORDS}|{_POWERED_UNITS})", text.strip())
         if unit and parse_number(unit.group("head")) is not None:
             text = unit.group("head")
     return clean(text)
