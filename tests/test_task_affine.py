@@ -63,6 +63,10 @@ def test_flipped_assignments_usually_score_0(sat, sat_rows):
 
 def test_sat_parsing_and_partial_answers(sat):
     assert parse_assignment("x1=True, x2 = false; x3: 1 x4 is F, x1=0") == {1: False, 2: False, 3: True, 4: False}
+    # as models write it: subscripts, LaTeX text, markdown bold, arrows
+    written = "$x_1 = \\text{True}$, $x_{2} = \\mathrm{F}$\n- x3 = **False**\n- x_4 -> T\n- x5 → true"
+    assert parse_assignment(written) == {1: True, 2: False, 3: False, 4: True, 5: True}
+    assert parse_assignment("max1=True, box2 = False, x6=Truth") == {}
     clauses, solution = planted_instance(random.Random(1), 10, 3, 4.2)
     assert satisfied(clauses, dict(enumerate(solution, 1))) == len(clauses)
     assert satisfied(clauses, {}) == 0  # unassigned variables satisfy no literal

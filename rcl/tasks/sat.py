@@ -20,7 +20,12 @@ import re
 from rcl.tasks.base import Score, Task, register_task
 from rcl.tasks.extract import answer_text
 
-_ASSIGNMENT_RE = re.compile(r"\bx(\d+)\s*(?:=|:|is)\s*(true|false|t|f|1|0)\b", re.IGNORECASE)
+# x1=True, as the prompt asks, and as models also write it: x_1, x_{1}, "x1 is true", x1 -> T, x1 = **True**,
+# $x_1 = \text{True}$. A later mention of a variable overrides an earlier one.
+_ASSIGNMENT_RE = re.compile(
+    r"\bx_?\{?(\d+)\}?\s*(?:=|:|is|->|→)\s*"
+    r"(?:\*\*|\\(?:text|texttt|textbf|mathrm|mathtt)\{)?\s*(true|false|t|f|1|0)\b",
+    re.IGNORECASE)
 
 
 def planted_instance(rng: random.Random, num_vars: int, k: int, ratio: float) -> tuple[list[list[int]], list[bool]]:
