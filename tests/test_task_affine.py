@@ -124,6 +124,8 @@ def test_abduction_is_verified_by_running_the_program(abduction):
     row = {"program": "x = int(input())\nprint(x * x)\n", "output": "49", "input": "7\n"}
     assert abduction.score("<think>maybe <INPUT>6</INPUT></think> <INPUT>\n-7\n</INPUT>", row).correct
     assert abduction.score("<INPUT>7</INPUT>", row).correct
+    assert abduction.score("<INPUT>\n```text\n7\n```\n</INPUT>", row).correct  # fenced inside the tags
+    assert not abduction.score("<INPUT>```7```</INPUT>", row).correct  # not a fence: the backticks are the input
     wrong = abduction.score("<INPUT>6</INPUT>", row)
     assert wrong.reward == 0.0 and wrong.details["outcome"] == "wrong_answer"
     crash = abduction.score("<INPUT>seven</INPUT>", row)

@@ -8,12 +8,14 @@ Row fields:
 - `family`: the program family (rcl.tasks.programs).
 
 Scoring is all-or-nothing, by running the program in the sandbox on the model's input: the last <INPUT>...</INPUT>
-block (reasoning removed; blank lines at its ends dropped). Reward 1 iff the program exits 0 and prints `output`
-(compared like the code task's stdin/stdout tests). Details: `passed`/`total` (0 or 1 of 1), `outcome` (the run's
-class; no_answer without an <INPUT> block), `message`; infra_error sets `error`.
+block (reasoning removed; a code fence around the input and blank lines at its ends dropped). Reward 1 iff the
+program exits 0 and prints `output` (compared like the code task's stdin/stdout tests). Details: `passed`/`total` (0
+or 1 of 1), `outcome` (the run's class; no_answer without an <INPUT> block), `message`; infra_error sets `error`.
 """
 
 from __future__ import annotations
+
+import re
 
 from rcl.sandbox import SandboxConfig
 from rcl.tasks.base import Score, register_task
@@ -26,6 +28,10 @@ QUESTION = (
     "print exactly that output.\n\n```python\n{program}```\n\nOutput:\n```\n{output}\n```\n\n"
     "Give the input between <INPUT> and </INPUT>."
 )
+
+
+# The input inside a code fence within the tags (<INPUT>```\n5 3\n```</INPUT>), as chat models often write it.
+_FENCED = re.compile(r"```[^\n`]*\n(.*?)\n?```", re.DOTALL)
 
 
 @register_task("abduction")
@@ -56,7 +62,8 @@ class AbductionTask(SandboxedTask):
         given = last_tagged(strip_reasoning(completion), "INPUT")
         if given is None:
             return Score(0.0, False, {"passed": 0, "total": 1, "outcome": "no_answer", "message": "no <INPUT>"})
-        stdin = given.strip("\n") + "\n"
+        fenced = _FENCED.fullmatch(given.strip())
+        stdin = (fenced.group(1) if fenced else given).strip("\n") + "\n"
         try:
             result = self.sandbox.run_tests(row["program"], [{"input": stdin, "output": row["output"]}])[0]
         except OSError as error:
