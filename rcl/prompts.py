@@ -11,10 +11,14 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from rcl.tasks.extract import strip_reasoning
+
+# The teacher's trained format, exactly (the teaching_format reward checks it).
 THINKING_RE = re.compile(r"<thinking>(.*?)</thinking>", re.DOTALL)
 TEACHING_RE = re.compile(r"<teaching>(.*?)</teaching>", re.DOTALL)
-_UNCLOSED_THINKING_RE = re.compile(r"<thinking>.*\Z", re.DOTALL)
-_TEACHING_TAG_RE = re.compile(r"</?teaching>")
+# What the student is shown is read more leniently: a <Teaching> block is still the teaching.
+_TEACHING_BLOCK_RE = re.compile(r"<teaching>(.*?)</teaching>", re.DOTALL | re.IGNORECASE)
+_TEACHING_TAG_RE = re.compile(r"</?teaching>", re.IGNORECASE)
 SOLUTION_INSTRUCTION = "Put the final answer in <solution></solution>."
 
 
@@ -84,9 +88,11 @@ class Teaching:
 
 
 def private_reasoning_removed(completion: str) -> str:
-    """The completion without its `<thinking>` blocks. Reasoning is private until it is closed: an unclosed
-    `<thinking>` (a truncated thought, which may state the answer) hides everything after it."""
-    return _UNCLOSED_THINKING_RE.sub("", THINKING_RE.sub("", completion))
+    """The completion without its reasoning: `<thinking>` blocks, and the `<think>` or `<reasoning>` blocks that
+    reasoning models write by themselves, in any case (`rcl.tasks.extract.strip_reasoning`). Reasoning is private
+    until it is closed: an unclosed one (a truncated thought, which may state the answer) hides everything after it,
+    and a closing tag that the chat template opened in the prompt hides everything before it."""
+    return strip_reasoning(completion)
 
 
 def extract_teaching(completion: str, missing: MissingTeaching = "strip_thinking") -> Teaching:
@@ -99,7 +105,7 @@ def extract_teaching(completion: str, missing: MissingTeaching = "strip_thinking
     nothing.
     """
     public = private_reasoning_removed(completion)
-    match = TEACHING_RE.search(public)
+    match = _TEACHING_BLOCK_RE.search(public)
     if match:
         return Teaching(match.group(1).strip(), True)
     if missing == "empty":

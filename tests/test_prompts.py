@@ -58,6 +58,13 @@ def test_render_prompt_uses_the_roles_tokenizer(tiny_model_dir):
         ("<thinking>so 42 <teaching>x</teaching>", "strip_thinking", "", False),
         # reasoning inside a teaching block is not shown either
         ("<teaching>carry <thinking>42</thinking>the one</teaching>", "strip_thinking", "carry the one", True),
+        # the reasoning tags models write by themselves, in any case, are private too
+        ("<think>so it is 42</think> carry the one", "strip_thinking", "carry the one", False),
+        ("<THINKING>The answer is 42</THINKING><Teaching>carry the one</Teaching>", "strip_thinking",
+         "carry the one", True),
+        # the chat template opened the thought (Qwen3): all before the closing tag is private
+        ("the answer is 42</think>\n<teaching>carry the one</teaching>", "strip_thinking", "carry the one", True),
+        ("the answer is 42</think> carry the one", "strip_thinking", "carry the one", False),
     ],
 )
 def test_extract_teaching_rules(completion, missing, text, tags):
