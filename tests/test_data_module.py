@@ -8,6 +8,8 @@ import pytest
 
 from data_modules import DataError, TeacherStudentDataModule
 from data_modules.sft_examples import IGNORE_INDEX, in_share
+from rcl.tasks import get_task
+from rcl.tasks.code import called_first
 
 
 def write_jsonl(path, rows):
@@ -63,16 +65,34 @@ def test_rl_rows_carry_the_tasks_own_fields_through_unchanged_and_mapped(tmp_pat
             for i in range(10)]
     path = write_jsonl(tmp_path / "code.jsonl", rows)
     dm = TeacherStudentDataModule(dataset=path, schema="atlas_rl", val_size=2, seed=0,
-                                  columns={"tests": "test_list", "entry_point": "entry"})
+                                  columns={"asserts": "test_list", "entry_point": "entry"})
     plain = dm.rl_dataset("train")
-    train = dm.rl_dataset("train", fields=("tests", "entry_point"))
-    assert train.column_names == ["question", "ground_truth", "tests", "entry_point"]
+    train = dm.rl_dataset("train", fields=("asserts", "entry_point"))
+    assert train.column_names == ["question", "ground_truth", "asserts", "entry_point"]
     assert list(train["question"]) == list(plain["question"]), "the split does not depend on the extra fields"
     for row in train:
         i = int(row["question"].removeprefix("Write f"))
-        assert row["tests"] == [f"assert f{i}() == {i}"] and row["entry_point"] == f"f{i}"
+        assert row["asserts"] == [f"assert f{i}() == {i}"] and row["entry_point"] == f"f{i}"
     with pytest.raises(DataError, match="missing column 'setup' \\(field 'setup' that the task reads\\)"):
         dm.rl_dataset("train", fields=("setup",))
+
+
+def test_an_mbpp_file_mapped_through_columns_is_scored_by_its_asserts(tmp_path):
+    """MBPP's own column names (text, code, test_list), mapped onto the code task's asserts format."""
+    rows = [{"task_id": i, "text": f"Write a function that returns {i} more than its argument.",
+             "code": f"def plus_{i}(x):\n    return x + {i}\n", "test_setup_code": "",
+             "test_list": [f"assert plus_{i}(1) == {i + 1}", f"assert plus_{i}(-{i}) == 0"]} for i in range(6)]
+    path = write_jsonl(tmp_path / "mbpp.jsonl", rows)
+    task = get_task("code", test_format="asserts", sandbox={"workers": 2})
+    dm = TeacherStudentDataModule(dataset=path, schema="generic", val_size=0,
+                                  columns={"question": "text", "solution": "code", "asserts": "test_list"})
+    train = dm.rl_dataset("train", fields=task.fields)
+    assert len(train) == 6 and "plus_" in task.prompt(train[0]) and "assert plus_" in task.prompt(train[0])
+    scores = task.score_batch([task.gold_completion(row) for row in train], list(train))
+    assert [s.details["passed"] for s in scores] == [2] * 6
+    names = [called_first(row["asserts"]) for row in train]
+    off_by_one = [f"```python\ndef {name}(x):\n    return x + 1\n```" for name in names]
+    assert [s.correct for s in task.score_batch(off_by_one, list(train))] == [name == "plus_1" for name in names]
 
 
 def test_task_schema_needs_no_ground_truth_unless_the_task_reads_it(tmp_path):

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from rcl.tasks import get_task
-from rcl.tasks.code import CodeTask, defines, prompt_context
+from rcl.tasks.code import CodeTask, called_first, defines, prompt_context
 from rcl.tasks.extract import answer_text, extract_code, last_tagged, strip_reasoning
 
 SANDBOX = {"workers": 2, "timeout_s": 5.0}
@@ -222,6 +222,43 @@ def test_humaneval_split_and_sampling(task):
         task.rows("train")
     assert task.rows("test", num=5, seed=3) == task.rows("test", num=5, seed=3)
     assert len(task.rows("test", num=5, seed=3)) == 5
+
+
+MBPP_ROW = {
+    "question": "Write a function to find the shared elements of two tuples.",
+    "asserts": ["assert set(similar((3, 4, 5, 6), (5, 7, 4, 10))) == set((4, 5))",
+                "assert set(similar((1, 2, 3, 4), (5, 4, 3, 7))) == set((3, 4))",
+                "assert math.isclose(len(similar((1,), (2,))), 0)"],
+    "solution": "def similar(a, b):\n    return tuple(set(a) & set(b))\n",
+}
+
+
+def test_mbpp_style_asserts_score_one_test_per_assert(task):
+    assert CodeTask(sandbox=SANDBOX, test_format="asserts").fields == ("asserts", "solution")
+    prompt = task.prompt(MBPP_ROW)
+    assert prompt.startswith(MBPP_ROW["question"]) and all(a in prompt for a in MBPP_ROW["asserts"])
+    assert task.prompt({**MBPP_ROW, "question": prompt}) == prompt  # not shown twice
+    right = task.score(task.gold_completion(MBPP_ROW), MBPP_ROW)
+    assert right.correct and right.reward == 2.0 and right.details["passed"] == 3  # math comes from the judge
+    # passes the first two asserts only: partial credit, the third's failure named
+    partial = "```python\ndef similar(a, b):\n    return tuple(set(a) & set(b)) or (0,)\n```"
+    score = task.score(partial, {**MBPP_ROW, "asserts": json.dumps(MBPP_ROW["asserts"])})  # a JSON string too
+    assert score.reward == pytest.approx(2 / 3) and score.details["outcome"] == "wrong_answer"
+    assert CodeTask(sandbox=SANDBOX, max_tests=2).score(partial, MBPP_ROW).reward == 2.0
+    hack = "```python\nclass E:\n    def __eq__(self, o):\n        return True\ndef similar(a, b):\n    return E()\n```"
+    assert task.score(hack, MBPP_ROW).reward == 0.0
+
+
+def test_mbpp_setup_code_and_the_function_under_test():
+    assert called_first(["assert set(similar((1,), (1,))) == {1}"]) == "similar"
+    assert called_first(["assert math.isclose(area(2), 12.56, rel_tol=0.01)"]) == "area"
+    assert called_first(["assert True"]) is None and called_first(["assert (("]) is None
+    row = {"question": "Circle area.", "asserts": ["assert abs(area(1) - PI) < 1e-9"], "test_setup_code": "PI = 3.0",
+           "solution": "def area(r):\n    return 3.0 * r * r\n"}
+    task = get_task("code", sandbox=SANDBOX)
+    assert task.score(task.gold_completion(row), row).correct
+    assert not task.score("```python\nimport math\ndef area(r):\n    return math.pi * r * r\n```", row).correct
+    assert task.score("print(1)", {**row, "asserts": ["assert True"]}).details["outcome"] == "infra_error"
 
 
 def test_fields_name_what_rows_must_carry():

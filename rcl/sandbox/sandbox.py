@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -292,18 +292,27 @@ class Sandbox:
 
     def run_assert(self, program_code: str, test: str, entry_point: str) -> RunResult:
         """Run HumanEval-style `test` (defining check(candidate)) against `entry_point` of the Python program."""
+        return self.run_asserts(program_code, [test], entry_point)[0]
+
+    def run_asserts(self, program_code: str, tests: list[str], entry_point: str) -> list[RunResult]:
+        """Run each HumanEval-style test against the program, each in its own run, in parallel on the pool (MBPP's
+        assert list, one test per assert, for partial credit). One result per test, in order."""
         mode = self.isolation
         program = _Program(program_code, self.config.language("python"))
         try:
-            names = sorted(free_names(test) | {entry_point})
-        except SyntaxError as error:
-            program.close()
-            return RunResult("infra_error", error=f"the test code does not parse: {error}", isolation=mode)
-        try:
             runner = f"{self._lib(program, mode)}/runner.py"
             argv = [self._python, "-I", runner, self._code_path(program, mode)]
-            judge = {"test": test, "entry_point": entry_point, "remote_names": names}
-            return self._pool.submit(self._gated, program, mode, argv, None, judge=judge).result()
+            futures: list[Future | RunResult] = []
+            for test in tests:
+                try:
+                    names = sorted(free_names(test) | {entry_point})
+                except SyntaxError as error:
+                    futures.append(RunResult("infra_error", error=f"the test code does not parse: {error}",
+                                             isolation=mode))
+                    continue
+                judge = {"test": test, "entry_point": entry_point, "remote_names": names}
+                futures.append(self._pool.submit(self._gated, program, mode, argv, None, judge=judge))
+            return [f if isinstance(f, RunResult) else f.result() for f in futures]
         finally:
             program.close()
 

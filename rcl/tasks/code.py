@@ -10,6 +10,10 @@ Row fields:
     function passed as `candidate`. One test: check passes or not. Optional `prompt` (the signature and docstring) is
     put before the completion's code when that code does not define `entry_point` itself (a body-only completion);
     when it does, only the prompt's other top-level statements (imports, helpers) go before it (`prompt_context`).
+  - `asserts` (MBPP's `test_list`): assert statements that call the function under test, or that list as a JSON
+    string. Each is one test, run in the judge like `test` (partial credit per assert); the function is the row's
+    `entry_point`, else the first one the first assert calls. An optional `test_setup_code` (MBPP's) runs before
+    each. The prompt shows the asserts after the question, as MBPP's does, unless the question already holds them.
 - `solution`: a reference program (HumanEval: the prompt plus the canonical solution). RL rows carry it: the reward
   self-test scores it as the gold answer, and it is the SFT label.
 - `language` (optional): a language configured in the sandbox; default the task's `language`.
@@ -20,21 +24,25 @@ which also sets `error` and is not the model's failure), `outcomes` (count per c
 failure's reason).
 
 Reward (the Q-language system's design): `partial` gives passed/total * base_weight, plus perfect_weight when every
-test passes; `binary` gives 1 when every test passes, else 0. `max_tests` keeps the first N stdin/stdout cases (for
-training); leave it unset for evaluation, which then runs every test.
+test passes; `binary` gives 1 when every test passes, else 0. `max_tests` keeps the first N stdin/stdout cases or
+asserts (for training); leave it unset for evaluation, which then runs every test.
 """
 
 from __future__ import annotations
 
 import ast
+import builtins
 import copy
 import json
 import random
+import sys
+import textwrap
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 from rcl.sandbox import RunResult, SandboxConfig, shared_sandbox
+from rcl.sandbox.judge import free_names
 from rcl.tasks.base import Score, Task, register_task
 from rcl.tasks.extract import extract_code
 from rcl.tasks.humaneval import humaneval_rows
@@ -57,6 +65,38 @@ def tests_of(row: dict) -> list[dict] | None:
     if isinstance(tests, str):
         tests = json.loads(tests)
     return tests
+
+
+def asserts_of(row: dict) -> list[str] | None:
+    """MBPP-style tests: a list of assert statements (or that list as a JSON string); None if the row has none."""
+    asserts = row.get("asserts")
+    if isinstance(asserts, str):
+        asserts = json.loads(asserts)
+    return asserts
+
+
+def called_first(asserts: list[str]) -> str | None:
+    """The function under test: the first non-builtin the first assert calls (`assert set(similar((3, 4), (4,))) ==
+    {4}`: similar)."""
+    try:
+        tree = ast.parse(asserts[0])
+    except (SyntaxError, IndexError):
+        return None
+    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+             and node.func.id not in dir(builtins)]
+    return min(calls, key=lambda c: (c.lineno, c.col_offset)).func.id if calls else None
+
+
+def assert_check(statement: str, setup: str = "") -> str:
+    """One assert statement as HumanEval-style test code (a `check(candidate)` that runs it), after the row's setup.
+    A standard-library module the assert uses unimported (`math.isclose`, which MBPP's asserts take from the program's
+    namespace) is imported here, in the judge: across the sandbox only functions are called."""
+    body = f"{setup}\n\ndef check(candidate):\n{textwrap.indent(statement.strip(), '    ')}\n"
+    try:
+        modules = sorted(free_names(body) & sys.stdlib_module_names)
+    except SyntaxError:
+        return body  # reported by the sandbox as the test code that does not parse
+    return "".join(f"import {module}\n" for module in modules) + body
 
 
 def defines(code: str, name: str) -> bool:
@@ -118,7 +158,8 @@ class SandboxedTask(Task):
 class CodeTask(SandboxedTask):
     """Write a program that passes the row's tests (see the module docstring for row fields and rewards)."""
 
-    FIELDS = {"stdio": ("tests", "solution"), "assert": ("test", "entry_point", "prompt", "solution")}
+    FIELDS = {"stdio": ("tests", "solution"), "assert": ("test", "entry_point", "prompt", "solution"),
+              "asserts": ("asserts", "solution")}
     """Row fields RL rows carry, by test format; `solution` (a reference program) is what the reward self-test and
     SFT labels use as the gold answer."""
 
@@ -132,12 +173,12 @@ class CodeTask(SandboxedTask):
         language: str = "python",
         dataset: Literal["humaneval", "programs"] = "humaneval",
         tests_per_problem: int = 5,
-        test_format: Literal["stdio", "assert"] | None = None,
+        test_format: Literal["stdio", "assert", "asserts"] | None = None,
         families: list[str] | None = None,
     ):
-        """test_format: which row fields the rows carry (FIELDS: stdio or assert tests, plus solution), for rows
-        that come from a dataset rather than `rows()`; default: the format of `dataset` (humaneval: assert,
-        programs: stdio). Scoring reads whichever a row has. families: the program families `dataset: programs`
+        """test_format: which row fields the rows carry (FIELDS: stdio tests, a HumanEval `test`, or MBPP-style
+        `asserts`, plus solution), for rows that come from a dataset rather than `rows()`; default: the format of
+        `dataset` (humaneval: assert, programs: stdio). Scoring reads whichever a row has. families: the program families `dataset: programs`
         draws from (default all; rcl.tasks.programs.FAMILIES)."""
         super().__init__(sandbox)
         if max_tests is not None and max_tests < 1:
@@ -171,6 +212,15 @@ class CodeTask(SandboxedTask):
         evaluation.max_tests = None
         return evaluation
 
+    def prompt(self, row: dict) -> str:
+        """The question; with MBPP-style `asserts`, followed by them (as MBPP's prompt shows its tests: they name the
+        function and its signature), unless the question already holds them."""
+        asserts = asserts_of(row)
+        if not asserts or all(statement.strip() in row["question"] for statement in asserts):
+            return row["question"]
+        return row["question"].rstrip() + "\nYour code should pass these tests:\n\n" + "\n".join(
+            statement.strip() for statement in asserts)
+
     def gold_completion(self, row: dict) -> str:
         """The row's reference program, formatted as an answer (an SFT label; check it with rcl.tasks.labels)."""
         return f"```{self.language}\n{row['solution']}```\n"
@@ -202,8 +252,18 @@ class CodeTask(SandboxedTask):
                     else prompt + code
                 results = [self.sandbox.run_assert(program, row["test"], row["entry_point"])] if code else []
                 total = 1
+            elif asserts_of(row) is not None:
+                asserts = asserts_of(row)
+                entry_point = row.get("entry_point") or called_first(asserts)
+                if language != "python" or not entry_point:
+                    return infra_score("assert lists are Python only, and must call the function under test")
+                cases = asserts if self.max_tests is None else asserts[: self.max_tests]
+                setup = row.get("test_setup_code") or ""
+                tests = [assert_check(statement, setup) for statement in cases]
+                results = self.sandbox.run_asserts(code, tests, entry_point) if code else []
+                total = len(cases)
             else:
-                return infra_score("the row has neither `tests` nor `test` + `entry_point`")
+                return infra_score("the row has none of `tests`, `test` + `entry_point`, or `asserts`")
         except (OSError, ValueError) as error:
             return infra_score(f"{type(error).__name__}: {error}")
         return self._score(results, total)
