@@ -8,11 +8,13 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 import uuid
@@ -236,6 +238,39 @@ def test_printing_forever_is_cut_at_the_cap(box):
     assert result.outcome == "crash" and "limit" in result.error
     assert len(result.stdout) <= box.config.max_output_kb * 1024
     assert took < TIMEOUT
+
+
+@pytest.mark.parametrize("style", ["stdio", "assert"])
+def test_a_right_answer_with_a_flood_of_stderr_still_passes(box, style):
+    """stderr is kept to its cap and drained past it: verbose logging does not fail a right answer."""
+    flood = "import sys\nsys.stderr.write('log line\\n' * 400000)\n"  # 3.6 MB, past the 1 MiB cap
+    if style == "stdio":
+        result = box.run_tests(flood + "print(5)\n", [{"input": "", "output": "5"}])[0]
+    else:
+        result = box.run_assert(flood + ADD_OK, ADD_TEST, "add")
+    assert result.outcome == "pass", result.error
+    assert style == "assert" or 0 < len(result.stderr.encode()) <= box.config.max_output_kb * 1024
+
+
+@pytest.mark.parametrize("style", ["stdio", "assert"])
+def test_a_program_that_kills_itself_is_a_crash_not_a_timeout(box, style):
+    """RLIMIT_CPU ends a process with SIGKILL, but a SIGKILL long before the CPU limit could be used up is not it."""
+    suicide = "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n"
+    if style == "stdio":
+        result = box.run(suicide)
+    else:
+        result = box.run_assert("def add(a, b):\n" + textwrap.indent(suicide, "    "), ADD_TEST, "add")
+    assert result.outcome == "crash", (result.outcome, result.error)
+
+
+def test_the_cpu_limit_is_told_apart_from_an_early_sigkill():
+    from rcl.sandbox.sandbox import _classify_exit, _cpu_limit_reachable
+
+    assert _classify_exit(-signal.SIGKILL, "", cpu_limit_reachable=True) == ("timeout", "CPU time limit")
+    assert _classify_exit(-signal.SIGKILL, "", cpu_limit_reachable=False) == ("crash", "killed by signal SIGKILL")
+    assert _classify_exit(-signal.SIGXCPU, "", cpu_limit_reachable=False)[0] == "timeout"
+    cores = len(os.sched_getaffinity(0))
+    assert not _cpu_limit_reachable(0.01, 11) and _cpu_limit_reachable(11 / cores, 11)
 
 
 def _write_attempts(targets: list[Path]) -> str:

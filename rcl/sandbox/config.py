@@ -47,7 +47,8 @@ class SandboxConfig:
     max_open_files: int = 64
     """Open file descriptors (RLIMIT_NOFILE)."""
     max_output_kb: int = 1024
-    """Cap on stdout and on stderr, each; a program that writes more is killed (outcome crash)."""
+    """Cap on stdout and on stderr, each. A program that writes more to stdout is killed (outcome crash); stderr past
+    the cap is drained and dropped."""
     work_dir_mb: int = 64
     """Size of the program's writable work folder (a tmpfs under bubblewrap; only max_file_mb per file without it)."""
     workers: int = 4

@@ -84,9 +84,11 @@ class _Capture:
         return bytes(self.buffers.get(name, b"")).decode("utf-8", "replace")
 
 
-def _pump(streams: dict[str, int], caps: dict[str, int], main: subprocess.Popen, deadline: float) -> _Capture:
+def _pump(streams: dict[str, int], caps: dict[str, int], main: subprocess.Popen, deadline: float,
+          truncate: tuple[str, ...] = ("stderr",)) -> _Capture:
     """Read `streams` (name -> fd) until they close or `main` has exited (processes that outlive it may hold a pipe
-    open), the deadline passes, or a stream passes its cap."""
+    open), the deadline passes, or a stream passes its cap. A stream in `truncate` (stderr: a right answer with
+    verbose logging is still right) keeps only its first `cap` bytes and is drained past it."""
     capture = _Capture({name: bytearray() for name in streams})
     selector = selectors.DefaultSelector()
     for name, fd in streams.items():
@@ -111,8 +113,9 @@ def _pump(streams: dict[str, int], caps: dict[str, int], main: subprocess.Popen,
                 buffer.extend(chunk)
                 if len(buffer) > caps[key.data]:
                     del buffer[caps[key.data] :]
-                    capture.stopped = key.data
-                    return capture
+                    if key.data not in truncate:
+                        capture.stopped = key.data
+                        return capture
     finally:
         selector.close()
     return capture
@@ -141,11 +144,19 @@ def _signal_of(returncode: int | None) -> int | None:
     return None
 
 
-def _classify_exit(returncode: int | None, stderr: str) -> tuple[Outcome, str]:
+def _cpu_limit_reachable(duration_s: float, cpu_s: float) -> bool:
+    """Whether a run of this length can have used up its CPU-time limit: RLIMIT_CPU (soft = hard) ends a process
+    with SIGKILL, but a program that kills itself, or that the kernel's OOM killer ends, gets the same signal sooner
+    than its threads can burn `cpu_s` on the cores this process may use."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return duration_s >= 0.9 * cpu_s / cores
+
+
+def _classify_exit(returncode: int | None, stderr: str, cpu_limit_reachable: bool = True) -> tuple[Outcome, str]:
     if returncode == 0:
         return "pass", ""
     sig = _signal_of(returncode)
-    if sig in (signal.SIGXCPU, signal.SIGKILL):
+    if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu_limit_reachable):
         return "timeout", "CPU time limit"
     tail = stderr[-4000:]
     if any(marker in tail for marker in _MEMORY_MARKERS):
@@ -428,10 +439,12 @@ class Sandbox:
                 outcome, error = "infra_error", "the judge wrote more than its output cap"
             elif capture.stopped:
                 outcome, error = "crash", f"{capture.stopped} limit of {config.max_output_kb} KiB exceeded"
-            elif judge_process is None:
-                outcome, error = _classify_exit(returncode, stderr)
             else:
-                outcome, error = self._verdict(capture, nonce, returncode, stderr)
+                reachable = _cpu_limit_reachable(time.monotonic() - started, config.cpu_s)
+                if judge_process is None:
+                    outcome, error = _classify_exit(returncode, stderr, reachable)
+                else:
+                    outcome, error = self._verdict(capture, nonce, returncode, stderr, reachable)
             return RunResult(
                 outcome, stdout=capture.text("stdout"), stderr=stderr, returncode=returncode, error=error,
                 duration_s=time.monotonic() - started, isolation=mode,
@@ -483,7 +496,8 @@ class Sandbox:
         capture = _pump(streams, caps, judge_process, started + config.timeout_s + _JUDGE_GRACE_S)
         return child, judge_process, capture
 
-    def _verdict(self, capture: _Capture, nonce: str, returncode, stderr: str) -> tuple[Outcome, str]:
+    def _verdict(self, capture: _Capture, nonce: str, returncode, stderr: str, cpu_limit_reachable: bool = True
+                 ) -> tuple[Outcome, str]:
         lines = capture.text("verdict").strip().split("\n")
         try:
             verdict = json.loads(lines[-1])
@@ -494,7 +508,7 @@ class Sandbox:
         outcome, error = verdict["outcome"], verdict.get("error", "")
         if outcome == "crash":
             # the runner died: a CPU-limit kill is a timeout, an allocation failure is memory
-            exit_outcome, exit_error = _classify_exit(returncode, stderr)
+            exit_outcome, exit_error = _classify_exit(returncode, stderr, cpu_limit_reachable)
             if exit_outcome in ("timeout", "memory"):
                 return exit_outcome, exit_error
         return outcome, error
