@@ -249,7 +249,14 @@ def test_a_right_answer_with_a_flood_of_stderr_still_passes(box, style):
     else:
         result = box.run_assert(flood + ADD_OK, ADD_TEST, "add")
     assert result.outcome == "pass", result.error
-    assert style == "assert" or 0 < len(result.stderr.encode()) <= box.config.max_output_kb * 1024
+    if style == "stdio":
+        head, tail = result.stderr.split("bytes dropped ...]\n")
+        assert len(head.encode()) <= box.config.max_output_kb * 1024 + 40 and tail.endswith("log line\n")
+
+
+def test_a_memory_error_after_a_flood_of_stderr_is_still_memory(box):
+    flood = "import sys\nsys.stderr.write('log line\\n' * 400000)\n"
+    assert box.run(flood + "x = bytearray(4 * 1024**3)\n").outcome == "memory"
 
 
 @pytest.mark.parametrize("style", ["stdio", "assert"])

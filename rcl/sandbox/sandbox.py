@@ -74,21 +74,46 @@ def outputs_match(actual: str, expected: str) -> bool:
     return normalise(actual) == normalise(expected)
 
 
+_TAIL_BYTES = 8192
+"""What a truncated stream keeps of its end (a MemoryError after a flood of logging is still read as memory)."""
+
+
 @dataclass
 class _Capture:
     buffers: dict[str, bytearray] = field(default_factory=dict)
     stopped: str = ""
     """"" (finished), "timeout", or the name of the stream that passed its cap."""
+    tails: dict[str, bytearray] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    def keep(self, name: str, chunk: bytes, cap: int, with_tail: bool) -> bool:
+        """Add a chunk up to the stream's cap; False once the stream is past it. With `with_tail` the overflow keeps
+        feeding the stream's last `_TAIL_BYTES`."""
+        buffer = self.buffers[name]
+        room = max(cap - len(buffer), 0)
+        buffer.extend(chunk[:room])
+        overflow = chunk[room:]
+        if overflow and with_tail:
+            tail = self.tails.setdefault(name, bytearray())
+            tail.extend(overflow)
+            self.dropped[name] = self.dropped.get(name, 0) + max(len(tail) - _TAIL_BYTES, 0)
+            del tail[:-_TAIL_BYTES]
+        return not overflow and name not in self.tails
 
     def text(self, name: str) -> str:
-        return bytes(self.buffers.get(name, b"")).decode("utf-8", "replace")
+        head = bytes(self.buffers.get(name, b"")).decode("utf-8", "replace")
+        if name not in self.tails:
+            return head
+        tail = bytes(self.tails[name]).decode("utf-8", "replace")
+        return f"{head}\n[... {self.dropped.get(name, 0)} bytes dropped ...]\n{tail}" if self.dropped.get(name) \
+            else head + tail
 
 
 def _pump(streams: dict[str, int], caps: dict[str, int], main: subprocess.Popen, deadline: float,
           truncate: tuple[str, ...] = ("stderr",)) -> _Capture:
     """Read `streams` (name -> fd) until they close or `main` has exited (processes that outlive it may hold a pipe
     open), the deadline passes, or a stream passes its cap. A stream in `truncate` (stderr: a right answer with
-    verbose logging is still right) keeps only its first `cap` bytes and is drained past it."""
+    verbose logging is still right) keeps its first `cap` bytes and its last `_TAIL_BYTES`, and is drained past it."""
     capture = _Capture({name: bytearray() for name in streams})
     selector = selectors.DefaultSelector()
     for name, fd in streams.items():
@@ -109,13 +134,10 @@ def _pump(streams: dict[str, int], caps: dict[str, int], main: subprocess.Popen,
                 if not chunk:
                     selector.unregister(key.fd)
                     continue
-                buffer = capture.buffers[key.data]
-                buffer.extend(chunk)
-                if len(buffer) > caps[key.data]:
-                    del buffer[caps[key.data] :]
-                    if key.data not in truncate:
-                        capture.stopped = key.data
-                        return capture
+                truncated = key.data in truncate
+                if not capture.keep(key.data, chunk, caps[key.data], truncated) and not truncated:
+                    capture.stopped = key.data
+                    return capture
     finally:
         selector.close()
     return capture
