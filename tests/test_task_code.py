@@ -217,6 +217,19 @@ def test_prompt_context_keeps_what_is_not_the_entry_point():
     assert prompt_context("def solve():\n    pass\n", "solve") == ""
 
 
+def test_a_solution_followed_by_an_example_usage_block_is_the_solution(task, humaneval):
+    row = humaneval[0]
+    usage = f"```python\nprint({row['entry_point']}([1.0, 2.0], 0.5))\n```"
+    reply = f"Here is the function:\n```python\n{row['solution']}```\nExample usage:\n{usage}"
+    assert task.score(reply, row).correct
+    assert task.score(f"{usage}\n```python\n{row['solution']}```", row).correct
+    mbpp = task.score(f"```python\n{MBPP_ROW['solution']}```\nUsage:\n```python\nprint(similar((1,), (1,)))\n```",
+                      MBPP_ROW)
+    assert mbpp.correct
+    assert extract_code("```python\na = 1\n```\n```python\nb = 2\n```", prefer=lambda b: "a =" in b) == "a = 1\n"
+    assert extract_code("```python\na = 1\n```", prefer=lambda b: False) == "a = 1\n"  # none preferred: the rule
+
+
 def test_humaneval_split_and_sampling(task):
     with pytest.raises(ValueError, match="only a test split"):
         task.rows("train")

@@ -235,7 +235,10 @@ class CodeTask(SandboxedTask):
         try:
             language = row.get("language") or self.language
             spec = self.sandbox_config.language(language)
-            code = extract_code(completion, [language, *spec.fence_tags])
+            entry_point = row.get("entry_point") or called_first(asserts_of(row) or [])
+            # the function under test, when there is one: a later "example usage" block is not the solution
+            prefer = (lambda block: defines(block, entry_point)) if entry_point and language == "python" else None
+            code = extract_code(completion, [language, *spec.fence_tags], prefer)
             tests = tests_of(row)
             if tests is not None:
                 if not tests:
@@ -254,7 +257,6 @@ class CodeTask(SandboxedTask):
                 total = 1
             elif asserts_of(row) is not None:
                 asserts = asserts_of(row)
-                entry_point = row.get("entry_point") or called_first(asserts)
                 if language != "python" or not entry_point:
                     return infra_score("assert lists are Python only, and must call the function under test")
                 cases = asserts if self.max_tests is None else asserts[: self.max_tests]

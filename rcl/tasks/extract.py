@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Callable
 
 _REASONING_TAGS = ("think", "thinking", "reasoning")
 _FENCE_RE = re.compile(r"```[ \t]*([^\n`]*)\n(.*?)```", re.DOTALL)
@@ -50,14 +51,24 @@ def _fenced_blocks(text: str) -> list[tuple[str, str]]:
     return blocks
 
 
-def extract_code(completion: str, fence_tags: list[str] | tuple[str, ...] = ("python", "py")) -> str:
+def extract_code(completion: str, fence_tags: list[str] | tuple[str, ...] = ("python", "py"),
+                 prefer: Callable[[str], bool] | None = None) -> str:
     """The program in a completion: in the answer text (see `answer_text`), the last fenced block tagged with the
-    language, else the last untagged block, else the last block of any tag, else the whole answer text."""
+    language, else the last untagged block, else the last block of any tag, else the whole answer text.
+
+    `prefer` (a test on a block: "defines the function under test") picks, first, the last block that passes it, in
+    the same order of tags: a solution followed by an "example usage" block is the solution."""
     text = answer_text(completion)
     blocks = _fenced_blocks(text)
     tags = {tag.lower() for tag in fence_tags}
-    for wanted in (lambda tag: tag in tags, lambda tag: tag == "", lambda tag: True):
-        chosen = [body for tag, body in blocks if wanted(tag)]
+    tiers = [[body for tag, body in blocks if wanted(tag)]
+             for wanted in (lambda tag: tag in tags, lambda tag: tag == "", lambda tag: True)]
+    if prefer is not None:
+        for chosen in tiers:
+            preferred = [body for body in chosen if prefer(body)]
+            if preferred:
+                return preferred[-1].strip("\n") + "\n"
+    for chosen in tiers:
         if chosen:
             return chosen[-1].strip("\n") + "\n"
     return text.strip("\n") + "\n" if text.strip() else ""
