@@ -169,9 +169,9 @@ def _signal_of(returncode: int | None) -> int | None:
 def _cpu_limit_reachable(duration_s: float, cpu_s: float) -> bool:
     """Whether a run of this length can have used up its CPU-time limit: RLIMIT_CPU (soft = hard) ends a process
     with SIGKILL, but a program that kills itself, or that the kernel's OOM killer ends, gets the same signal sooner
-    than its threads can burn `cpu_s` on the cores this process may use."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return duration_s >= 0.9 * cpu_s / cores
+    than its threads can burn `cpu_s` on every core of the machine (all of them, not this process's affinity: the
+    program may widen its own, and a real CPU-limit kill must never be called a crash)."""
+    return duration_s >= 0.9 * cpu_s / (os.cpu_count() or 1)
 
 
 def _classify_exit(returncode: int | None, stderr: str, cpu_limit_reachable: bool = True) -> tuple[Outcome, str]:
