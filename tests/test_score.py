@@ -53,6 +53,26 @@ def test_score_command_writes_scored_lines_and_a_summary(tmp_path, capsys, task)
     assert "outcomes correct 1, no_answer 1, wrong 1; verifier errors 0, timeouts 0" in err
 
 
+def test_score_reads_another_field_and_one_line_per_sample_of_a_list(tmp_path, capsys):
+    """Outputs of other tools: `response` holding one completion, or several samples of one problem."""
+    source = write_lines(tmp_path / "in.jsonl", [
+        {"id": 1, "ground_truth": "4", "response": ["The answer is 4.", "The answer is 5.", "#### 4"]},
+        {"id": 2, "ground_truth": "9", "response": "The answer is 9."},
+    ])
+    out = tmp_path / "out.jsonl"
+    main(["score", "--task", "gsm8k", "--completion-field", "response", "--input", str(source), "--output", str(out)])
+    rows = read_lines(out)
+    assert [(r["id"], r.get("sample_index"), r["completion"], r["correct"]) for r in rows] == [
+        (1, 0, "The answer is 4.", True), (1, 1, "The answer is 5.", False), (1, 2, "#### 4", True),
+        (2, None, "The answer is 9.", True)]
+    assert "response" not in rows[0] and rows[3]["response"] == "The answer is 9."
+    assert "accuracy 0.750 (3/4)" in capsys.readouterr().err
+    bad = write_lines(tmp_path / "bad.jsonl", [{"ground_truth": "4", "response": []}])
+    with pytest.raises(SystemExit, match="needs a string 'response', or a non-empty list of strings"):
+        main(["score", "--task", "gsm8k", "--completion-field", "response", "--input", str(bad), "--output",
+              str(out)])
+
+
 def test_score_takes_the_task_of_a_recipe_and_extra_kwargs(tmp_path):
     source = write_lines(tmp_path / "in.jsonl", [{"ground_truth": "5", "completion": "So x = 5."}])
     out = tmp_path / "out.jsonl"

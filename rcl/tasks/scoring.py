@@ -1,8 +1,10 @@
 """Score saved completions with a task (`python -m rcl score`); `score_records` is the scoring core, for evaluation.
 
 Input: JSON lines, each the task's row fields plus `completion` (math, gsm8k and arithmetic: `ground_truth`; other
-tasks: their `fields`). Output: each input line with `reward`, `correct` and `details` (the verifier's: the extracted
-answer or tests passed, the outcome class, any error) added. A malformed line stops the command with its file and line
+tasks: their `fields`). `--completion-field` reads the completion from another field (`response`, `output`), and a
+list of completions there (several samples of one problem) becomes one line per completion, numbered by
+`sample_index`. Output: each input line with `reward`, `correct` and `details` (the verifier's: the extracted answer
+or tests passed, the outcome class, any error) added. A malformed line stops the command with its file and line
 number, and nothing is written (the output appears only once every line is scored).
 """
 
@@ -28,16 +30,21 @@ class ScoreInputError(ValueError):
     """A line of the input cannot be scored; the message names the file and line."""
 
 
-def check_record(task: Task, record: object, where: str) -> dict:
-    """`record` as a dict with a string `completion` and the task's fields, or ScoreInputError naming `where`."""
+def check_record(task: Task, record: object, where: str, field: str = "completion") -> list[dict]:
+    """`record` as dicts with a string `completion` (from `field`: one, or one per string of a list) and the task's
+    fields, or ScoreInputError naming `where`."""
     if not isinstance(record, dict):
         raise ScoreInputError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    if not isinstance(record.get("completion"), str):
-        raise ScoreInputError(f"{where}: needs a string 'completion'")
     missing = [f for f in task.fields if f not in record]
     if missing:
         raise ScoreInputError(f"{where}: task {task.name!r} needs the field(s) {', '.join(missing)}")
-    return record
+    value = record.get(field)
+    if isinstance(value, str):
+        return [{**record, "completion": value}]
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        rest = {k: v for k, v in record.items() if k != field}
+        return [{**rest, "completion": text, "sample_index": index} for index, text in enumerate(value)]
+    raise ScoreInputError(f"{where}: needs a string {field!r}, or a non-empty list of strings")
 
 
 def score_records(task: Task, records: Iterable[dict], health: VerifierHealth | None = None) -> list[dict]:
@@ -52,8 +59,9 @@ def score_records(task: Task, records: Iterable[dict], health: VerifierHealth | 
             for record, s in zip(records, scores)]
 
 
-def read_records(task: Task, path: Path) -> list[dict]:
-    return [check_record(task, value, f"{path} line {number}") for number, value in json_lines(path, ScoreInputError)]
+def read_records(task: Task, path: Path, field: str = "completion") -> list[dict]:
+    return [record for number, value in json_lines(path, ScoreInputError)
+            for record in check_record(task, value, f"{path} line {number}", field)]
 
 
 def write_atomically(path: Path, lines: Iterable[str]) -> None:
@@ -109,12 +117,14 @@ def cli_main(argv: list[str]) -> None:
     parser.add_argument("--output", required=True, help="JSONL written with reward, correct and details added")
     parser.add_argument("--config", help="YAML with a task: section (an RL recipe works) or the section itself")
     parser.add_argument("--kwargs", help="task keyword arguments as YAML, e.g. '{strict: true}'")
+    parser.add_argument("--completion-field", default="completion",
+                        help="the field holding the completion, or a list of completions (one output line each)")
     args = parser.parse_args(argv)
     try:
         task = task_args(args.task, args.config, args.kwargs).build()
         if not isinstance(task, Task):
             raise ScoreInputError(f"task {task.name!r} is a multi-turn environment; rcl score scores single turns")
-        scored = score_records(task, read_records(task, Path(args.input)))
+        scored = score_records(task, read_records(task, Path(args.input), args.completion_field))
     except (ScoreInputError, VerifierFailure, ValueError, OSError) as err:
         raise SystemExit(f"rcl score: {err}") from None
     write_atomically(Path(args.output), (json.dumps(r, ensure_ascii=False) + "\n" for r in scored))
