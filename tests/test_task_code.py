@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import ast
 import json
+import textwrap
 
 import pytest
 
 from rcl.tasks import get_task
-from rcl.tasks.code import CodeTask, called_first, defines, prompt_context
+from rcl.tasks.code import CodeTask, called_first, continuation, defines, prompt_context
 from rcl.tasks.extract import answer_text, extract_code, last_tagged, strip_reasoning
 
 SANDBOX = {"workers": 2, "timeout_s": 5.0}
@@ -186,6 +187,10 @@ def test_humaneval_body_only_completion_gets_the_prompt(task, humaneval):
     row = humaneval[0]
     body = row["solution"][len(row["prompt"]) :]
     assert task.score(f"```python\n{body}```", row).correct
+    # the body with its indentation lost in the fence: its `return` is outside any function, so it is indented back
+    flat = textwrap.dedent(body)
+    assert flat != body and task.score(f"```python\n{flat}```", row).correct
+    assert continuation("def f():\n", "x = 1\n") == "def f():\nx = 1\n"  # not a body: left as it is
 
 
 def entry_point_only(row: dict) -> str:

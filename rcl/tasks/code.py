@@ -8,7 +8,8 @@ Row fields:
     at either end.
   - `test` + `entry_point` (HumanEval's convention): `test` defines `check(candidate)`, and `entry_point` names the
     function passed as `candidate`. One test: check passes or not. Optional `prompt` (the signature and docstring) is
-    put before the completion's code when that code does not define `entry_point` itself (a body-only completion);
+    put before the completion's code when that code does not define `entry_point` itself (a body-only completion,
+    indented back one level when its fence lost the indentation);
     when it does, only the prompt's other top-level statements (imports, helpers) go before it (`prompt_context`).
   - `asserts` (MBPP's `test_list`): assert statements that call the function under test, or that list as a JSON
     string. Each is one test, run in the judge like `test` (partial credit per assert); the function is the row's
@@ -65,6 +66,23 @@ def tests_of(row: dict) -> list[dict] | None:
     if isinstance(tests, str):
         tests = json.loads(tests)
     return tests
+
+
+def continuation(prompt: str, body: str) -> str:
+    """The prompt continued by a body-only completion. A body that a code fence left unindented (its `return` then
+    stands outside any function) is indented one level, as the body of the prompt's last function."""
+    program = prompt + body
+    try:
+        compile(program, "<completion>", "exec")
+    except SyntaxError as error:
+        if "outside function" in str(error.msg):
+            indented = prompt + textwrap.indent(body, "    ")
+            try:
+                compile(indented, "<completion>", "exec")
+                return indented
+            except SyntaxError:
+                pass
+    return program
 
 
 def asserts_of(row: dict) -> list[str] | None:
@@ -252,7 +270,7 @@ class CodeTask(SandboxedTask):
                 prompt = row.get("prompt", "")
                 # a whole function gets the prompt's imports and helpers; a body only continues the prompt
                 program = prompt_context(prompt, row["entry_point"]) + code if defines(code, row["entry_point"]) \
-                    else prompt + code
+                    else continuation(prompt, code)
                 results = [self.sandbox.run_assert(program, row["test"], row["entry_point"])] if code else []
                 total = 1
             elif asserts_of(row) is not None:
