@@ -593,6 +593,19 @@ def test_outputs_match_normalises_whitespace_only():
     assert not outputs_match("34", "3 4")
 
 
+def test_outputs_match_with_a_float_tolerance():
+    assert not outputs_match("0.333333", "0.3333333333")
+    assert outputs_match("0.333333", "0.3333333333", tolerance=1e-6)
+    assert outputs_match("1.5 2.0000001\n", "1.5\n2", tolerance=1e-6)  # tokens: line structure is not compared
+    assert outputs_match("1000001", "1000000", tolerance=1e-6)  # relative to the expected value
+    assert not outputs_match("1000002.5", "1000000", tolerance=1e-6)
+    assert not outputs_match("0.5 yes", "0.5 no", tolerance=1e-6)  # words still equal exactly
+    assert not outputs_match("0.5", "0.5 0.5", tolerance=1e-6)
+    assert not outputs_match("nan", "0.5", tolerance=1e-6) and not outputs_match("inf", "1e308", tolerance=1e-6)
+    assert outputs_match("inf", "inf", tolerance=1e-6)  # the same text
+
+
+
 def test_free_names_are_the_unbound_non_builtin_names():
     test = "import math\nMETA = 1\ndef check(candidate):\n    x = helper(1)\n    assert candidate(x) == math.pi\n"
     assert free_names(test) == {"helper"}

@@ -279,6 +279,16 @@ def test_mbpp_setup_code_and_the_function_under_test():
     assert task.score("print(1)", {**row, "asserts": ["assert True"]}).details["outcome"] == "infra_error"
 
 
+def test_a_float_tolerance_accepts_real_valued_answers_within_it():
+    row = {"tests": [{"input": "3\n", "output": "0.3333333333"}], "solution": "print(1 / int(input()))\n"}
+    rounded = "```python\nprint(round(1 / int(input()), 6))\n```"
+    assert get_task("code", sandbox=SANDBOX).score(rounded, row).details["outcome"] == "wrong_answer"
+    assert get_task("code", sandbox=SANDBOX, float_tolerance=1e-6).score(rounded, row).correct
+    assert not get_task("code", sandbox=SANDBOX, float_tolerance=1e-9).score(rounded, row).correct
+    with pytest.raises(ValueError, match="float_tolerance must be >= 0"):
+        get_task("code", sandbox=SANDBOX, float_tolerance=-1.0)
+
+
 def test_fields_name_what_rows_must_carry():
     assert CodeTask(sandbox=SANDBOX).fields == ("test", "entry_point", "prompt", "solution")
     assert CodeTask(sandbox=SANDBOX, dataset="programs").fields == ("tests", "solution")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import math
 import os
 import secrets
 import selectors
@@ -65,13 +66,32 @@ class RunResult:
     isolation: str = ""
 
 
-def outputs_match(actual: str, expected: str) -> bool:
-    """Equal after normalising line endings, trailing spaces on each line, and blank lines at either end."""
+def outputs_match(actual: str, expected: str, tolerance: float | None = None) -> bool:
+    """Equal after normalising line endings, trailing spaces on each line, and blank lines at either end.
+
+    With `tolerance` (as the APPS and CodeContests checkers allow for real-valued answers), outputs that differ are
+    still equal when they have the same whitespace-separated tokens except for finite numbers within `tolerance`,
+    absolute or relative to the expected value (|a - e| <= tolerance * max(1, |e|))."""
 
     def normalise(text: str) -> list[str]:
         return [line.rstrip() for line in text.replace("\r\n", "\n").replace("\r", "\n").strip().split("\n")]
 
-    return normalise(actual) == normalise(expected)
+    if normalise(actual) == normalise(expected):
+        return True
+    if tolerance is None:
+        return False
+    got, want = actual.split(), expected.split()
+    return len(got) == len(want) and all(_close(g, w, tolerance) for g, w in zip(got, want))
+
+
+def _close(got: str, want: str, tolerance: float) -> bool:
+    if got == want:
+        return True
+    try:
+        a, e = float(got), float(want)
+    except ValueError:
+        return False
+    return math.isfinite(a) and math.isfinite(e) and abs(a - e) <= tolerance * max(1.0, abs(e))
 
 
 _TAIL_BYTES = 8192
@@ -305,9 +325,10 @@ class Sandbox:
         """Run a program once with `stdin`; outcome "pass" means it exited 0."""
         return self.run_tests(code, [{"input": stdin, "output": None}], language)[0]
 
-    def run_tests(self, code: str, cases: list[dict], language: str = "python") -> list[RunResult]:
+    def run_tests(self, code: str, cases: list[dict], language: str = "python", tolerance: float | None = None
+                  ) -> list[RunResult]:
         """Run the program on each stdin/stdout case ({"input", "output"}; output None = only require exit 0), in
-        parallel on the pool. One result per case, in order."""
+        parallel on the pool. One result per case, in order. `tolerance`: see `outputs_match`."""
         spec = self.config.language(language)
         mode = self.isolation
         program = _Program(code, spec)
@@ -318,7 +339,8 @@ class Sandbox:
                     compiled.error = f"compile step: {compiled.error}"
                     return [replace(compiled) for _ in cases]
             argv = self._argv(program, mode, spec.run)
-            futures = [self._pool.submit(self._gated, program, mode, argv, case) for case in cases]
+            futures = [self._pool.submit(self._gated, program, mode, argv, case, tolerance=tolerance)
+                       for case in cases]
             return [future.result() for future in futures]
         finally:
             program.close()
@@ -370,7 +392,7 @@ class Sandbox:
             argv[0] = found or argv[0]
         return argv
 
-    def _gated(self, program, mode, argv, case, judge=None, compile=False) -> RunResult:
+    def _gated(self, program, mode, argv, case, judge=None, compile=False, tolerance=None) -> RunResult:
         """One run with retries of infrastructure errors, holding one of the pool's places."""
         with self._gate:
             for attempt in range(self.config.infra_retries + 1):
@@ -381,7 +403,7 @@ class Sandbox:
                     break
                 log.warning("sandbox infrastructure error (attempt %d): %s", attempt + 1, result.error)
         if case is not None and case.get("output") is not None and result.outcome == "pass":
-            if not outputs_match(result.stdout, str(case["output"])):
+            if not outputs_match(result.stdout, str(case["output"]), tolerance):
                 result.outcome = "wrong_answer"
                 result.error = "output differs from the expected output"
         return result

@@ -193,11 +193,14 @@ class CodeTask(SandboxedTask):
         tests_per_problem: int = 5,
         test_format: Literal["stdio", "assert", "asserts"] | None = None,
         families: list[str] | None = None,
+        float_tolerance: float | None = None,
     ):
         """test_format: which row fields the rows carry (FIELDS: stdio tests, a HumanEval `test`, or MBPP-style
         `asserts`, plus solution), for rows that come from a dataset rather than `rows()`; default: the format of
         `dataset` (humaneval: assert, programs: stdio). Scoring reads whichever a row has. families: the program families `dataset: programs`
-        draws from (default all; rcl.tasks.programs.FAMILIES)."""
+        draws from (default all; rcl.tasks.programs.FAMILIES). float_tolerance: stdin/stdout outputs also match
+        when their numbers are within it, absolute or relative (APPS- and CodeContests-style real-valued answers;
+        default None: exact, after whitespace normalisation)."""
         super().__init__(sandbox)
         if max_tests is not None and max_tests < 1:
             raise ValueError("max_tests must be >= 1 (or None for all tests)")
@@ -209,6 +212,9 @@ class CodeTask(SandboxedTask):
         self.dataset = dataset
         self.tests_per_problem = tests_per_problem
         self.families = list(families) if families else None
+        if float_tolerance is not None and not float_tolerance >= 0:
+            raise ValueError(f"float_tolerance must be >= 0 (or None for exact outputs), got {float_tolerance}")
+        self.float_tolerance = float_tolerance
         self.fields = self.FIELDS[test_format or ("assert" if dataset == "humaneval" else "stdio")]
         self.sandbox_config.language(language)  # an unknown language fails here, not at the first score
 
@@ -262,7 +268,7 @@ class CodeTask(SandboxedTask):
                 if not tests:
                     return infra_score("the row has no tests")
                 cases = tests if self.max_tests is None else tests[: self.max_tests]
-                results = self.sandbox.run_tests(code, cases, language) if code else []
+                results = self.sandbox.run_tests(code, cases, language, self.float_tolerance) if code else []
                 total = len(cases)
             elif row.get("test") and row.get("entry_point"):
                 if language != "python":
