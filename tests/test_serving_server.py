@@ -13,7 +13,7 @@ from rcl.serving.server import _prompt_ids, chat_request_prompt_ids
 @pytest.fixture(scope="module")
 def server(tiny_model_dir):
     proc, url = start_server(tiny_model_dir, server_env(), "--max-n", "8", "--max-tokens", "64",
-                             "--served-model-name", "tiny", "teacher")
+                             "--served-model-name", "tiny", "teacher", "--trust-request-chat-template")
     yield url
     stop_server(proc)
 
@@ -378,6 +378,18 @@ def test_body_size_limit_holds_with_and_without_content_length(small_body_server
                                   data=iter([b'{"prompts": ["Hi"], ', b'"max_tokens": 2}']),
                                   headers={"Content-Type": "application/json"}, timeout=30)
     assert small_chunked.status_code == 200, small_chunked.text
+
+
+def test_a_request_chat_template_needs_the_servers_trust(small_body_server, server):
+    """As vLLM: a template is code the server runs, so a request may bring one only to a server started with
+    --trust-request-chat-template (`server` is; `small_body_server` is not). The tokenizer's own template is fine."""
+    own = {"messages": USER, "max_tokens": 2}
+    assert post(small_body_server, "/v1/chat/completions", **own).status_code == 200
+    for extra in ({"chat_template": "{{ messages[0].content }}"},
+                  {"chat_template_kwargs": {"chat_template": "{{ messages[0].content }}"}}):
+        refused = post(small_body_server, "/v1/chat/completions", **own, **extra)
+        assert refused.status_code == 400 and "--trust-request-chat-template" in refused.json()["detail"]
+        assert post(server, "/v1/chat/completions", **own, **extra).status_code == 200
 
 
 def test_serving_without_an_api_key_warns_about_weight_pushes():

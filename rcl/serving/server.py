@@ -208,9 +208,10 @@ def _choice(index: int, prompt: list[int], completion: Any, req: CompletionsRequ
 
 
 def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_key: str | None = None,
-               model_name: str | list[str] = "rcl") -> FastAPI:
+               model_name: str | list[str] = "rcl", trust_request_chat_template: bool = False) -> FastAPI:
     """`model_name`: the name, or names, a `/v1/completions` request may give as `model` (or leave out); `/v1/models`
-    lists them, the first first (the one clients that read the list use)."""
+    lists them, the first first (the one clients that read the list use). `trust_request_chat_template`: whether a
+    chat request may bring its own Jinja template (as vLLM, off by default: a template is code the server runs)."""
     model_names = [model_name] if isinstance(model_name, str) else list(model_name)
     started = int(time.time())  # /v1/models' `created`, as vLLM gives it: when the server started
     model_name = model_names[0]
@@ -322,6 +323,10 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
     async def chat_completions(req: ChatCompletionsRequest):
         refuse_unsupported(req, "n, temperature, top_p, top_k, min_p, repetition_penalty, max_tokens or "
                                 "max_completion_tokens, stop, stop_token_ids, seed, logprobs, top_logprobs 0")
+        if not trust_request_chat_template and (req.chat_template is not None
+                                                or req.chat_template_kwargs.get("chat_template") is not None):
+            raise _bad(400, "request chat templates need `rcl serve --trust-request-chat-template` (a template is "
+                            "code the server runs; vLLM refuses them the same way by default)")
         prompt_ids = chat_request_prompt_ids(req, backend.tokenizer)
         prompts, groups = await generate_for(validated(lambda: req.as_generate(prompt_ids, limits.max_tokens)))
         (group,) = groups
@@ -498,6 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-lora-rank", type=int, default=64, help="vllm engine, with --enable-lora")
     for f in fields(ServerLimits):
         p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, help="request limit")
+    p.add_argument("--trust-request-chat-template", action="store_true",
+                   help="let /v1/chat/completions requests bring their own chat_template (as vLLM's flag)")
     p.add_argument("--log-level", default="info")
     return p
 
@@ -552,7 +559,8 @@ def cli_main(argv: list[str] | None = None) -> None:
     # uvicorn restores this handler and re-raises SIGTERM after its graceful shutdown: we then exit with status 0.
     signal.signal(signal.SIGTERM, _exit_cleanly)
     try:
-        app = create_app(backend, limits, api_key, model_name=[*args.served_model_name, args.model])
+        app = create_app(backend, limits, api_key, model_name=[*args.served_model_name, args.model],
+                         trust_request_chat_template=args.trust_request_chat_template)
         log.info("serving %s with the %s engine on http://%s:%d (api key %s)", args.model, args.engine, args.host,
                  args.port, "required" if api_key else "off")
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
