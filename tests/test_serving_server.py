@@ -176,8 +176,9 @@ def test_generate_returns_the_completions_text_when_asked(server, tokenizer):
     ({"prompt": "Hi", "stream": True}, 422, "stream and echo are not supported"),
     ({"prompt": "Hi", "n": 99}, 422, "n=99 is more than the server limit 8"),
     ({"prompt": []}, 422, "invalid request"),
-    ({"prompt": "Hi", "frequency_penalty": 0.5, "prompt_logprobs": 1}, 422,
-     "unsupported fields ['frequency_penalty', 'prompt_logprobs']"),
+    ({"prompt": "Hi", "frequency_penalty": 0.5, "suffix": "!"}, 422,
+     "unsupported fields ['frequency_penalty', 'suffix']"),
+    ({"prompt": "Hi", "prompt_logprobs": -1}, 422, "invalid request"),
     ({"prompt": "Hi", "structured_outputs": {"json": {}}}, 422, "unsupported fields ['structured_outputs']"),
     ({"prompt": "Hi", "include_stop_str_in_output": False}, 422, "unsupported fields ['include_stop_str_in_output']"),
 ])
@@ -274,6 +275,37 @@ def test_trls_own_vllm_client_chats_against_rcl(server, tokenizer, monkeypatch):
     assert [[step[0] for step in seq] for seq in out["logprob_token_ids"]] == generated["completion_ids"]
     assert [step[0] for seq in out["logprobs"] for step in seq] == pytest.approx(
         [step[0] for seq in generated["logprobs"] for step in seq], abs=1e-5)
+
+
+def test_trls_sequence_logprobs_are_the_models_own(server, tiny_model_dir, monkeypatch):
+    """TRL's `VLLMClient.get_sequence_logprobs` (a teacher scoring existing sequences, for distillation) reads
+    `prompt_logprobs` from /v1/completions: they are the model's raw log-softmax, top-k by rank, plus the actual
+    token's."""
+    from transformers import AutoModelForCausalLM
+
+    vllm_client = pytest.importorskip("trl.generation.vllm_client")
+    monkeypatch.setattr(vllm_client, "is_vllm_available", lambda *args, **kwargs: True)
+    client = vllm_client.VLLMClient(base_url=server, connection_timeout=10)
+    sequences, prompt_lengths, k = [[5, 17, 42, 9, 11, 3], [7, 8, 30, 31]], [3, 2], 4
+    out = client.get_sequence_logprobs(sequences, prompt_lengths, top_logprobs=k)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    for i, (ids, start) in enumerate(zip(sequences, prompt_lengths)):
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, :-1].float(), dim=-1)
+        top = torch.topk(logprobs[start - 1 :], k, dim=1)
+        assert out["logprob_token_ids"][i] == top.indices.tolist()
+        assert [v for row in out["logprobs"][i] for v in row] == pytest.approx(top.values.flatten().tolist(), abs=1e-4)
+        actual = [logprobs[p - 1, ids[p]].item() for p in range(start, len(ids))]
+        assert [step[0] for step in out["actual_logprobs"][i]] == pytest.approx(actual, abs=1e-4)
+        assert out["actual_token_ids"][i] == [[t] for t in ids[start:]]
+    raw = post(server, "/v1/completions", prompt=[sequences[1]], max_tokens=1, prompt_logprobs=0).json()
+    (choice,) = raw["choices"]
+    assert choice["prompt_logprobs"][0] is None and len(choice["prompt_logprobs"]) == len(sequences[1])
+    assert [list(step) for step in choice["prompt_logprobs"][1:]] == [[str(t)] for t in sequences[1][1:]]
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(input_ids=torch.tensor([sequences[1]])).logits[0, :-1].float(), dim=-1)
+    ranks = [int((logprobs[p - 1] > logprobs[p - 1, t]).sum()) + 1 for p, t in enumerate(sequences[1]) if p]
+    assert [step[str(t)]["rank"] for step, t in zip(choice["prompt_logprobs"][1:], sequences[1][1:])] == ranks
 
 
 def test_the_openai_sdk_chats_and_completes_against_rcl(server, tokenizer):

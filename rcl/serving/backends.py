@@ -20,6 +20,7 @@ from rcl.serving.collective import (
     parse_dtype,
     unpack_bucket,
 )
+from rcl.serving.prompt_logprobs import PositionLogprobs, sequence_logprobs
 from rcl.serving.weights import NamedTensor, clean_name, weights_checksum
 
 
@@ -34,6 +35,10 @@ class ServingBackend(Protocol):
     """Weight-group kinds `init_communicator` accepts; the first is the default."""
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]: ...
+
+    def prompt_logprobs(self, prompts: Sequence[Sequence[int]], top_k: int) -> list[list[PositionLogprobs | None]]:
+        """Each prompt's per-position log-probs (`rcl.serving.prompt_logprobs`), or UnsupportedOperation."""
+        ...
 
     def load_weights(self, named: Iterable[NamedTensor], first: bool = True, last: bool = True) -> int:
         """Copy the tensors into the served model; returns how many were loaded.
@@ -119,6 +124,10 @@ class HFBackend:
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]:
         with self._lock:
             return self.engine.generate(prompts, params)
+
+    def prompt_logprobs(self, prompts: Sequence[Sequence[int]], top_k: int) -> list[list[PositionLogprobs | None]]:
+        with self._lock:
+            return [sequence_logprobs(self.model, prompt, top_k) for prompt in prompts]
 
     def _targets(self) -> dict[str, torch.Tensor]:
         targets = dict(self.model.named_parameters(remove_duplicate=False))

@@ -156,6 +156,9 @@ class CompletionsRequest(OpenAIRequest):
     prompt: str | list[str] | list[int] | list[list[int]]
     logprobs: int | None = Field(None, ge=0, le=0)
     """0: the sampled token's log-prob; null: none (top-k alternatives are not supported)."""
+    prompt_logprobs: int | None = Field(None, ge=0)
+    """k: each choice also carries its prompt's per-position log-probs, the actual token's and the k most likely
+    (raw, without temperature, as vLLM's default logprobs mode); null: none."""
     echo: bool = False
     add_special_tokens: bool = True
     """Text prompts are tokenized with the tokenizer's special tokens (a BOS), as vLLM's completions do."""

@@ -29,6 +29,7 @@ from pydantic import ValidationError
 
 from rcl.engines import SamplingParams
 from rcl.serving.backends import ServingBackend, UnsupportedOperation
+from rcl.serving.prompt_logprobs import as_vllm_json
 from rcl.serving.protocol import (
     ChatCompletionsRequest,
     CompletionsRequest,
@@ -312,10 +313,17 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
         if req.stream or req.echo:
             raise _bad(422, "stream and echo are not supported by this server")
         refuse_unsupported(req, "n, temperature, top_p, top_k, min_p, repetition_penalty, max_tokens, stop, "
-                                "stop_token_ids, seed, logprobs 0")
+                                "stop_token_ids, seed, logprobs 0, prompt_logprobs")
         prompts, groups = await generate_for(validated(req.as_generate))
         flat = [(prompt, c) for prompt, group in zip(prompts, groups) for c in group]  # prompt-major, n per prompt
         choices = [_choice(i, prompt, c, req, backend.tokenizer) for i, (prompt, c) in enumerate(flat)]
+        if req.prompt_logprobs is not None:
+            top_k = min(req.prompt_logprobs, len(backend.tokenizer))
+            scored = await on_worker(backend.prompt_logprobs, prompts, top_k)
+            per_prompt = [as_vllm_json(positions, backend.tokenizer) for positions in scored]
+            owners = [index for index, group in enumerate(groups) for _ in group]
+            for choice, index in zip(choices, owners):
+                choice["prompt_logprobs"] = per_prompt[index]
         return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": model_name, "choices": choices, "usage": _usage(prompts, [c for _, c in flat])}
 

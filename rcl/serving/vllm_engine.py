@@ -191,6 +191,12 @@ class VLLMBackend:
             result.append(group)
         return result
 
+    def prompt_logprobs(self, prompts: Sequence[Sequence[int]], top_k: int) -> list:
+        from rcl.serving.backends import UnsupportedOperation
+
+        raise UnsupportedOperation("prompt log-probs are served by the hf engine here; vLLM's own `vllm serve` "
+                                   "answers prompt_logprobs itself")
+
     def load_weights(self, named: Iterable[NamedTensor], first: bool = True, last: bool = True) -> int:
         return self.llm.collective_rpc("rcl_load_bucket", args=(encode_bucket(named), first, last))[0]
 
