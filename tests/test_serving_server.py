@@ -173,7 +173,9 @@ def test_generate_returns_the_completions_text_when_asked(server, tokenizer):
 
 @pytest.mark.parametrize("body, status, words", [
     ({"model": "other", "prompt": "Hi"}, 404, "model 'other' is not served here"),
-    ({"prompt": "Hi", "stream": True}, 422, "stream and echo are not supported"),
+    ({"prompt": "Hi", "stream": True}, 422, "stream is not supported"),
+    ({"prompt": "Hi", "logprobs": 2}, 422, "logprobs=2: alternatives of sampled tokens are not supported"),
+    ({"prompt": "Hi", "max_tokens": 0}, 422, "max_tokens=0 needs echo: true"),
     ({"prompt": "Hi", "n": 99}, 422, "n=99 is more than the server limit 8"),
     ({"prompt": []}, 422, "invalid request"),
     ({"prompt": "Hi", "frequency_penalty": 0.5, "suffix": "!"}, 422,
@@ -306,6 +308,40 @@ def test_trls_sequence_logprobs_are_the_models_own(server, tiny_model_dir, monke
         logprobs = torch.log_softmax(model(input_ids=torch.tensor([sequences[1]])).logits[0, :-1].float(), dim=-1)
     ranks = [int((logprobs[p - 1] > logprobs[p - 1, t]).sum()) + 1 for p, t in enumerate(sequences[1]) if p]
     assert [step[str(t)]["rank"] for step, t in zip(choice["prompt_logprobs"][1:], sequences[1][1:])] == ranks
+
+
+def test_echo_scores_the_prompt_as_lm_eval_asks(server, tokenizer, tiny_model_dir):
+    """lm-eval's loglikelihood request: echo, logprobs 1, max_tokens 0 or 1, temperature 0. The echoed log-probs are
+    the model's raw ones for every token after the first, with the top-k alternatives and the actual token."""
+    from transformers import AutoModelForCausalLM
+
+    text = "Question: 1+2?"
+    ids = tokenizer(text)["input_ids"]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, :-1].float(), dim=-1)
+    scored = post(server, "/v1/completions", prompt=text, echo=True, logprobs=1, max_tokens=0, temperature=0).json()
+    (choice,) = scored["choices"]
+    lp = choice["logprobs"]
+    assert choice["text"] == text and lp["tokens"] == [tokenizer.decode([t]) for t in ids]
+    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+    actual = [logprobs[p - 1, ids[p]].item() for p in range(1, len(ids))]
+    assert lp["token_logprobs"][1:] == pytest.approx(actual, abs=1e-4)
+    best = logprobs.argmax(dim=1).tolist()
+    for p in range(1, len(ids)):  # the top-1 alternative, plus the actual token when it is not the top one
+        expected = {tokenizer.decode([best[p - 1]]), tokenizer.decode([ids[p]])}
+        assert set(lp["top_logprobs"][p]) == expected
+        assert max(lp["top_logprobs"][p].values()) == pytest.approx(logprobs[p - 1].max().item(), abs=1e-4)
+    assert lp["text_offset"][0] == 0 and lp["text_offset"] == sorted(lp["text_offset"])
+    assert scored["usage"]["completion_tokens"] == 0
+    # with a generated token: the prompt and the completion, scored together
+    grown = post(server, "/v1/completions", prompt=[ids], echo=True, logprobs=0, max_tokens=2, temperature=0).json()
+    (choice,) = grown["choices"]
+    generated = post(server, "/generate/", prompts=[ids], max_tokens=2, temperature=0).json()["completion_ids"][0]
+    assert len(choice["logprobs"]["tokens"]) == len(ids) + len(generated)
+    assert choice["text"] == tokenizer.decode(ids) + tokenizer.decode(generated, skip_special_tokens=True)
+    plain = post(server, "/v1/completions", prompt=[ids], echo=True, max_tokens=1, temperature=0).json()
+    assert plain["choices"][0]["logprobs"] is None and plain["choices"][0]["text"].startswith(tokenizer.decode(ids))
 
 
 def test_the_openai_sdk_chats_and_completes_against_rcl(server, tokenizer):

@@ -154,12 +154,16 @@ class CompletionsRequest(OpenAIRequest):
     """The part of vLLM's `/v1/completions` body that TRL >= 1.16's `VLLMClient.generate` sends."""
 
     prompt: str | list[str] | list[int] | list[list[int]]
-    logprobs: int | None = Field(None, ge=0, le=0)
-    """0: the sampled token's log-prob; null: none (top-k alternatives are not supported)."""
+    max_tokens: int = Field(16, ge=0)
+    """0 (with echo): score the prompt only, generate nothing."""
+    logprobs: int | None = Field(None, ge=0)
+    """0: the sampled token's log-prob; null: none. k > 0 (the k most likely alternatives too) only with echo."""
     prompt_logprobs: int | None = Field(None, ge=0)
     """k: each choice also carries its prompt's per-position log-probs, the actual token's and the k most likely
     (raw, without temperature, as vLLM's default logprobs mode); null: none."""
     echo: bool = False
+    """True: each choice's text and log-probs start with its prompt (the legacy way to score a text, as lm-eval's
+    loglikelihood requests do); the log-probs of every token are then the model's raw ones."""
     add_special_tokens: bool = True
     """Text prompts are tokenized with the tokenizer's special tokens (a BOS), as vLLM's completions do."""
 
@@ -167,7 +171,9 @@ class CompletionsRequest(OpenAIRequest):
         prompts: Any = self.prompt
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
-        return self.generate_request(prompts, self.logprobs, add_special_tokens=self.add_special_tokens)
+        sampled_logprobs = None if self.logprobs is None else 0  # alternatives come from scoring (echo), not sampling
+        return self.generate_request(prompts, sampled_logprobs, add_special_tokens=self.add_special_tokens,
+                                     max_tokens=max(self.max_tokens, 1))
 
 
 class ChatMessage(BaseModel):

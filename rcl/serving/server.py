@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse
 from jinja2 import TemplateError
 from pydantic import ValidationError
 
-from rcl.engines import SamplingParams
+from rcl.engines import Completion, SamplingParams
 from rcl.serving.backends import ServingBackend, UnsupportedOperation
 from rcl.serving.prompt_logprobs import as_vllm_json
 from rcl.serving.protocol import (
@@ -208,6 +208,28 @@ def _choice(index: int, prompt: list[int], completion: Any, req: CompletionsRequ
     return choice
 
 
+def _echoed(choice: dict, prompt: list[int], prompt_text: str, completion: Any, positions: list, req: CompletionsRequest,
+            tokenizer: Any) -> None:
+    """An echo choice: the prompt's text before the completion's, and (with logprobs) every token's raw log-prob
+    and its alternatives (`positions`, scored over prompt + completion), the first token's None, as vLLM gives them."""
+    ids = [*prompt, *completion.token_ids]
+    choice["text"] = prompt_text + completion.text
+    if req.logprobs is None:
+        return
+    tokens = _token_names(ids, req, tokenizer)
+    offsets, at = [], 0
+    for token in ids:
+        offsets.append(at)
+        at += len(tokenizer.decode([token]))
+    choice["logprobs"] = {
+        "tokens": tokens,
+        "token_logprobs": [None] + [positions[p][ids[p]][0] for p in range(1, len(ids))],
+        "top_logprobs": [None] + [dict(zip(_token_names(list(positions[p]), req, tokenizer),
+                                           (lp for lp, _ in positions[p].values()))) for p in range(1, len(ids))],
+        "text_offset": offsets,
+    }
+
+
 def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_key: str | None = None,
                model_name: str | list[str] = "rcl", trust_request_chat_template: bool = False) -> FastAPI:
     """`model_name`: the name, or names, a `/v1/completions` request may give as `model` (or leave out); `/v1/models`
@@ -310,18 +332,35 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
 
     @app.post("/v1/completions")
     async def completions(req: CompletionsRequest):
-        if req.stream or req.echo:
-            raise _bad(422, "stream and echo are not supported by this server")
+        if req.logprobs and not req.echo:
+            raise _bad(422, f"logprobs={req.logprobs}: alternatives of sampled tokens are not supported (logprobs 0 "
+                            "gives each sampled token's log-prob; with echo: true any k is scored)")
+        if req.max_tokens == 0 and not req.echo:
+            raise _bad(422, "max_tokens=0 needs echo: true (it scores the prompt and generates nothing)")
         refuse_unsupported(req, "n, temperature, top_p, top_k, min_p, repetition_penalty, max_tokens, stop, "
-                                "stop_token_ids, seed, logprobs 0, prompt_logprobs")
-        prompts, groups = await generate_for(validated(req.as_generate))
+                                "stop_token_ids, seed, logprobs, echo, prompt_logprobs")
+        gen = validated(req.as_generate)
+        if req.max_tokens == 0:
+            sampling_params(gen, limits)  # the request limits, as for a generation
+            prompts = _prompt_ids(gen, backend.tokenizer, limits)
+            groups = [[Completion([], None, "length", "") for _ in range(gen.n)] for _ in prompts]
+        else:
+            prompts, groups = await generate_for(gen)
         flat = [(prompt, c) for prompt, group in zip(prompts, groups) for c in group]  # prompt-major, n per prompt
+        owners = [index for index, group in enumerate(groups) for _ in group]
         choices = [_choice(i, prompt, c, req, backend.tokenizer) for i, (prompt, c) in enumerate(flat)]
+        if req.echo:
+            texts = [p if isinstance(p, str) else backend.tokenizer.decode(ids)
+                     for p, ids in zip(gen.prompts, prompts)]
+            top_k = min(req.logprobs or 0, len(backend.tokenizer))
+            scored = await on_worker(backend.prompt_logprobs, [[*p, *c.token_ids] for p, c in flat], top_k) \
+                if req.logprobs is not None else [None] * len(flat)
+            for choice, (prompt, c), index, positions in zip(choices, flat, owners, scored):
+                _echoed(choice, prompt, texts[index], c, positions, req, backend.tokenizer)
         if req.prompt_logprobs is not None:
             top_k = min(req.prompt_logprobs, len(backend.tokenizer))
             scored = await on_worker(backend.prompt_logprobs, prompts, top_k)
             per_prompt = [as_vllm_json(positions, backend.tokenizer) for positions in scored]
-            owners = [index for index, group in enumerate(groups) for _ in group]
             for choice, index in zip(choices, owners):
                 choice["prompt_logprobs"] = per_prompt[index]
         return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
