@@ -208,8 +208,8 @@ def _choice(index: int, prompt: list[int], completion: Any, req: CompletionsRequ
     return choice
 
 
-def _echoed(choice: dict, prompt: list[int], prompt_text: str, completion: Any, positions: list, req: CompletionsRequest,
-            tokenizer: Any) -> None:
+def _echoed(choice: dict, prompt: list[int], prompt_text: str, completion: Any, positions: list,
+            req: CompletionsRequest, tokenizer: Any) -> None:
     """An echo choice: the prompt's text before the completion's, and (with logprobs) every token's raw log-prob
     and its alternatives (`positions`, scored over prompt + completion), the first token's None, as vLLM gives them."""
     ids = [*prompt, *completion.token_ids]

@@ -197,10 +197,10 @@ class CodeTask(SandboxedTask):
     ):
         """test_format: which row fields the rows carry (FIELDS: stdio tests, a HumanEval `test`, or MBPP-style
         `asserts`, plus solution), for rows that come from a dataset rather than `rows()`; default: the format of
-        `dataset` (humaneval: assert, programs: stdio). Scoring reads whichever a row has. families: the program families `dataset: programs`
-        draws from (default all; rcl.tasks.programs.FAMILIES). float_tolerance: stdin/stdout outputs also match
-        when their numbers are within it, absolute or relative (APPS- and CodeContests-style real-valued answers;
-        default None: exact, after whitespace normalisation)."""
+        `dataset` (humaneval: assert, programs: stdio). Scoring reads whichever a row has. families: the program
+        families `dataset: programs` draws from (default all; rcl.tasks.programs.FAMILIES). float_tolerance:
+        stdin/stdout outputs also match when their numbers are within it, absolute or relative (APPS- and
+        CodeContests-style real-valued answers; default None: exact, after whitespace normalisation)."""
         super().__init__(sandbox)
         if max_tests is not None and max_tests < 1:
             raise ValueError("max_tests must be >= 1 (or None for all tests)")
