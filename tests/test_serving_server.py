@@ -310,6 +310,22 @@ def test_trls_sequence_logprobs_are_the_models_own(server, tiny_model_dir, monke
     assert [step[str(t)]["rank"] for step, t in zip(choice["prompt_logprobs"][1:], sequences[1][1:])] == ranks
 
 
+def test_tokenize_and_detokenize_as_vllm_answers_them(server, tokenizer):
+    text = "Question: 1+2?"
+    r = post(server, "/tokenize", model="tiny", prompt=text, return_token_strs=True).json()
+    assert r["tokens"] == tokenizer(text)["input_ids"] and r["count"] == len(r["tokens"])
+    assert r["token_strs"] == tokenizer.convert_ids_to_tokens(r["tokens"])
+    chat = post(server, "/tokenize", messages=USER).json()
+    assert chat["tokens"] == chat_prompt_ids(tokenizer, USER) and chat["token_strs"] is None
+    assert post(server, "/detokenize", tokens=r["tokens"]).json() == {"prompt": tokenizer.decode(r["tokens"])}
+    for path, body, status, words in [
+            ("/tokenize", {"prompt": text, "model": "other"}, 404, "model 'other' is not served here"),
+            ("/tokenize", {}, 422, "invalid request"),
+            ("/detokenize", {"tokens": [10**6]}, 422, "token ids outside the vocabulary")]:
+        bad = post(server, path, **body)
+        assert bad.status_code == status and words in bad.json()["detail"], bad.text
+
+
 def test_echo_scores_the_prompt_as_lm_eval_asks(server, tokenizer, tiny_model_dir):
     """lm-eval's loglikelihood request: echo, logprobs 1, max_tokens 0 or 1, temperature 0. The echoed log-probs are
     the model's raw ones for every token after the first, with the top-k alternatives and the actual token."""

@@ -232,6 +232,22 @@ class ChatCompletionsRequest(OpenAIRequest):
         return self.generate_request([prompt_ids], 0 if self.logprobs else None, max_tokens=max_tokens)
 
 
+class TokenizeRequest(BaseModel):
+    """vLLM's `/tokenize` body for a text (a body with `messages` is read as a chat request instead)."""
+
+    model: str | None = None
+    prompt: str
+    add_special_tokens: bool = True
+    return_token_strs: bool = False
+
+
+class DetokenizeRequest(BaseModel):
+    """vLLM's `/detokenize` body."""
+
+    model: str | None = None
+    tokens: list[int]
+
+
 class InitCommunicatorRequest(BaseModel):
     host: str
     port: int = Field(ge=1, le=65535)

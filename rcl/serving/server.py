@@ -25,7 +25,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from jinja2 import TemplateError
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from rcl.engines import Completion, SamplingParams
 from rcl.serving.backends import ServingBackend, UnsupportedOperation
@@ -33,11 +33,13 @@ from rcl.serving.prompt_logprobs import as_vllm_json
 from rcl.serving.protocol import (
     ChatCompletionsRequest,
     CompletionsRequest,
+    DetokenizeRequest,
     GenerateRequest,
     GenerateResponse,
     InitCommunicatorRequest,
     MessageResponse,
     ServerLimits,
+    TokenizeRequest,
     UpdateBucketRequest,
     UpdateNamedParamRequest,
     WeightsUpdateResponse,
@@ -307,6 +309,17 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
         return {"object": "list", "data": [{"id": name, "object": "model", "created": started, "owned_by": "rcl"}
                                            for name in model_names]}
 
+    def check_model(model: str | None) -> None:
+        if model is not None and model not in model_names:
+            raise _bad(404, f"model {model!r} is not served here; this server answers to "
+                            f"{' or '.join(repr(n) for n in model_names)} (`rcl serve --served-model-name` adds names)")
+
+    def check_template(req: ChatCompletionsRequest) -> None:
+        if not trust_request_chat_template and (req.chat_template is not None
+                                                or req.chat_template_kwargs.get("chat_template") is not None):
+            raise _bad(400, "request chat templates need `rcl serve --trust-request-chat-template` (a template is "
+                            "code the server runs; vLLM refuses them the same way by default)")
+
     def refuse_unsupported(req: CompletionsRequest | ChatCompletionsRequest, sampling: str) -> None:
         if req.stream:
             raise _bad(422, "stream is not supported by this server")
@@ -314,9 +327,7 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
         if unsupported:
             raise _bad(422, f"unsupported fields {unsupported}: this server takes the sampling fields of /generate/ "
                             f"({sampling})")
-        if req.model is not None and req.model not in model_names:
-            raise _bad(404, f"model {req.model!r} is not served here; this server answers to "
-                            f"{' or '.join(repr(n) for n in model_names)} (`rcl serve --served-model-name` adds names)")
+        check_model(req.model)
 
     async def generate_for(gen: GenerateRequest) -> tuple[list[list[int]], list[Any]]:
         params = sampling_params(gen, limits)
@@ -370,10 +381,7 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
     async def chat_completions(req: ChatCompletionsRequest):
         refuse_unsupported(req, "n, temperature, top_p, top_k, min_p, repetition_penalty, max_tokens or "
                                 "max_completion_tokens, stop, stop_token_ids, seed, logprobs, top_logprobs 0")
-        if not trust_request_chat_template and (req.chat_template is not None
-                                                or req.chat_template_kwargs.get("chat_template") is not None):
-            raise _bad(400, "request chat templates need `rcl serve --trust-request-chat-template` (a template is "
-                            "code the server runs; vLLM refuses them the same way by default)")
+        check_template(req)
         prompt_ids = chat_request_prompt_ids(req, backend.tokenizer)
         prompts, groups = await generate_for(validated(lambda: req.as_generate(prompt_ids, limits.max_tokens)))
         (group,) = groups
@@ -384,6 +392,35 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
         if req.return_token_ids:
             body["prompt_token_ids"] = prompts[0]
         return body
+
+    def parsed(model: type[BaseModel], body: dict[str, Any]) -> Any:
+        try:
+            return model.model_validate(body)
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors()) from None
+
+    @app.post("/tokenize")
+    async def tokenize(body: dict[str, Any]):
+        """vLLM's route: a text's token ids, or a chat's as `/v1/chat/completions` would render and tokenize it."""
+        tokenizer = backend.tokenizer
+        if "messages" in body:
+            chat = parsed(ChatCompletionsRequest, body)
+            check_model(chat.model)
+            check_template(chat)
+            ids = chat_request_prompt_ids(chat, tokenizer)
+        else:
+            text = parsed(TokenizeRequest, body)
+            check_model(text.model)
+            ids = tokenizer(text.prompt, add_special_tokens=text.add_special_tokens)["input_ids"]
+        strings = tokenizer.convert_ids_to_tokens(ids) if body.get("return_token_strs") else None
+        return {"count": len(ids), "max_model_len": limits.max_prompt_tokens, "tokens": ids, "token_strs": strings}
+
+    @app.post("/detokenize")
+    async def detokenize(req: DetokenizeRequest):
+        check_model(req.model)
+        if req.tokens and (min(req.tokens) < 0 or max(req.tokens) >= len(backend.tokenizer)):
+            raise _bad(422, f"token ids outside the vocabulary [0, {len(backend.tokenizer)})")
+        return {"prompt": backend.tokenizer.decode(req.tokens)}
 
     @app.get("/get_world_size/")
     async def world_size():
