@@ -176,6 +176,8 @@ def test_generate_returns_the_completions_text_when_asked(server, tokenizer):
     ({"prompt": "Hi", "stream": True}, 422, "stream is not supported"),
     ({"prompt": "Hi", "logprobs": 2}, 422, "logprobs=2: alternatives of sampled tokens are not supported"),
     ({"prompt": "Hi", "max_tokens": 0}, 422, "max_tokens=0 needs echo: true"),
+    ({"prompt": "Hi", "prompt_logprobs": 101}, 422, "prompt_logprobs=101 is more than the server limit 100"),
+    ({"prompt": "Hi", "echo": True, "logprobs": 101}, 422, "logprobs=101 is more than the server limit 100"),
     ({"prompt": "Hi", "n": 99}, 422, "n=99 is more than the server limit 8"),
     ({"prompt": []}, 422, "invalid request"),
     ({"prompt": "Hi", "frequency_penalty": 0.5, "suffix": "!"}, 422,

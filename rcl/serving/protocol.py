@@ -40,6 +40,9 @@ class ServerLimits:
     """Largest max_tokens a request may ask for."""
     max_prompt_tokens: int = 32768
     """Longest prompt, in tokens."""
+    max_logprobs: int = 100
+    """Most alternatives a request may ask per token (`logprobs` with echo, `prompt_logprobs`), as vLLM's
+    --max-logprobs (100: what TRL's get_sequence_logprobs asks by default)."""
     max_body_mb: float = 4096.0
     """Largest request body (weight buckets included), in MiB."""
 

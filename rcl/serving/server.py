@@ -348,6 +348,10 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
                             "gives each sampled token's log-prob; with echo: true any k is scored)")
         if req.max_tokens == 0 and not req.echo:
             raise _bad(422, "max_tokens=0 needs echo: true (it scores the prompt and generates nothing)")
+        for name, asked in (("logprobs", req.logprobs), ("prompt_logprobs", req.prompt_logprobs)):
+            if asked is not None and asked > limits.max_logprobs:
+                raise _bad(422, f"{name}={asked} is more than the server limit {limits.max_logprobs} "
+                                "(`rcl serve --max-logprobs`)")
         refuse_unsupported(req, "n, temperature, top_p, top_k, min_p, repetition_penalty, max_tokens, stop, "
                                 "stop_token_ids, seed, logprobs, echo, prompt_logprobs")
         gen = validated(req.as_generate)
