@@ -67,6 +67,12 @@ def test_score_reads_another_field_and_one_line_per_sample_of_a_list(tmp_path, c
         (2, None, "The answer is 9.", True)]
     assert "response" not in rows[0] and rows[3]["response"] == "The answer is 9."
     assert "accuracy 0.750 (3/4)" in capsys.readouterr().err
+    main(["score", "--task", "gsm8k", "--completion-field", "response", "--pass-at", "1", "2", "3",
+          "--input", str(source), "--output", str(out)])
+    err = capsys.readouterr().err
+    # line 1: 2 of 3 right (pass@1 2/3, pass@2 1); line 2: 1 of 1 (pass@1 1; too few samples for k >= 2)
+    assert "pass@1 0.833 [" in err and "over 2 problems" in err
+    assert "pass@2 1.000 [1.000, 1.000] over 1 problems" in err and "pass@3 1.000" in err
     bad = write_lines(tmp_path / "bad.jsonl", [{"ground_truth": "4", "response": []}])
     with pytest.raises(SystemExit, match="needs a string 'response', or a non-empty list of strings"):
         main(["score", "--task", "gsm8k", "--completion-field", "response", "--input", str(bad), "--output",

@@ -59,9 +59,25 @@ def score_records(task: Task, records: Iterable[dict], health: VerifierHealth | 
             for record, s in zip(records, scores)]
 
 
-def read_records(task: Task, path: Path, field: str = "completion") -> list[dict]:
-    return [record for number, value in json_lines(path, ScoreInputError)
-            for record in check_record(task, value, f"{path} line {number}", field)]
+def read_problems(task: Task, path: Path, field: str = "completion") -> list[list[dict]]:
+    """The records of each input line (one problem: one record, or one per sample of a list)."""
+    return [check_record(task, value, f"{path} line {number}", field)
+            for number, value in json_lines(path, ScoreInputError)]
+
+
+def pass_at_k_summary(scored_problems: list[list[dict]], ks: list[int]) -> str:
+    """Unbiased pass@k over the problems with at least k samples, with its bootstrap interval over problems
+    (`rcl.eval.stats.pass_at_k_estimate`, the evaluation's own)."""
+    from rcl.eval.stats import DEFAULT_LEVEL, pass_at_k_estimate
+
+    counts = [(len(problem), sum(bool(r["correct"]) for r in problem)) for problem in scored_problems]
+    parts = []
+    for k in ks:
+        estimate = pass_at_k_estimate(counts, k)
+        parts.append(f"pass@{k} n/a (no problem has {k} samples)" if estimate is None else
+                     f"pass@{k} {estimate.value:.3f} [{estimate.low:.3f}, {estimate.high:.3f}] over "
+                     f"{estimate.problems} problems")
+    return "; ".join(parts) + f" ({DEFAULT_LEVEL:.0%} bootstrap intervals)"
 
 
 def write_atomically(path: Path, lines: Iterable[str]) -> None:
@@ -119,13 +135,24 @@ def cli_main(argv: list[str]) -> None:
     parser.add_argument("--kwargs", help="task keyword arguments as YAML, e.g. '{strict: true}'")
     parser.add_argument("--completion-field", default="completion",
                         help="the field holding the completion, or a list of completions (one output line each)")
+    parser.add_argument("--pass-at", type=int, nargs="+", default=[], metavar="K",
+                        help="also report unbiased pass@K per input line (its samples), e.g. --pass-at 1 5")
     args = parser.parse_args(argv)
     try:
         task = task_args(args.task, args.config, args.kwargs).build()
         if not isinstance(task, Task):
             raise ScoreInputError(f"task {task.name!r} is a multi-turn environment; rcl score scores single turns")
-        scored = score_records(task, read_records(task, Path(args.input), args.completion_field))
+        if any(k < 1 for k in args.pass_at):
+            raise ScoreInputError(f"--pass-at needs k >= 1, got {args.pass_at}")
+        problems = read_problems(task, Path(args.input), args.completion_field)
+        scored = score_records(task, [record for problem in problems for record in problem])
     except (ScoreInputError, VerifierFailure, ValueError, OSError) as err:
         raise SystemExit(f"rcl score: {err}") from None
     write_atomically(Path(args.output), (json.dumps(r, ensure_ascii=False) + "\n" for r in scored))
     print(summarize(task, scored) + f" -> {args.output}", file=sys.stderr)
+    if args.pass_at:
+        lines, at = [], 0
+        for problem in problems:
+            lines.append(scored[at : at + len(problem)])
+            at += len(problem)
+        print(pass_at_k_summary(lines, args.pass_at), file=sys.stderr)
