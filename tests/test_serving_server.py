@@ -281,21 +281,31 @@ def test_trls_own_vllm_client_chats_against_rcl(server, tokenizer, monkeypatch):
         [step[0] for seq in generated["logprobs"] for step in seq], abs=1e-5)
 
 
-def test_trls_sequence_logprobs_are_the_models_own(server, tiny_model_dir, monkeypatch):
+@pytest.fixture(scope="module")
+def raw_logprobs(tiny_model_dir):
+    """The served model's own raw log-softmax over a sequence: row p - 1 predicts token p."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+
+    def of(ids: list[int]) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, :-1].float(), dim=-1)
+
+    return of
+
+
+def test_trls_sequence_logprobs_are_the_models_own(server, raw_logprobs, monkeypatch):
     """TRL's `VLLMClient.get_sequence_logprobs` (a teacher scoring existing sequences, for distillation) reads
     `prompt_logprobs` from /v1/completions: they are the model's raw log-softmax, top-k by rank, plus the actual
     token's."""
-    from transformers import AutoModelForCausalLM
-
     vllm_client = pytest.importorskip("trl.generation.vllm_client")
     monkeypatch.setattr(vllm_client, "is_vllm_available", lambda *args, **kwargs: True)
     client = vllm_client.VLLMClient(base_url=server, connection_timeout=10)
     sequences, prompt_lengths, k = [[5, 17, 42, 9, 11, 3], [7, 8, 30, 31]], [3, 2], 4
     out = client.get_sequence_logprobs(sequences, prompt_lengths, top_logprobs=k)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     for i, (ids, start) in enumerate(zip(sequences, prompt_lengths)):
-        with torch.no_grad():
-            logprobs = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, :-1].float(), dim=-1)
+        logprobs = raw_logprobs(ids)
         top = torch.topk(logprobs[start - 1 :], k, dim=1)
         assert out["logprob_token_ids"][i] == top.indices.tolist()
         assert [v for row in out["logprobs"][i] for v in row] == pytest.approx(top.values.flatten().tolist(), abs=1e-4)
@@ -306,8 +316,7 @@ def test_trls_sequence_logprobs_are_the_models_own(server, tiny_model_dir, monke
     (choice,) = raw["choices"]
     assert choice["prompt_logprobs"][0] is None and len(choice["prompt_logprobs"]) == len(sequences[1])
     assert [list(step) for step in choice["prompt_logprobs"][1:]] == [[str(t)] for t in sequences[1][1:]]
-    with torch.no_grad():
-        logprobs = torch.log_softmax(model(input_ids=torch.tensor([sequences[1]])).logits[0, :-1].float(), dim=-1)
+    logprobs = raw_logprobs(sequences[1])
     ranks = [int((logprobs[p - 1] > logprobs[p - 1, t]).sum()) + 1 for p, t in enumerate(sequences[1]) if p]
     assert [step[str(t)]["rank"] for step, t in zip(choice["prompt_logprobs"][1:], sequences[1][1:])] == ranks
 
@@ -328,16 +337,12 @@ def test_tokenize_and_detokenize_as_vllm_answers_them(server, tokenizer):
         assert bad.status_code == status and words in bad.json()["detail"], bad.text
 
 
-def test_echo_scores_the_prompt_as_lm_eval_asks(server, tokenizer, tiny_model_dir):
+def test_echo_scores_the_prompt_as_lm_eval_asks(server, tokenizer, raw_logprobs):
     """lm-eval's loglikelihood request: echo, logprobs 1, max_tokens 0 or 1, temperature 0. The echoed log-probs are
     the model's raw ones for every token after the first, with the top-k alternatives and the actual token."""
-    from transformers import AutoModelForCausalLM
-
     text = "Question: 1+2?"
     ids = tokenizer(text)["input_ids"]
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    with torch.no_grad():
-        logprobs = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, :-1].float(), dim=-1)
+    logprobs = raw_logprobs(ids)
     scored = post(server, "/v1/completions", prompt=text, echo=True, logprobs=1, max_tokens=0, temperature=0).json()
     (choice,) = scored["choices"]
     lp = choice["logprobs"]

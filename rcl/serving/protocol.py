@@ -16,7 +16,7 @@ token ids and log-probs).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -135,15 +135,13 @@ class OpenAIRequest(SamplingFields):
     stream: bool = False
     structured_outputs: dict[str, Any] | None = None
 
-    @classmethod
-    def neutral_values(cls) -> dict[str, Any]:
-        return NEUTRAL_COMPLETION_VALUES
+    neutral_values: ClassVar[dict[str, Any]] = NEUTRAL_COMPLETION_VALUES
 
     def unsupported_fields(self) -> list[str]:
         extra = self.model_extra or {}
         bad = [key for key, value in extra.items() if key not in IGNORED_COMPLETION_FIELDS
                and not (key in ALWAYS_ON_COMPLETION_FIELDS and value is True)
-               and not (key in self.neutral_values() and _same_value(value, self.neutral_values()[key]))]
+               and not (key in self.neutral_values and _same_value(value, self.neutral_values[key]))]
         return sorted(bad + (["structured_outputs"] if self.structured_outputs else []))
 
     def generate_request(self, prompts: Any, logprobs: int | None, **overrides: Any) -> GenerateRequest:
@@ -223,9 +221,8 @@ class ChatCompletionsRequest(OpenAIRequest):
     add_special_tokens: bool = False
     """False, as in vLLM: the chat template writes the special tokens itself, so tokenizing adds none."""
 
-    @classmethod
-    def neutral_values(cls) -> dict[str, Any]:
-        return {**NEUTRAL_COMPLETION_VALUES, "echo": False}  # vLLM's echo of the last message: not supported
+    # vLLM's echo of the last message: not supported
+    neutral_values: ClassVar[dict[str, Any]] = {**NEUTRAL_COMPLETION_VALUES, "echo": False}
 
     def template_messages(self) -> list[dict[str, Any]]:
         return [m.for_template() for m in self.messages]

@@ -19,13 +19,14 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
+from itertools import accumulate
 from typing import Any, Callable
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from jinja2 import TemplateError
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from rcl.engines import Completion, SamplingParams
 from rcl.serving.backends import ServingBackend, UnsupportedOperation
@@ -219,10 +220,8 @@ def _echoed(choice: dict, prompt: list[int], prompt_text: str, completion: Any, 
     if req.logprobs is None:
         return
     tokens = _token_names(ids, req, tokenizer)
-    offsets, at = [], 0
-    for token in ids:
-        offsets.append(at)
-        at += len(tokenizer.decode([token]))
+    pieces = [tokenizer.decode([token]) for token in ids] if req.return_tokens_as_token_ids else tokens
+    offsets = [0, *accumulate(len(piece) for piece in pieces)][:-1]
     choice["logprobs"] = {
         "tokens": tokens,
         "token_logprobs": [None] + [positions[p][ids[p]][0] for p in range(1, len(ids))],
@@ -329,13 +328,18 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
                             f"({sampling})")
         check_model(req.model)
 
-    async def generate_for(gen: GenerateRequest) -> tuple[list[list[int]], list[Any]]:
+    async def generate_for(gen: GenerateRequest, generate: bool = True) -> tuple[list[list[int]], list[Any]]:
+        """The prompts' ids and their completions; `generate` False (echo with max_tokens 0) checks the same
+        request limits and gives each prompt n empty completions."""
         params = sampling_params(gen, limits)
         prompts = _prompt_ids(gen, backend.tokenizer, limits)
+        if not generate:
+            return prompts, [[Completion([], None, "length", "") for _ in range(gen.n)] for _ in prompts]
         groups = await on_worker(backend.generate, prompts, params)
         return prompts, groups
 
-    def validated(build: Callable[[], GenerateRequest]) -> GenerateRequest:
+    def validated(build: Callable[[], Any]) -> Any:
+        """`build()`, its pydantic ValidationError answered as FastAPI answers an invalid body."""
         try:
             return build()
         except ValidationError as exc:
@@ -355,12 +359,7 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
         refuse_unsupported(req, "n, temperature, top_p, top_k, min_p, repetition_penalty, max_tokens, stop, "
                                 "stop_token_ids, seed, logprobs, echo, prompt_logprobs")
         gen = validated(req.as_generate)
-        if req.max_tokens == 0:
-            sampling_params(gen, limits)  # the request limits, as for a generation
-            prompts = _prompt_ids(gen, backend.tokenizer, limits)
-            groups = [[Completion([], None, "length", "") for _ in range(gen.n)] for _ in prompts]
-        else:
-            prompts, groups = await generate_for(gen)
+        prompts, groups = await generate_for(gen, generate=req.max_tokens > 0)
         flat = [(prompt, c) for prompt, group in zip(prompts, groups) for c in group]  # prompt-major, n per prompt
         owners = [index for index, group in enumerate(groups) for _ in group]
         choices = [_choice(i, prompt, c, req, backend.tokenizer) for i, (prompt, c) in enumerate(flat)]
@@ -397,23 +396,17 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
             body["prompt_token_ids"] = prompts[0]
         return body
 
-    def parsed(model: type[BaseModel], body: dict[str, Any]) -> Any:
-        try:
-            return model.model_validate(body)
-        except ValidationError as exc:
-            raise RequestValidationError(exc.errors()) from None
-
     @app.post("/tokenize")
     async def tokenize(body: dict[str, Any]):
         """vLLM's route: a text's token ids, or a chat's as `/v1/chat/completions` would render and tokenize it."""
         tokenizer = backend.tokenizer
         if "messages" in body:
-            chat = parsed(ChatCompletionsRequest, body)
+            chat = validated(lambda: ChatCompletionsRequest.model_validate(body))
             check_model(chat.model)
             check_template(chat)
             ids = chat_request_prompt_ids(chat, tokenizer)
         else:
-            text = parsed(TokenizeRequest, body)
+            text = validated(lambda: TokenizeRequest.model_validate(body))
             check_model(text.model)
             ids = tokenizer(text.prompt, add_special_tokens=text.add_special_tokens)["input_ids"]
         strings = tokenizer.convert_ids_to_tokens(ids) if body.get("return_token_strs") else None

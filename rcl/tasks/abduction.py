@@ -15,12 +15,10 @@ or 1 of 1), `outcome` (the run's class; no_answer without an <INPUT> block), `me
 
 from __future__ import annotations
 
-import re
-
 from rcl.sandbox import SandboxConfig
 from rcl.tasks.base import Score, register_task
 from rcl.tasks.code import SandboxedTask, infra_score
-from rcl.tasks.extract import last_tagged, strip_reasoning
+from rcl.tasks.extract import fenced_body, last_tagged, strip_reasoning
 from rcl.tasks.programs import generate
 
 QUESTION = (
@@ -28,10 +26,6 @@ QUESTION = (
     "print exactly that output.\n\n```python\n{program}```\n\nOutput:\n```\n{output}\n```\n\n"
     "Give the input between <INPUT> and </INPUT>."
 )
-
-
-# The input inside a code fence within the tags (<INPUT>```\n5 3\n```</INPUT>), as chat models often write it.
-_FENCED = re.compile(r"```[^\n`]*\n(.*?)\n?```", re.DOTALL)
 
 
 @register_task("abduction")
@@ -62,8 +56,9 @@ class AbductionTask(SandboxedTask):
         given = last_tagged(strip_reasoning(completion), "INPUT")
         if given is None:
             return Score(0.0, False, {"passed": 0, "total": 1, "outcome": "no_answer", "message": "no <INPUT>"})
-        fenced = _FENCED.fullmatch(given.strip())
-        stdin = (fenced.group(1) if fenced else given).strip("\n") + "\n"
+        # the input fenced within the tags (<INPUT>```\n5 3\n```</INPUT>), as chat models often write it
+        fenced = fenced_body(given)
+        stdin = (given if fenced is None else fenced).strip("\n") + "\n"
         try:
             result = self.sandbox.run_tests(row["program"], [{"input": stdin, "output": row["output"]}])[0]
         except OSError as error:

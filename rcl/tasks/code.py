@@ -259,7 +259,8 @@ class CodeTask(SandboxedTask):
         try:
             language = row.get("language") or self.language
             spec = self.sandbox_config.language(language)
-            entry_point = row.get("entry_point") or called_first(asserts_of(row) or [])
+            asserts = asserts_of(row)
+            entry_point = row.get("entry_point") or called_first(asserts or [])
             # the function under test, when there is one: a later "example usage" block is not the solution
             prefer = (lambda block: defines(block, entry_point)) if entry_point and language == "python" else None
             code = extract_code(completion, [language, *spec.fence_tags], prefer)
@@ -279,8 +280,7 @@ class CodeTask(SandboxedTask):
                     else continuation(prompt, code)
                 results = [self.sandbox.run_assert(program, row["test"], row["entry_point"])] if code else []
                 total = 1
-            elif asserts_of(row) is not None:
-                asserts = asserts_of(row)
+            elif asserts is not None:
                 if language != "python" or not entry_point:
                     return infra_score("assert lists are Python only, and must call the function under test")
                 cases = asserts if self.max_tests is None else asserts[: self.max_tests]

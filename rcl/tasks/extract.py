@@ -39,6 +39,12 @@ def answer_text(completion: str) -> str:
     return text if section is None else section
 
 
+def fenced_body(text: str) -> str | None:
+    """The body of `text` when all of it is one fenced block (blank space around it aside), else None."""
+    match = _FENCE_RE.fullmatch(text.strip())
+    return match.group(2) if match else None
+
+
 def _fenced_blocks(text: str) -> list[tuple[str, str]]:
     """(language tag, body) for each ``` block, plus a final unclosed one (a truncated completion)."""
     blocks = [(info.strip().split(" ")[0].lower() if info.strip() else "", body) for info, body in
