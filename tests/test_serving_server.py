@@ -1,5 +1,8 @@
 """A real `python -m rcl serve --engine hf` subprocess: generation, limits, errors, auth, shutdown."""
 
+import json
+from itertools import accumulate
+
 import pytest
 import requests
 import torch
@@ -173,7 +176,7 @@ def test_generate_returns_the_completions_text_when_asked(server, tokenizer):
 
 @pytest.mark.parametrize("body, status, words", [
     ({"model": "other", "prompt": "Hi"}, 404, "model 'other' is not served here"),
-    ({"prompt": "Hi", "stream": True}, 422, "stream is not supported"),
+    ({"prompt": "Hi", "stream": True, "n": 99}, 422, "n=99 is more than the server limit 8"),
     ({"prompt": "Hi", "logprobs": 2}, 422, "logprobs=2: alternatives of sampled tokens are not supported"),
     ({"prompt": "Hi", "max_tokens": 0}, 422, "max_tokens=0 needs echo: true"),
     ({"prompt": "Hi", "prompt_logprobs": 101}, 422, "prompt_logprobs=101 is more than the server limit 100"),
@@ -387,9 +390,6 @@ def test_the_openai_sdk_chats_and_completes_against_rcl(server, tokenizer):
     assert text.choices[0].text == post(server, "/generate/", prompts=["Hi"], temperature=0, max_tokens=4,
                                         return_text=True).json()["completion_texts"][0]
     with pytest.raises(openai.UnprocessableEntityError) as refused:
-        client.chat.completions.create(model="tiny", messages=messages, stream=True)
-    assert refused.value.response.json()["detail"] == "stream is not supported by this server"
-    with pytest.raises(openai.UnprocessableEntityError) as refused:
         client.chat.completions.create(model="tiny", messages=messages, response_format={"type": "json_object"})
     assert "unsupported fields ['response_format']" in refused.value.response.json()["detail"]
     plain_text = client.chat.completions.create(model="tiny", messages=messages, max_tokens=5, temperature=0,
@@ -397,6 +397,70 @@ def test_the_openai_sdk_chats_and_completes_against_rcl(server, tokenizer):
     assert plain_text.choices[0].message.content == choice.message.content
     models = client.models.list().data
     assert models[0].id == "tiny" and all(isinstance(m.created, int) for m in models)
+
+
+def events(response):
+    """The JSON chunks of a server-sent-event answer, checking that it ends with `data: [DONE]`."""
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/event-stream")
+    lines = [line for line in response.text.split("\n") if line]
+    assert all(line.startswith("data: ") for line in lines) and lines[-1] == "data: [DONE]"
+    return [json.loads(line[len("data: "):]) for line in lines[:-1]]
+
+
+def test_streamed_completions_carry_the_same_choices_and_usage(server):
+    body = dict(prompt=["Hi", "Question: 1+2?"], n=2, max_tokens=5, temperature=1.0, seed=3, logprobs=0,
+                return_token_ids=True)
+    whole = post(server, "/v1/completions", **body).json()
+    streamed = events(post(server, "/v1/completions", **body, stream=True,
+                           stream_options={"include_usage": True}))
+    *chunks, last = streamed
+    assert [c["choices"] for c in chunks] == [[choice] for choice in whole["choices"]]
+    assert all(c["object"] == "text_completion" and c["usage"] is None for c in chunks)
+    assert len({c["id"] for c in streamed}) == 1 and last["choices"] == [] and last["usage"] == whole["usage"]
+    # vLLM's continuous usage: each chunk counts the completion tokens sent so far
+    running = events(post(server, "/v1/completions", **body, stream=True,
+                          stream_options={"include_usage": True, "continuous_usage_stats": True}))
+    sent = list(accumulate(len(choice["token_ids"]) for choice in whole["choices"]))
+    assert [c["usage"]["completion_tokens"] for c in running[:-1]] == sent
+    assert running[-1]["usage"] == whole["usage"] and sent[-1] == whole["usage"]["completion_tokens"]
+    # no stream_options: no usage anywhere; stream_options without stream change nothing
+    plain = events(post(server, "/v1/completions", **body, stream=True))
+    assert [c["choices"] for c in plain] == [[choice] for choice in whole["choices"]]
+    assert all("usage" not in c for c in plain)
+    unstreamed = post(server, "/v1/completions", **body, stream_options={"include_usage": True}).json()
+    assert unstreamed["choices"] == whole["choices"]
+
+
+def test_a_streamed_chat_is_a_delta_then_a_finish_per_choice(server):
+    body = dict(messages=USER, n=2, max_tokens=5, temperature=1.0, seed=4, logprobs=True, return_token_ids=True)
+    whole = post(server, "/v1/chat/completions", **body).json()
+    chunks = events(post(server, "/v1/chat/completions", **body, stream=True))
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert chunks[0]["prompt_token_ids"] == whole["prompt_token_ids"]
+    assert all("prompt_token_ids" not in c for c in chunks[1:])
+    parts = [c["choices"][0] for c in chunks]
+    assert len(parts) == 4
+    for choice, delta, end in zip(whole["choices"], parts[0::2], parts[1::2]):
+        assert delta == {"index": choice["index"], "delta": choice["message"], "logprobs": choice["logprobs"],
+                         "finish_reason": None, "token_ids": choice["token_ids"]}
+        assert end == {"index": choice["index"], "delta": {}, "logprobs": None,
+                       "finish_reason": choice["finish_reason"]}
+
+
+def test_the_openai_sdk_streams_chats_and_completions(server):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+    whole = client.chat.completions.create(model="tiny", messages=USER, max_tokens=6, temperature=0)
+    stream = client.chat.completions.create(model="tiny", messages=USER, max_tokens=6, temperature=0, stream=True,
+                                            stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    text = client.completions.create(model="tiny", prompt="Hi", max_tokens=4, temperature=0)
+    pieces = list(client.completions.create(model="tiny", prompt="Hi", max_tokens=4, temperature=0, stream=True))
+    assert "".join(p.choices[0].text for p in pieces) == text.choices[0].text
 
 
 def test_chat_completions_render_the_requests_template_tools_and_continuation(server, tokenizer):
@@ -422,7 +486,7 @@ def test_chat_completions_render_the_requests_template_tools_and_continuation(se
 @pytest.mark.parametrize("body, status, words", [
     ({"messages": []}, 422, "invalid request"),
     ({"messages": USER, "model": "other"}, 404, "model 'other' is not served here"),
-    ({"messages": USER, "stream": True}, 422, "stream is not supported"),
+    ({"messages": USER, "stream": True, "frequency_penalty": 0.5}, 422, "unsupported fields ['frequency_penalty']"),
     ({"messages": USER, "top_logprobs": 2, "logprobs": True}, 422, "top_logprobs"),
     ({"messages": USER, "frequency_penalty": 0.5}, 422, "unsupported fields ['frequency_penalty']"),
     ({"messages": USER, "n": 99}, 422, "n=99 is more than the server limit 8"),

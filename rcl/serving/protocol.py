@@ -95,8 +95,8 @@ class GenerateResponse(BaseModel):
     """With `return_text: true`: each completion decoded, in the order of `completion_ids`."""
 
 
-IGNORED_COMPLETION_FIELDS = ("user", "stream_options", "store", "metadata", "parallel_tool_calls")
-"""Fields that cannot change a completion here (bookkeeping, streaming options, tool-call parsing that is not done)."""
+IGNORED_COMPLETION_FIELDS = ("user", "store", "metadata", "parallel_tool_calls")
+"""Fields that cannot change a completion here (bookkeeping, tool-call parsing that is not done)."""
 NEUTRAL_COMPLETION_VALUES: dict[str, Any] = {"frequency_penalty": 0, "presence_penalty": 0, "logit_bias": {},
                                              "best_of": 1, "ignore_eos": False, "use_beam_search": False,
                                              "response_format": {"type": "text"}, "min_tokens": 0}
@@ -111,6 +111,15 @@ def _same_value(value: Any, neutral: Any) -> bool:
     same_kind = isinstance(value, bool) == isinstance(neutral, bool) and (
         isinstance(value, numeric) == isinstance(neutral, numeric))
     return same_kind and value == neutral
+
+
+class StreamOptions(BaseModel):
+    """OpenAI's `stream_options`; read only when `stream` is true (they cannot change an unstreamed answer)."""
+
+    include_usage: bool = False
+    """A last chunk, before `[DONE]`, carries the request's usage (with empty `choices`); other chunks carry null."""
+    continuous_usage_stats: bool = False
+    """vLLM's extension, with `include_usage`: every chunk carries the usage so far instead of null."""
 
 
 class OpenAIRequest(SamplingFields):
@@ -133,6 +142,9 @@ class OpenAIRequest(SamplingFields):
     return_token_ids: bool = False
     return_tokens_as_token_ids: bool = False
     stream: bool = False
+    """True: the answer comes as server-sent events (`data: {chunk}` lines, then `data: [DONE]`). Generation is
+    batched, so the chunks are sent once the completions are done: one chunk per choice with its whole text."""
+    stream_options: StreamOptions = Field(default_factory=StreamOptions)
     structured_outputs: dict[str, Any] | None = None
 
     neutral_values: ClassVar[dict[str, Any]] = NEUTRAL_COMPLETION_VALUES

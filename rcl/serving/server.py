@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import hmac
+import json
 import logging
 import os
 import signal
@@ -20,11 +21,11 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from itertools import accumulate
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from jinja2 import TemplateError
 from pydantic import ValidationError
 
@@ -40,6 +41,7 @@ from rcl.serving.protocol import (
     InitCommunicatorRequest,
     MessageResponse,
     ServerLimits,
+    StreamOptions,
     TokenizeRequest,
     UpdateBucketRequest,
     UpdateNamedParamRequest,
@@ -231,6 +233,40 @@ def _echoed(choice: dict, prompt: list[int], prompt_text: str, completion: Any, 
     }
 
 
+def _event_stream(head: dict, parts: list[tuple[dict, int]], usage: dict, options: StreamOptions,
+                  first: dict | None = None) -> StreamingResponse:
+    """A finished answer as OpenAI's server-sent events: one chunk per `(chunk choice, completion tokens it carries)`
+    in `parts`, each with `head` (id, object, created, model) and the first also with `first`; the usage as
+    `options` asks; then `data: [DONE]`."""
+    prompt_tokens = usage["prompt_tokens"]
+
+    def events() -> Iterator[str]:
+        sent = 0
+        for index, (part, tokens) in enumerate(parts):
+            sent += tokens
+            chunk = {**head, **((first or {}) if index == 0 else {}), "choices": [part]}
+            if options.include_usage:
+                chunk["usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": sent,
+                                  "total_tokens": prompt_tokens + sent} if options.continuous_usage_stats else None
+            yield f"data: {json.dumps(chunk)}\n\n"
+        if options.include_usage:
+            yield f"data: {json.dumps({**head, 'choices': [], 'usage': usage})}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def _chat_stream_parts(choice: dict, completion: Any) -> list[tuple[dict, int]]:
+    """A chat choice as stream chunk choices: its message as one delta, then its finish reason, as vLLM ends a
+    choice's stream."""
+    delta = {"index": choice["index"], "delta": choice["message"], "logprobs": choice["logprobs"],
+             "finish_reason": None}
+    if "token_ids" in choice:
+        delta["token_ids"] = choice["token_ids"]
+    end = {"index": choice["index"], "delta": {}, "logprobs": None, "finish_reason": choice["finish_reason"]}
+    return [(delta, len(completion.token_ids)), (end, 0)]
+
+
 def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_key: str | None = None,
                model_name: str | list[str] = "rcl", trust_request_chat_template: bool = False) -> FastAPI:
     """`model_name`: the name, or names, a `/v1/completions` request may give as `model` (or leave out); `/v1/models`
@@ -320,8 +356,6 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
                             "code the server runs; vLLM refuses them the same way by default)")
 
     def refuse_unsupported(req: CompletionsRequest | ChatCompletionsRequest, sampling: str) -> None:
-        if req.stream:
-            raise _bad(422, "stream is not supported by this server")
         unsupported = req.unsupported_fields()
         if unsupported:
             raise _bad(422, f"unsupported fields {unsupported}: this server takes the sampling fields of /generate/ "
@@ -377,8 +411,13 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
             per_prompt = [as_vllm_json(positions, backend.tokenizer) for positions in scored]
             for choice, index in zip(choices, owners):
                 choice["prompt_logprobs"] = per_prompt[index]
-        return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-                "model": model_name, "choices": choices, "usage": _usage(prompts, [c for _, c in flat])}
+        head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+                "model": model_name}
+        usage = _usage(prompts, [c for _, c in flat])
+        if req.stream:
+            return _event_stream(head, [(choice, len(c.token_ids)) for choice, (_, c) in zip(choices, flat)], usage,
+                                 req.stream_options)
+        return {**head, "choices": choices, "usage": usage}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatCompletionsRequest):
@@ -388,13 +427,15 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
         prompt_ids = chat_request_prompt_ids(req, backend.tokenizer)
         prompts, groups = await generate_for(validated(lambda: req.as_generate(prompt_ids, limits.max_tokens)))
         (group,) = groups
-        body: dict[str, Any] = {
-            "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-            "model": model_name, "choices": [_chat_choice(i, c, req, backend.tokenizer) for i, c in enumerate(group)],
-            "usage": _usage(prompts, group)}
-        if req.return_token_ids:
-            body["prompt_token_ids"] = prompts[0]
-        return body
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+                "model": model_name}
+        choices = [_chat_choice(i, c, req, backend.tokenizer) for i, c in enumerate(group)]
+        extra = {"prompt_token_ids": prompts[0]} if req.return_token_ids else {}
+        if req.stream:
+            parts = [part for choice, c in zip(choices, group) for part in _chat_stream_parts(choice, c)]
+            return _event_stream({**head, "object": "chat.completion.chunk"}, parts, _usage(prompts, group),
+                                 req.stream_options, first=extra)
+        return {**head, "choices": choices, "usage": _usage(prompts, group), **extra}
 
     @app.post("/tokenize")
     async def tokenize(body: dict[str, Any]):
