@@ -133,3 +133,15 @@ def test_contention_workload_runs_a_step(models_dir):
 
     times = workload_steps("tiny-1m", threads=1, steps=1)
     assert len(times) == 1 and times[0] > 0
+
+
+def test_serving_benchmark_counts_the_engine_calls_of_both_modes(models_dir):
+    from experiments.benchmarks import serving
+
+    result = serving.run_benchmark(serving.ServingBenchConfig(requests=4, max_tokens=3, reps=1))
+    alone, together = result["runs"]["one at a time"][0], result["runs"]["all at once"][0]
+    assert alone["engine_calls"] == 4
+    # how many merge depends on timing (tests/test_serving_batching.py holds the engine to check the merging itself)
+    assert 1 <= together["engine_calls"] <= 4
+    assert 4 <= together["tokens"] <= 12 and 4 <= alone["tokens"] <= 12
+    assert "x one at a time" in serving.table(result)

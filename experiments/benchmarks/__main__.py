@@ -7,6 +7,7 @@
     python -m experiments.benchmarks grpo-settings --sft-model runs/quickstart_student_sft/hf_model --threads 1
     python -m experiments.benchmarks async --steps 40                   # sync vs max_off_policy_steps 1, 2
     python -m experiments.benchmarks contention                          # thread oversubscription, reproduced
+    python -m experiments.benchmarks serving                             # concurrent chat requests, batched
     python -m experiments.benchmarks all                                 # everything, one combined summary
 
 Each command prints its table last and writes `runs/benchmarks/<name>.json` with the machine's facts (CPU, cores,
@@ -20,7 +21,7 @@ import argparse
 import os
 
 from experiments.benchmarks import engine as engine_bench
-from experiments.benchmarks import async_throughput, contention, grpo_vs_trl, rollout_cost
+from experiments.benchmarks import async_throughput, contention, grpo_vs_trl, rollout_cost, serving
 from experiments.benchmarks.common import RESULTS_DIR, load_note, machine_info, write_results
 
 
@@ -89,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("contention", help="per-step time of a training process alone and beside a busy neighbour")
     p.add_argument("--name", default="")
     contention.add_arguments(p)
+    p = sub.add_parser("serving", help="concurrent chat requests against the server: one at a time vs all at once")
+    p.add_argument("--name", default="")
+    serving.add_arguments(p)
     return parser
 
 
@@ -133,6 +137,12 @@ def contention_command(args: argparse.Namespace) -> str:
     return f"{contention.table(result)}\n(written to {path})"
 
 
+def serving_command(args: argparse.Namespace) -> str:
+    result = serving.run_benchmark(serving.config_from(args))
+    path = write_results("serving" + (f"_{args.name}" if args.name else ""), result)
+    return f"{serving.table(result)}\n(written to {path})"
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -150,6 +160,8 @@ def main(argv: list[str] | None = None) -> None:
         text = async_command(args)
     elif args.command == "contention":
         text = contention_command(args)
+    elif args.command == "serving":
+        text = serving_command(args)
     else:
         parts = [grpo_command(args, ["tiny-1m", "tiny-10m"]), rollout_command(args), engine_command(args)]
         text = "\n\n".join(parts)

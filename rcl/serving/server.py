@@ -1,8 +1,9 @@
 """`python -m rcl serve`: a TRL `vllm-serve` compatible generation server with bucketed weight updates.
 
 All engine work (generation, weight loads, communicator RPCs) runs on one worker thread, so requests take effect in
-the order they arrive: a weight update that was accepted before a generation request is visible to it. Health and
-version queries never wait for that thread.
+the order they arrive: a weight update that was accepted before a generation request is visible to it. Generation
+requests that wait for that thread together, with equal sampling parameters and no seed, run as one batch
+(`rcl.serving.batching`). Health and version queries never wait for that thread.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pydantic import ValidationError
 
 from rcl.engines import Completion, SamplingParams
 from rcl.serving.backends import ServingBackend, UnsupportedOperation
+from rcl.serving.batching import RequestBatcher
 from rcl.serving.prompt_logprobs import as_vllm_json
 from rcl.serving.protocol import (
     ChatCompletionsRequest,
@@ -287,11 +289,16 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
     weights = _WeightsState()
     app.state.backend, app.state.worker, app.state.weights = backend, worker, weights
 
+    batcher = RequestBatcher(worker, backend.generate, limits.max_prompts)
+    app.state.batcher = batcher
+
     async def on_worker(fn: Callable[..., Any], *args: Any) -> Any:
+        batcher.close()  # a generation request that arrives after this job must not run before it
         return await asyncio.get_running_loop().run_in_executor(worker, fn, *args)
 
     def fire_and_forget(fn: Callable[..., Any], *args: Any) -> None:
         # NCCL RPCs: the client broadcasts only after our reply, so the worker must not be awaited here.
+        batcher.close()
         future = worker.submit(fn, *args)
 
         def report(f: Any) -> None:
@@ -369,7 +376,7 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
         prompts = _prompt_ids(gen, backend.tokenizer, limits)
         if not generate:
             return prompts, [[Completion([], None, "length", "") for _ in range(gen.n)] for _ in prompts]
-        groups = await on_worker(backend.generate, prompts, params)
+        groups = await batcher.generate(prompts, params)
         return prompts, groups
 
     def validated(build: Callable[[], Any]) -> Any:
@@ -468,7 +475,7 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
     async def generate(req: GenerateRequest):
         params = sampling_params(req, limits)
         prompts = _prompt_ids(req, backend.tokenizer, limits)
-        groups = await on_worker(backend.generate, prompts, params)
+        groups = await batcher.generate(prompts, params)
         flat = [c for group in groups for c in group]
         with_logprobs = req.logprobs is not None and all(c.logprobs is not None for c in flat)
         return GenerateResponse(
