@@ -25,12 +25,11 @@ class RecordingEngine:
         return [[Completion(list(p), None, "length", f"{list(p)}/{k}") for k in range(params.n)] for p in prompts]
 
 
-def blocked_worker():
-    """An engine thread held busy until the returned event is set, so requests queue up behind it."""
-    worker = ThreadPoolExecutor(max_workers=1)
-    gate = threading.Event()
+def held_batcher(max_prompts: int = 100, fail: bool = False):
+    """A batcher over a recording engine whose thread is held busy until `gate` is set, so requests queue up."""
+    engine, worker, gate = RecordingEngine(fail), ThreadPoolExecutor(max_workers=1), threading.Event()
     worker.submit(gate.wait)
-    return worker, gate
+    return engine, RequestBatcher(worker, engine.generate, max_prompts), gate, worker
 
 
 async def enqueue_then_release(batcher, gate, requests):
@@ -43,9 +42,7 @@ async def enqueue_then_release(batcher, gate, requests):
 
 
 def test_waiting_requests_with_equal_parameters_run_as_one_call():
-    engine = RecordingEngine()
-    worker, gate = blocked_worker()
-    batcher = RequestBatcher(worker, engine.generate, max_prompts=100)
+    engine, batcher, gate, worker = held_batcher()
     plain = SamplingParams(max_tokens=4, n=2)
     requests = [([[1, 2]], plain), ([[3], [4, 5]], plain), ([[6]], SamplingParams(max_tokens=4, n=2, seed=7)),
                 ([[8]], plain), ([[9]], SamplingParams(max_tokens=5, n=2)), ([[10]], SamplingParams(max_tokens=5, n=2))]
@@ -60,9 +57,7 @@ def test_waiting_requests_with_equal_parameters_run_as_one_call():
 
 
 def test_a_job_between_two_requests_keeps_them_apart_and_in_order():
-    engine = RecordingEngine()
-    worker, gate = blocked_worker()
-    batcher = RequestBatcher(worker, engine.generate, max_prompts=100)
+    engine, batcher, gate, worker = held_batcher()
     params = SamplingParams(max_tokens=4)
 
     async def scenario():
@@ -81,17 +76,13 @@ def test_a_job_between_two_requests_keeps_them_apart_and_in_order():
 
 
 def test_batches_stop_at_the_prompt_cap_and_share_the_engines_error():
-    engine = RecordingEngine()
-    worker, gate = blocked_worker()
-    batcher = RequestBatcher(worker, engine.generate, max_prompts=3)
+    engine, batcher, gate, worker = held_batcher(max_prompts=3)
     params = SamplingParams(max_tokens=4)
     asyncio.run(enqueue_then_release(batcher, gate, [([[1], [2]], params), ([[3], [4]], params), ([[5]], params)]))
     assert engine.calls == [[[1], [2], [5]], [[3], [4]]]  # the last request fits in the first batch
     worker.shutdown()
 
-    failing = RecordingEngine(fail=True)
-    worker, gate = blocked_worker()
-    batcher = RequestBatcher(worker, failing.generate, max_prompts=10)
+    failing, batcher, gate, worker = held_batcher(fail=True)
     errors = asyncio.run(enqueue_then_release(batcher, gate, [([[1]], params), ([[2]], params)]))
     assert len(failing.calls) == 1
     assert [str(e) for e in errors] == ["engine exploded", "engine exploded"]
