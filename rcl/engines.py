@@ -39,6 +39,9 @@ class SamplingParams:
     """Extra stop ids besides the tokenizer's eos."""
     seed: int | None = None
     """Seed for this request; None draws from the global generator."""
+    top_logprobs: int = 0
+    """Alternatives per generated token: its k most likely tokens under the distribution it was sampled from, with
+    their log-probs (`Completion.top_logprobs`); 0 gives none."""
 
 
 @dataclass
@@ -51,6 +54,9 @@ class Completion:
     text: str
     weights_version: int | None = None
     """The optimizer step whose weights sampled it (set by the RL loop's policy engine; None elsewhere)."""
+    top_logprobs: list[list[tuple[int, float]]] | None = None
+    """With `SamplingParams.top_logprobs` k: per generated token, the k most likely (id, log-prob) pairs of the
+    distribution it was sampled from, most likely first; tokens of probability zero are left out."""
 
 
 @runtime_checkable
@@ -70,7 +76,8 @@ def stop_ids(tokenizer: Any, params: SamplingParams) -> list[int]:
 
 
 def trim_completion(
-    ids: Sequence[int], logprobs: Sequence[float] | None, tokenizer: Any, params: SamplingParams
+    ids: Sequence[int], logprobs: Sequence[float] | None, tokenizer: Any, params: SamplingParams,
+    top_logprobs: Sequence[list[tuple[int, float]]] | None = None,
 ) -> Completion:
     """Cut a raw generated row after its first stop id or stop string; what remains is unpadded."""
     ids = list(ids)
@@ -88,7 +95,8 @@ def trim_completion(
                 break
     ids = ids[:end]
     lps = list(logprobs[:end]) if logprobs is not None else None
-    return Completion(ids, lps, reason, tokenizer.decode(ids, skip_special_tokens=True))
+    top = list(top_logprobs[:end]) if top_logprobs is not None else None
+    return Completion(ids, lps, reason, tokenizer.decode(ids, skip_special_tokens=True), top_logprobs=top)
 
 
 def sample_categorical(probs: torch.Tensor) -> torch.Tensor:
@@ -164,16 +172,18 @@ class HFEngine:
             input_ids[i, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
             attention[i, width - len(p) :] = 1
         if params.stop:  # stop strings need the tokenizer at every step: HF generate handles them
-            new, logps = self._hf_generate(input_ids.to(device), attention.to(device), params)
+            new, logps, top = self._hf_generate(input_ids.to(device), attention.to(device), params)
         else:
-            new, logps = self._sample(input_ids.to(device), attention.to(device), params)
+            new, logps, top = self._sample(input_ids.to(device), attention.to(device), params)
         new_rows, logp_rows = new.tolist(), logps.tolist()
-        rows = [trim_completion(new_rows[i], logp_rows[i], self.tokenizer, params) for i in range(len(new_rows))]
+        top_rows = _top_pairs(*top) if top is not None else [None] * len(new_rows)
+        rows = [trim_completion(new_rows[i], logp_rows[i], self.tokenizer, params, top_rows[i])
+                for i in range(len(new_rows))]
         return [rows[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]
 
     def _hf_generate(
         self, input_ids: torch.Tensor, attention: torch.Tensor, params: SamplingParams
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         greedy = params.temperature == 0
         kwargs: dict[str, Any] = dict(
             max_new_tokens=params.max_tokens,
@@ -196,18 +206,23 @@ class HFEngine:
         # scores are the processed logits the sampler drew from: their log-softmax is the behaviour log-prob.
         scores = torch.stack(res.scores, dim=1).float().log_softmax(-1)
         logps = scores.gather(-1, new.to(scores.device).unsqueeze(-1)).squeeze(-1).cpu()
-        return new, logps
+        top = None
+        if params.top_logprobs:
+            values, ids = scores.topk(min(params.top_logprobs, scores.shape[-1]), dim=-1)
+            top = (ids.cpu(), values.cpu())
+        return new, logps, top
 
     def _sample(
         self, input_ids: torch.Tensor, attention: torch.Tensor, params: SamplingParams
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         """A KV-cache sampling loop: each distinct prompt is prefilled once and its cache copied to its `n` rows;
         rows that reached a stop id leave the batch, so finished completions cost nothing.
 
         The same distribution as HF generate (the same logits processors; an exact draw from the processed
         distribution, `sample_categorical`, where HF calls `multinomial`, so the same seed gives other tokens) and
         the same behaviour log-probs (log-softmax of the processed logits). Returns `[B*n, steps]` ids, padded with
-        the pad id after a stop, and their log-probs.
+        the pad id after a stop, their log-probs, and (with `params.top_logprobs` k) the k most likely ids and their
+        log-probs at every step, `[B*n, steps, k]` each.
         """
         from rcl.kv_cache import preallocated_cache
 
@@ -228,6 +243,9 @@ class HFEngine:
 
         tokens = torch.full((rows, params.max_tokens), self.pad_id, dtype=torch.long, device=device)
         logps = torch.zeros((rows, params.max_tokens), dtype=torch.float32, device=device)
+        k = min(params.top_logprobs, logits.shape[-1])
+        top_ids = torch.zeros((rows, params.max_tokens, k), dtype=torch.long, device=device)
+        top_logps = torch.full((rows, params.max_tokens, k), float("-inf"), device=device)
         active = torch.arange(rows, device=device)
         for step in range(params.max_tokens):
             scores = processors(seen, logits) if processors else logits
@@ -238,6 +256,8 @@ class HFEngine:
                 chosen = sample_categorical(logprobs.exp())
             tokens[active, step] = chosen
             logps[active, step] = logprobs.gather(-1, chosen.unsqueeze(-1)).squeeze(-1)
+            if k:
+                top_logps[active, step], top_ids[active, step] = logprobs.topk(k, dim=-1)
             if step == params.max_tokens - 1:
                 break
             running = ~torch.isin(chosen, stops)
@@ -255,7 +275,14 @@ class HFEngine:
                              use_cache=True, **cache_kwargs(self.model, cache))
             logits = out.logits[:, -1, :].float()
             next_pos = next_pos + 1
-        return tokens.cpu(), logps.cpu()
+        return tokens.cpu(), logps.cpu(), (top_ids.cpu(), top_logps.cpu()) if k else None
+
+
+def _top_pairs(ids: torch.Tensor, logprobs: torch.Tensor) -> list[list[list[tuple[int, float]]]]:
+    """`[R, T, k]` alternatives as per-row, per-step (id, log-prob) lists, without the zero-probability ones."""
+    return [[[(i, lp) for i, lp in zip(step_ids, step_lps) if lp != float("-inf")]
+             for step_ids, step_lps in zip(row_ids, row_lps)]
+            for row_ids, row_lps in zip(ids.tolist(), logprobs.tolist())]
 
 
 def _logits_processors(params: SamplingParams):

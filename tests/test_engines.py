@@ -83,3 +83,32 @@ def test_sample_categorical_refuses_a_row_that_is_no_distribution(bad):
     probs = torch.tensor([[0.5, 0.5], [bad, 0.0 if bad == 0.0 else 1.0]])
     with pytest.raises(ValueError, match="invalid distribution"):
         sample_categorical(probs)
+
+
+@pytest.mark.parametrize("stop", [[], ["zzz-never"]])  # the sampling loop, and HF generate (stop strings)
+def test_top_logprobs_are_the_sampling_distributions_most_likely_tokens(engine, stop):
+    prompt = _ids(engine, "What is 47+38?")
+    with torch.no_grad():
+        raw = engine.model(torch.tensor([prompt])).logits[0, -1].float()
+    for temperature in (1.0, 0.7):
+        (group,) = engine.generate([prompt], SamplingParams(max_tokens=4, n=3, temperature=temperature, seed=5,
+                                                            top_logprobs=4, stop=stop))
+        expected = (raw / temperature).log_softmax(-1).topk(4)
+        for c in group:
+            assert len(c.top_logprobs) == len(c.token_ids)
+            first = c.top_logprobs[0]  # the first token's distribution is the prompt's: compare with the model
+            assert [i for i, _ in first] == expected.indices.tolist()
+            assert [lp for _, lp in first] == pytest.approx(expected.values.tolist(), abs=1e-5)
+            for token, logprob, alts in zip(c.token_ids, c.logprobs, c.top_logprobs):
+                values = [lp for _, lp in alts]
+                assert len(alts) == 4 and values == sorted(values, reverse=True) and logprob <= values[0] + 1e-6
+                if token in dict(alts):
+                    assert dict(alts)[token] == pytest.approx(logprob, abs=1e-6)
+    # top-k 2 leaves two tokens with mass: the zero-probability ones are not listed; greedy picks the first
+    (filtered,) = engine.generate([prompt], SamplingParams(max_tokens=3, n=2, top_k=2, top_logprobs=5, seed=1,
+                                                           stop=stop))
+    assert all(len(alts) == 2 for c in filtered for alts in c.top_logprobs)
+    (greedy,) = engine.generate([prompt], SamplingParams(max_tokens=3, temperature=0, top_logprobs=1, stop=stop))
+    assert [alts[0][0] for alts in greedy[0].top_logprobs] == greedy[0].token_ids
+    (plain,) = engine.generate([prompt], SamplingParams(max_tokens=3, seed=1, stop=stop))
+    assert plain[0].top_logprobs is None

@@ -177,7 +177,7 @@ def test_generate_returns_the_completions_text_when_asked(server, tokenizer):
 @pytest.mark.parametrize("body, status, words", [
     ({"model": "other", "prompt": "Hi"}, 404, "model 'other' is not served here"),
     ({"prompt": "Hi", "stream": True, "n": 99}, 422, "n=99 is more than the server limit 8"),
-    ({"prompt": "Hi", "logprobs": 2}, 422, "logprobs=2: alternatives of sampled tokens are not supported"),
+    ({"prompt": "Hi", "logprobs": 101}, 422, "logprobs=101 is more than the server limit 100"),
     ({"prompt": "Hi", "max_tokens": 0}, 422, "max_tokens=0 needs echo: true"),
     ({"prompt": "Hi", "prompt_logprobs": 101}, 422, "prompt_logprobs=101 is more than the server limit 100"),
     ({"prompt": "Hi", "echo": True, "logprobs": 101}, 422, "logprobs=101 is more than the server limit 100"),
@@ -392,6 +392,9 @@ def test_the_openai_sdk_chats_and_completes_against_rcl(server, tokenizer):
     with pytest.raises(openai.UnprocessableEntityError) as refused:
         client.chat.completions.create(model="tiny", messages=messages, response_format={"type": "json_object"})
     assert "unsupported fields ['response_format']" in refused.value.response.json()["detail"]
+    ranked = client.chat.completions.create(model="tiny", messages=messages, max_tokens=3, temperature=0,
+                                            logprobs=True, top_logprobs=3).choices[0].logprobs.content
+    assert all(len(t.top_logprobs) == 3 and t.top_logprobs[0].token == t.token for t in ranked)
     plain_text = client.chat.completions.create(model="tiny", messages=messages, max_tokens=5, temperature=0,
                                                 response_format={"type": "text"})
     assert plain_text.choices[0].message.content == choice.message.content
@@ -463,6 +466,30 @@ def test_the_openai_sdk_streams_chats_and_completions(server):
     assert "".join(p.choices[0].text for p in pieces) == text.choices[0].text
 
 
+def test_sampled_tokens_come_with_their_samplers_most_likely_alternatives(server):
+    """logprobs k on /v1/completions and top_logprobs k on /v1/chat/completions, as vLLM shapes them: greedy, the
+    sampled token is the most likely, with its own log-prob; sampled, it is listed beside the k most likely."""
+    greedy = post(server, "/v1/completions", prompt="Question: 1+2?", max_tokens=5, temperature=0, logprobs=3,
+                  return_tokens_as_token_ids=True).json()["choices"][0]["logprobs"]
+    for token, logprob, alternatives in zip(greedy["tokens"], greedy["token_logprobs"], greedy["top_logprobs"]):
+        assert len(alternatives) == 3 and max(alternatives, key=alternatives.get) == token
+        assert alternatives[token] == pytest.approx(logprob) and all(lp <= logprob for lp in alternatives.values())
+    sampled = post(server, "/v1/completions", prompt="Hi", max_tokens=8, temperature=1.0, seed=2, n=4, logprobs=1,
+                   return_tokens_as_token_ids=True).json()
+    for choice in sampled["choices"]:
+        lp = choice["logprobs"]
+        for token, logprob, alternatives in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"]):
+            assert token in alternatives and alternatives[token] == logprob and len(alternatives) in (1, 2)
+    chat = post(server, "/v1/chat/completions", messages=USER, max_tokens=5, temperature=0, logprobs=True,
+                top_logprobs=2).json()["choices"][0]["logprobs"]["content"]
+    for entry in chat:
+        top = entry["top_logprobs"]
+        assert len(top) == 2 and top[0]["token"] == entry["token"] and top[0]["logprob"] == entry["logprob"]
+        assert top[1]["logprob"] <= top[0]["logprob"] and top[1]["bytes"] == list(top[1]["token"].encode())
+    plain = post(server, "/v1/chat/completions", messages=USER, max_tokens=3, logprobs=True).json()
+    assert all(entry["top_logprobs"] == [] for entry in plain["choices"][0]["logprobs"]["content"])
+
+
 def test_chat_completions_render_the_requests_template_tools_and_continuation(server, tokenizer):
     template = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
                 "{% if tools %}[{{ tools[0].function.name }}]{% endif %}{% if add_generation_prompt %}<a>{% endif %}")
@@ -487,7 +514,9 @@ def test_chat_completions_render_the_requests_template_tools_and_continuation(se
     ({"messages": []}, 422, "invalid request"),
     ({"messages": USER, "model": "other"}, 404, "model 'other' is not served here"),
     ({"messages": USER, "stream": True, "frequency_penalty": 0.5}, 422, "unsupported fields ['frequency_penalty']"),
-    ({"messages": USER, "top_logprobs": 2, "logprobs": True}, 422, "top_logprobs"),
+    ({"messages": USER, "top_logprobs": 2}, 422, "top_logprobs=2 needs logprobs: true"),
+    ({"messages": USER, "top_logprobs": 101, "logprobs": True}, 422,
+     "top_logprobs=101 is more than the server limit 100"),
     ({"messages": USER, "frequency_penalty": 0.5}, 422, "unsupported fields ['frequency_penalty']"),
     ({"messages": USER, "n": 99}, 422, "n=99 is more than the server limit 8"),
     ({"messages": USER, "max_completion_tokens": 65}, 422, "max_tokens=65 is more than the server limit 64"),

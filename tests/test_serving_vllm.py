@@ -120,3 +120,14 @@ def test_rcl_client_generates_against_vllms_own_server(tiny_model_dir):
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_vllms_logprob_dicts_become_the_k_most_likely_tokens():
+    from types import SimpleNamespace as Logprob
+
+    from rcl.serving.vllm_engine import top_of
+
+    # vLLM lists the sampled token at its own rank (here 7) beside the k = 2 most likely
+    step = {11: Logprob(rank=7, logprob=-4.0), 5: Logprob(rank=2, logprob=-1.5), 9: Logprob(rank=1, logprob=-0.3)}
+    assert top_of(step, 2) == [(9, -0.3), (5, -1.5)]
+    assert top_of({3: Logprob(rank=1, logprob=-0.1), 4: Logprob(rank=2, logprob=float("-inf"))}, 2) == [(3, -0.1)]

@@ -87,5 +87,5 @@ def table(result: dict) -> str:
             for mode, s in summary.items()]
     head = (f"{cfg['requests']} chat requests x up to {cfg['max_tokens']} tokens, {cfg['preset']}, hf engine "
             f"(median of {cfg['reps']} alternating rounds)")
-    return head + "\n" + format_table(["requests", "s per round", "completion tok/s", "engine calls", "x one at a time"],
-                                      rows)
+    headers = ["requests", "s per round", "completion tok/s", "engine calls", "x one at a time"]
+    return head + "\n" + format_table(headers, rows)

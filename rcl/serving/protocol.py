@@ -170,7 +170,8 @@ class CompletionsRequest(OpenAIRequest):
     max_tokens: int = Field(16, ge=0)
     """0 (with echo): score the prompt only, generate nothing."""
     logprobs: int | None = Field(None, ge=0)
-    """0: the sampled token's log-prob; null: none. k > 0 (the k most likely alternatives too) only with echo."""
+    """0: the sampled token's log-prob; k: also the k most likely tokens of the distribution it was sampled from
+    (after temperature and filters); null: none. With echo, every token's raw log-probs are scored instead."""
     prompt_logprobs: int | None = Field(None, ge=0)
     """k: each choice also carries its prompt's per-position log-probs, the actual token's and the k most likely
     (raw, without temperature, as vLLM's default logprobs mode); null: none."""
@@ -221,8 +222,9 @@ class ChatCompletionsRequest(OpenAIRequest):
     """OpenAI's newer name for max_tokens; it wins when both are given."""
     logprobs: bool = False
     """True: each choice carries the sampled tokens' log-probs (`logprobs.content`)."""
-    top_logprobs: int | None = Field(None, ge=0, le=0)
-    """0 or null: no alternatives beside the sampled token (top-k alternatives are not supported)."""
+    top_logprobs: int | None = Field(None, ge=0)
+    """k (with logprobs: true): each token also lists the k most likely tokens of the distribution it was sampled
+    from, as the sampled token's log-prob is of that distribution (after temperature and filters)."""
     chat_template: str | None = None
     chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)
     add_generation_prompt: bool = True

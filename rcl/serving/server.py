@@ -20,7 +20,7 @@ import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from itertools import accumulate
 from typing import Any, Callable, Iterator
 
@@ -54,7 +54,7 @@ from rcl.serving.weights import decode_bucket
 
 log = logging.getLogger("rcl.serve")
 API_KEY_ENV = "RCL_API_KEY"
-SAMPLING_FIELDS = {f.name for f in fields(SamplingParams)}
+SAMPLING_FIELDS = {f.name for f in fields(SamplingParams)} - {"top_logprobs"}  # /generate/ has no place for them
 
 
 @dataclass
@@ -171,9 +171,24 @@ def _chat_choice(index: int, completion: Any, req: ChatCompletionsRequest, token
         choice["token_ids"] = list(completion.token_ids)
     if req.logprobs and completion.logprobs is not None:
         tokens = _token_names(completion.token_ids, req, tokenizer)
-        choice["logprobs"] = {"content": [{"token": t, "logprob": lp, "bytes": list(t.encode()), "top_logprobs": []}
-                                          for t, lp in zip(tokens, completion.logprobs)]}
+        alternatives = _alternatives(completion, req, tokenizer)
+
+        def entry(token: str, logprob: float) -> dict:
+            return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+        choice["logprobs"] = {"content": [{**entry(t, lp), "top_logprobs": [entry(*alt) for alt in alts]}
+                                          for t, lp, alts in zip(tokens, completion.logprobs, alternatives)]}
     return choice
+
+
+def _alternatives(completion: Any, req: CompletionsRequest | ChatCompletionsRequest,
+                  tokenizer: Any) -> list[list[tuple[str, float]]]:
+    """Per generated token, its sampler's most likely tokens as (name, log-prob), most likely first (none when the
+    request asked none)."""
+    if not completion.top_logprobs:
+        return [[] for _ in completion.token_ids]
+    return [list(zip(_token_names([i for i, _ in alts], req, tokenizer), (lp for _, lp in alts)))
+            for alts in completion.top_logprobs]
 
 
 def _render_chat(req: ChatCompletionsRequest, tokenizer: Any) -> str:
@@ -210,8 +225,11 @@ def _choice(index: int, prompt: list[int], completion: Any, req: CompletionsRequ
         choice.update(prompt_token_ids=prompt, token_ids=list(completion.token_ids))
     if req.logprobs is not None and completion.logprobs is not None:
         tokens = _token_names(completion.token_ids, req, tokenizer)
+        # as vLLM: the k most likely tokens, and the sampled one when it is not among them
         choice["logprobs"] = {"tokens": tokens, "token_logprobs": list(completion.logprobs),
-                              "top_logprobs": [{t: lp} for t, lp in zip(tokens, completion.logprobs)]}
+                              "top_logprobs": [{**dict(alts), t: lp} for t, lp, alts in
+                                               zip(tokens, completion.logprobs, _alternatives(completion, req,
+                                                                                               tokenizer))]}
     return choice
 
 
@@ -369,10 +387,11 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
                             f"({sampling})")
         check_model(req.model)
 
-    async def generate_for(gen: GenerateRequest, generate: bool = True) -> tuple[list[list[int]], list[Any]]:
-        """The prompts' ids and their completions; `generate` False (echo with max_tokens 0) checks the same
-        request limits and gives each prompt n empty completions."""
-        params = sampling_params(gen, limits)
+    async def generate_for(gen: GenerateRequest, generate: bool = True,
+                           top_logprobs: int = 0) -> tuple[list[list[int]], list[Any]]:
+        """The prompts' ids and their completions (with `top_logprobs` alternatives per token); `generate` False
+        (echo with max_tokens 0) checks the same request limits and gives each prompt n empty completions."""
+        params = replace(sampling_params(gen, limits), top_logprobs=top_logprobs)
         prompts = _prompt_ids(gen, backend.tokenizer, limits)
         if not generate:
             return prompts, [[Completion([], None, "length", "") for _ in range(gen.n)] for _ in prompts]
@@ -388,9 +407,6 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
 
     @app.post("/v1/completions")
     async def completions(req: CompletionsRequest):
-        if req.logprobs and not req.echo:
-            raise _bad(422, f"logprobs={req.logprobs}: alternatives of sampled tokens are not supported (logprobs 0 "
-                            "gives each sampled token's log-prob; with echo: true any k is scored)")
         if req.max_tokens == 0 and not req.echo:
             raise _bad(422, "max_tokens=0 needs echo: true (it scores the prompt and generates nothing)")
         for name, asked in (("logprobs", req.logprobs), ("prompt_logprobs", req.prompt_logprobs)):
@@ -400,7 +416,9 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
         refuse_unsupported(req, "n, temperature, top_p, top_k, min_p, repetition_penalty, max_tokens, stop, "
                                 "stop_token_ids, seed, logprobs, echo, prompt_logprobs")
         gen = validated(req.as_generate)
-        prompts, groups = await generate_for(gen, generate=req.max_tokens > 0)
+        # echo's log-probs (any k) come from scoring prompt and completion together, not from the sampler
+        prompts, groups = await generate_for(gen, generate=req.max_tokens > 0,
+                                             top_logprobs=0 if req.echo else req.logprobs or 0)
         flat = [(prompt, c) for prompt, group in zip(prompts, groups) for c in group]  # prompt-major, n per prompt
         owners = [index for index, group in enumerate(groups) for _ in group]
         choices = [_choice(i, prompt, c, req, backend.tokenizer) for i, (prompt, c) in enumerate(flat)]
@@ -429,10 +447,16 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatCompletionsRequest):
         refuse_unsupported(req, "n, temperature, top_p, top_k, min_p, repetition_penalty, max_tokens or "
-                                "max_completion_tokens, stop, stop_token_ids, seed, logprobs, top_logprobs 0")
+                                "max_completion_tokens, stop, stop_token_ids, seed, logprobs, top_logprobs")
         check_template(req)
+        if req.top_logprobs and not req.logprobs:
+            raise _bad(422, f"top_logprobs={req.top_logprobs} needs logprobs: true")
+        if (req.top_logprobs or 0) > limits.max_logprobs:
+            raise _bad(422, f"top_logprobs={req.top_logprobs} is more than the server limit {limits.max_logprobs} "
+                            "(`rcl serve --max-logprobs`)")
         prompt_ids = chat_request_prompt_ids(req, backend.tokenizer)
-        prompts, groups = await generate_for(validated(lambda: req.as_generate(prompt_ids, limits.max_tokens)))
+        prompts, groups = await generate_for(validated(lambda: req.as_generate(prompt_ids, limits.max_tokens)),
+                                             top_logprobs=req.top_logprobs or 0)
         (group,) = groups
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
                 "model": model_name}

@@ -122,12 +122,19 @@ class WeightSyncExtension:
         self._rcl_group = None
 
 
+def top_of(step: dict[int, Any], k: int) -> list[tuple[int, float]]:
+    """vLLM's per-token log-prob dict (the sampled token, at its own rank, and the k most likely) as the k most likely
+    (id, log-prob) pairs, most likely first, as `Completion.top_logprobs` holds them."""
+    ranked = sorted((entry.rank, token, entry.logprob) for token, entry in step.items() if entry.rank <= k)
+    return [(token, logprob) for _, token, logprob in ranked if logprob != float("-inf")]
+
+
 def vllm_sampling_params(params: SamplingParams, logprobs: bool = True) -> Any:
     from vllm import SamplingParams as VLLMSamplingParams
 
     # stop strings stay in the completion, as in HFEngine
     return VLLMSamplingParams(
-        **sampling_fields(params), include_stop_str_in_output=True, logprobs=0 if logprobs else None
+        **sampling_fields(params), include_stop_str_in_output=True, logprobs=params.top_logprobs if logprobs else None
     )
 
 
@@ -186,8 +193,11 @@ class VLLMBackend:
             for seq in out.outputs:
                 ids = list(seq.token_ids)
                 lps = [step[tok].logprob for step, tok in zip(seq.logprobs, ids)] if seq.logprobs else None
+                top = [top_of(step, params.top_logprobs) for step in seq.logprobs] \
+                    if seq.logprobs and params.top_logprobs else None
                 reason = "stop" if seq.finish_reason == "stop" else "length"
-                group.append(Completion(ids, lps, reason, self.tokenizer.decode(ids, skip_special_tokens=True)))
+                group.append(Completion(ids, lps, reason, self.tokenizer.decode(ids, skip_special_tokens=True),
+                                        top_logprobs=top))
             result.append(group)
         return result
 
