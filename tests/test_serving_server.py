@@ -282,6 +282,12 @@ def test_trls_own_vllm_client_chats_against_rcl(server, tokenizer, monkeypatch):
     assert [[step[0] for step in seq] for seq in out["logprob_token_ids"]] == generated["completion_ids"]
     assert [step[0] for seq in out["logprobs"] for step in seq] == pytest.approx(
         [step[0] for seq in generated["logprobs"] for step in seq], abs=1e-5)
+    # logprobs k: TRL reads the sampled token and the k most likely, sorted by descending log-prob
+    for ranked in (client.generate(prompts, n=2, temperature=1.0, max_tokens=6, logprobs=2),
+                   client.chat(conversations, n=2, temperature=1.0, max_tokens=6, logprobs=2)):
+        for ids, seq_ids, seq_lps in zip(ranked["completion_ids"], ranked["logprob_token_ids"], ranked["logprobs"]):
+            for token, step_ids, step_lps in zip(ids, seq_ids, seq_lps):
+                assert token in step_ids and len(step_ids) in (2, 3) and step_lps == sorted(step_lps, reverse=True)
 
 
 @pytest.fixture(scope="module")
