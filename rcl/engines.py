@@ -12,6 +12,16 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol, Sequence, runtime_checkable
 
 import torch
+from transformers.generation.logits_process import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    MinPLogitsWarper,
+    RepetitionPenaltyLogitsProcessor,
+    SequenceBiasLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from rcl.hf_compat import cache_kwargs
 
@@ -33,6 +43,13 @@ class SamplingParams:
     """0 disables top-k."""
     min_p: float = 0.0
     repetition_penalty: float = 1.0
+    """HF's multiplicative penalty on every token of the prompt and the completion so far (1 turns it off)."""
+    frequency_penalty: float = 0.0
+    """OpenAI's: subtracted from a token's logit once per time the completion so far holds it."""
+    presence_penalty: float = 0.0
+    """OpenAI's: subtracted from a token's logit once if the completion so far holds it."""
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    """Added to those tokens' logits at every step (OpenAI's logit_bias)."""
     stop: list[str] = field(default_factory=list)
     """Stop strings (kept in the completion)."""
     stop_token_ids: list[int] = field(default_factory=list)
@@ -184,23 +201,21 @@ class HFEngine:
     def _hf_generate(
         self, input_ids: torch.Tensor, attention: torch.Tensor, params: SamplingParams
     ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
-        greedy = params.temperature == 0
+        # the sampling loop's processors, in its order; HF's own are turned off so that the model's generation config
+        # (a checkpoint's top_k, temperature or repetition_penalty) cannot add any
         kwargs: dict[str, Any] = dict(
             max_new_tokens=params.max_tokens,
-            do_sample=not greedy,
+            do_sample=params.temperature != 0,
             num_return_sequences=params.n,
             eos_token_id=stop_ids(self.tokenizer, params),
             pad_token_id=self.pad_id,
             return_dict_in_generate=True,
             output_scores=True,
-            repetition_penalty=params.repetition_penalty,
             stop_strings=params.stop,
             tokenizer=self.tokenizer,
+            logits_processor=_logits_processors(params, input_ids.shape[1]),
+            temperature=1.0, top_p=1.0, top_k=None, min_p=None, repetition_penalty=1.0,
         )
-        if not greedy:
-            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None)
-            if params.min_p > 0:
-                kwargs["min_p"] = params.min_p
         res = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
         new = res.sequences[:, input_ids.shape[1] :].cpu()
         # scores are the processed logits the sampler drew from: their log-softmax is the behaviour log-prob.
@@ -228,7 +243,7 @@ class HFEngine:
 
         n, rows = params.n, input_ids.shape[0] * params.n
         device = input_ids.device
-        processors = _logits_processors(params)
+        processors = _logits_processors(params, input_ids.shape[1])
         stops = torch.tensor(stop_ids(self.tokenizer, params), device=device)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         cache = preallocated_cache(self.model.config, input_ids.shape[1] + params.max_tokens)
@@ -285,20 +300,32 @@ def _top_pairs(ids: torch.Tensor, logprobs: torch.Tensor) -> list[list[list[tupl
             for row_ids, row_lps in zip(ids.tolist(), logprobs.tolist())]
 
 
-def _logits_processors(params: SamplingParams):
-    """HF's own processors, in HF generate's order, so the distribution sampled from is the one HF would use."""
-    from transformers.generation.logits_process import (
-        LogitsProcessorList,
-        MinPLogitsWarper,
-        RepetitionPenaltyLogitsProcessor,
-        TemperatureLogitsWarper,
-        TopKLogitsWarper,
-        TopPLogitsWarper,
-    )
+class CompletionPenalties(LogitsProcessor):
+    """OpenAI's frequency and presence penalties, over the tokens generated so far (not the prompt's), as vLLM
+    applies them. No HF processor does this: HF's repetition penalty is multiplicative and counts the prompt."""
 
+    def __init__(self, prompt_width: int, frequency: float, presence: float):
+        self.prompt_width, self.frequency, self.presence = prompt_width, frequency, presence
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        generated = input_ids[:, self.prompt_width :]
+        if generated.shape[1] == 0:
+            return scores
+        counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
+        return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
+
+
+def _logits_processors(params: SamplingParams, prompt_width: int) -> LogitsProcessorList:
+    """The processors of the distribution sampled from, in vLLM's order: logit bias and penalties on the raw logits,
+    then temperature, top-k, top-p and min-p (HF's own classes where HF has one). `prompt_width` is the (padded)
+    prompt's length, after which the processors' `input_ids` hold the completion so far."""
     out = LogitsProcessorList()
+    if params.logit_bias:
+        out.append(SequenceBiasLogitsProcessor([[[token], bias] for token, bias in params.logit_bias.items()]))
     if params.repetition_penalty != 1.0:
         out.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
+    if params.frequency_penalty or params.presence_penalty:
+        out.append(CompletionPenalties(prompt_width, params.frequency_penalty, params.presence_penalty))
     if params.temperature == 0:
         return out
     if params.temperature != 1.0:

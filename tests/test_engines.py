@@ -112,3 +112,29 @@ def test_top_logprobs_are_the_sampling_distributions_most_likely_tokens(engine, 
     assert [alts[0][0] for alts in greedy[0].top_logprobs] == greedy[0].token_ids
     (plain,) = engine.generate([prompt], SamplingParams(max_tokens=3, seed=1, stop=stop))
     assert plain[0].top_logprobs is None
+
+
+def test_completion_penalties_count_only_the_completions_tokens():
+    from rcl.engines import CompletionPenalties
+
+    # prompt width 2: [9, 1] is the prompt; the completion so far is [1, 1, 3]
+    seen = torch.tensor([[9, 1, 1, 1, 3]])
+    scores = torch.zeros(1, 10)
+    out = CompletionPenalties(prompt_width=2, frequency=0.5, presence=2.0)(seen, scores)
+    expected = torch.zeros(1, 10)
+    expected[0, 1] = -(0.5 * 2 + 2.0)  # twice in the completion
+    expected[0, 3] = -(0.5 * 1 + 2.0)  # once; token 9 is only in the prompt, so it is not penalised
+    assert torch.equal(out, expected)
+    assert torch.equal(CompletionPenalties(5, 0.5, 2.0)(seen, scores), scores)  # nothing generated yet
+
+
+def test_bias_and_penalties_act_the_same_in_both_sampling_paths(engine):
+    """The sampling loop and HF generate (stop strings) apply one processor list: same greedy tokens, and a +100
+    bias makes a token certain in both."""
+    prompt = _ids(engine, "What is 47+38?")
+    for params in (SamplingParams(max_tokens=8, temperature=0, presence_penalty=1.5, frequency_penalty=0.5),
+                   SamplingParams(max_tokens=5, temperature=1.0, seed=0, logit_bias={42: 100.0})):
+        loop = engine.generate([prompt], params)[0][0].token_ids
+        hf = engine.generate([prompt], replace(params, stop=["zzz-never"]))[0][0].token_ids
+        assert loop == hf
+    assert loop == [42] * 5

@@ -183,8 +183,11 @@ def test_generate_returns_the_completions_text_when_asked(server, tokenizer):
     ({"prompt": "Hi", "echo": True, "logprobs": 101}, 422, "logprobs=101 is more than the server limit 100"),
     ({"prompt": "Hi", "n": 99}, 422, "n=99 is more than the server limit 8"),
     ({"prompt": []}, 422, "invalid request"),
-    ({"prompt": "Hi", "frequency_penalty": 0.5, "suffix": "!"}, 422,
-     "unsupported fields ['frequency_penalty', 'suffix']"),
+    ({"prompt": "Hi", "suffix": "!", "response_format": {"type": "json_object"}}, 422,
+     "unsupported fields ['response_format', 'suffix']"),
+    ({"prompt": "Hi", "logit_bias": {"5": 101}}, 422, "logit_bias values must be in [-100, 100] (tokens [5])"),
+    ({"prompt": "Hi", "logit_bias": {"100000": 1}}, 422, "logit_bias names token ids outside the vocabulary"),
+    ({"prompt": "Hi", "presence_penalty": 2.5}, 422, "invalid request"),
     ({"prompt": "Hi", "prompt_logprobs": -1}, 422, "invalid request"),
     ({"prompt": "Hi", "structured_outputs": {"json": {}}}, 422, "unsupported fields ['structured_outputs']"),
     ({"prompt": "Hi", "include_stop_str_in_output": False}, 422, "unsupported fields ['include_stop_str_in_output']"),
@@ -240,8 +243,8 @@ def test_null_fields_and_fields_sent_turned_off_are_taken_as_absent(server):
     assert texts("/v1/chat/completions", messages=USER, max_tokens=4, temperature=0) == texts(
         "/v1/chat/completions", messages=USER, max_tokens=None, max_completion_tokens=4, temperature=0,
         parallel_tool_calls=True, tools=None, top_logprobs=None, add_special_tokens=False, echo=False, **turned_off)
-    refused = [("/v1/completions", "presence_penalty", 0.1), ("/v1/completions", "best_of", True),
-               ("/v1/completions", "logit_bias", {"5": 100}), ("/v1/chat/completions", "echo", True)]
+    refused = [("/v1/completions", "min_tokens", 2), ("/v1/completions", "best_of", True),
+               ("/v1/completions", "ignore_eos", True), ("/v1/chat/completions", "echo", True)]
     for route, field, value in refused:
         body = {"prompt": "Hi"} if route == "/v1/completions" else {"messages": USER}
         r = post(server, route, max_tokens=4, **body, **{field: value})
@@ -496,6 +499,30 @@ def test_sampled_tokens_come_with_their_samplers_most_likely_alternatives(server
     assert all(entry["top_logprobs"] == [] for entry in plain["choices"][0]["logprobs"]["content"])
 
 
+def test_logit_bias_and_openai_penalties_change_what_is_sampled(server):
+    """A +100 bias makes a token certain; a -100 bias on the greedy choice moves greedy to the next one; large
+    presence and frequency penalties make a greedy completion that repeats itself use more distinct tokens (the
+    exact maths: tests/test_engines.py)."""
+    base = dict(prompt=[5, 17, 42, 9], temperature=0, max_tokens=6, return_token_ids=True)
+    greedy = post(server, "/v1/completions", **base).json()["choices"][0]["token_ids"]
+    forced = post(server, "/v1/completions", **{**base, "temperature": 1.0, "seed": 3},
+                  logit_bias={"77": 100}).json()["choices"][0]
+    assert forced["token_ids"] == [77] * 6
+    avoided = post(server, "/v1/completions", **base, logit_bias={str(greedy[0]): -100}, logprobs=1,
+                   return_tokens_as_token_ids=True).json()["choices"][0]
+    assert avoided["token_ids"][0] != greedy[0]
+    assert f"token_id:{greedy[0]}" not in avoided["logprobs"]["top_logprobs"][0]
+    # a token the completion holds again and again under greedy, then never twice under the presence penalty
+    looping = post(server, "/v1/completions", **{**base, "max_tokens": 24}).json()["choices"][0]["token_ids"]
+    assert len(set(looping)) < len(looping)
+    penalised = post(server, "/v1/completions", **{**base, "max_tokens": 24}, presence_penalty=2.0,
+                     frequency_penalty=2.0, logit_bias={}).json()["choices"][0]["token_ids"]
+    assert len(set(penalised)) > len(set(looping))
+    chat = post(server, "/v1/chat/completions", messages=USER, max_tokens=4, temperature=0, return_token_ids=True,
+                logit_bias={"77": 100}).json()
+    assert chat["choices"][0]["token_ids"] == [77] * 4
+
+
 def test_chat_completions_render_the_requests_template_tools_and_continuation(server, tokenizer):
     template = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
                 "{% if tools %}[{{ tools[0].function.name }}]{% endif %}{% if add_generation_prompt %}<a>{% endif %}")
@@ -519,11 +546,11 @@ def test_chat_completions_render_the_requests_template_tools_and_continuation(se
 @pytest.mark.parametrize("body, status, words", [
     ({"messages": []}, 422, "invalid request"),
     ({"messages": USER, "model": "other"}, 404, "model 'other' is not served here"),
-    ({"messages": USER, "stream": True, "frequency_penalty": 0.5}, 422, "unsupported fields ['frequency_penalty']"),
+    ({"messages": USER, "stream": True, "best_of": 2}, 422, "unsupported fields ['best_of']"),
     ({"messages": USER, "top_logprobs": 2}, 422, "top_logprobs=2 needs logprobs: true"),
     ({"messages": USER, "top_logprobs": 101, "logprobs": True}, 422,
      "top_logprobs=101 is more than the server limit 100"),
-    ({"messages": USER, "frequency_penalty": 0.5}, 422, "unsupported fields ['frequency_penalty']"),
+    ({"messages": USER, "min_tokens": 3}, 422, "unsupported fields ['min_tokens']"),
     ({"messages": USER, "n": 99}, 422, "n=99 is more than the server limit 8"),
     ({"messages": USER, "max_completion_tokens": 65}, 422, "max_tokens=65 is more than the server limit 64"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}]}, 422,

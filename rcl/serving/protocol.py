@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rcl.engines import SamplingParams
 
@@ -61,9 +61,23 @@ class SamplingFields(BaseModel):
     top_k: int = Field(-1, ge=-1)
     """-1 or 0 disables top-k."""
     min_p: float = Field(0.0, ge=0, le=1)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    """OpenAI's: subtracted from a token's logit per time the completion so far holds it."""
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    """OpenAI's: subtracted from a token's logit once the completion so far holds it."""
+    logit_bias: dict[int, float] = Field(default_factory=dict)
+    """Token id (a string key in JSON) to a bias in [-100, 100], added to its logit at every step."""
     max_tokens: int = Field(16, ge=1)
     stop_token_ids: list[int] | None = None
     seed: int | None = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias_in_range(cls, bias: dict[int, float]) -> dict[int, float]:
+        outside = sorted(token for token, value in bias.items() if not -100 <= value <= 100)
+        if outside:
+            raise ValueError(f"logit_bias values must be in [-100, 100] (tokens {outside})")
+        return bias
 
 
 class GenerateRequest(SamplingFields):
@@ -97,8 +111,7 @@ class GenerateResponse(BaseModel):
 
 IGNORED_COMPLETION_FIELDS = ("user", "store", "metadata", "parallel_tool_calls")
 """Fields that cannot change a completion here (bookkeeping, tool-call parsing that is not done)."""
-NEUTRAL_COMPLETION_VALUES: dict[str, Any] = {"frequency_penalty": 0, "presence_penalty": 0, "logit_bias": {},
-                                             "best_of": 1, "ignore_eos": False, "use_beam_search": False,
+NEUTRAL_COMPLETION_VALUES: dict[str, Any] = {"best_of": 1, "ignore_eos": False, "use_beam_search": False,
                                              "response_format": {"type": "text"}, "min_tokens": 0}
 """Unsupported fields sent at the value that turns them off (clients that send every default): accepted."""
 ALWAYS_ON_COMPLETION_FIELDS = ("include_stop_str_in_output", "skip_special_tokens")
@@ -308,6 +321,9 @@ def sampling_fields(params: SamplingParams) -> dict[str, Any]:
         top_k=params.top_k if params.top_k > 0 else -1,
         min_p=params.min_p,
         repetition_penalty=params.repetition_penalty,
+        # only when set, so that a server that does not know them (TRL's older /generate/) is not sent them
+        **{name: getattr(params, name) for name in ("frequency_penalty", "presence_penalty", "logit_bias")
+           if getattr(params, name)},
         max_tokens=params.max_tokens,
         stop=params.stop or None,
         stop_token_ids=params.stop_token_ids or None,

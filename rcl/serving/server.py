@@ -120,6 +120,9 @@ def _prompt_ids(req: GenerateRequest, tokenizer: Any, limits: ServerLimits) -> l
         if min(ids) < 0 or max(ids) >= vocab:
             raise _bad(422, f"prompt {i} has token ids outside the vocabulary [0, {vocab})")
         out.append(ids)
+    outside = sorted(token for token in req.logit_bias if not 0 <= token < vocab)
+    if outside:
+        raise _bad(422, f"logit_bias names token ids outside the vocabulary [0, {vocab}): {outside}")
     return out
 
 
@@ -145,6 +148,9 @@ def sampling_params(req: GenerateRequest, limits: ServerLimits) -> SamplingParam
         top_k=max(req.top_k, 0),
         min_p=req.min_p,
         repetition_penalty=req.repetition_penalty,
+        frequency_penalty=req.frequency_penalty,
+        presence_penalty=req.presence_penalty,
+        logit_bias=dict(req.logit_bias),
         stop=list(req.stop or []),
         stop_token_ids=list(req.stop_token_ids or []),
         seed=req.seed,
@@ -413,8 +419,9 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
             if asked is not None and asked > limits.max_logprobs:
                 raise _bad(422, f"{name}={asked} is more than the server limit {limits.max_logprobs} "
                                 "(`rcl serve --max-logprobs`)")
-        refuse_unsupported(req, "n, temperature, top_p, top_k, min_p, repetition_penalty, max_tokens, stop, "
-                                "stop_token_ids, seed, logprobs, echo, prompt_logprobs")
+        refuse_unsupported(req, "n, temperature, top_p, top_k, min_p, repetition_penalty, frequency_penalty, "
+                                "presence_penalty, logit_bias, max_tokens, stop, stop_token_ids, seed, logprobs, echo, "
+                                "prompt_logprobs")
         gen = validated(req.as_generate)
         # echo's log-probs (any k) come from scoring prompt and completion together, not from the sampler
         prompts, groups = await generate_for(gen, generate=req.max_tokens > 0,
@@ -446,8 +453,9 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatCompletionsRequest):
-        refuse_unsupported(req, "n, temperature, top_p, top_k, min_p, repetition_penalty, max_tokens or "
-                                "max_completion_tokens, stop, stop_token_ids, seed, logprobs, top_logprobs")
+        refuse_unsupported(req, "n, temperature, top_p, top_k, min_p, repetition_penalty, frequency_penalty, "
+                                "presence_penalty, logit_bias, max_tokens or max_completion_tokens, stop, "
+                                "stop_token_ids, seed, logprobs, top_logprobs")
         check_template(req)
         if req.top_logprobs and not req.logprobs:
             raise _bad(422, f"top_logprobs={req.top_logprobs} needs logprobs: true")
