@@ -15,6 +15,7 @@ import torch
 from transformers.generation.logits_process import (
     LogitsProcessor,
     LogitsProcessorList,
+    MinNewTokensLengthLogitsProcessor,
     MinPLogitsWarper,
     RepetitionPenaltyLogitsProcessor,
     SequenceBiasLogitsProcessor,
@@ -54,6 +55,11 @@ class SamplingParams:
     """Stop strings (kept in the completion)."""
     stop_token_ids: list[int] = field(default_factory=list)
     """Extra stop ids besides the tokenizer's eos."""
+    ignore_eos: bool = False
+    """The tokenizer's eos does not end the completion (stop_token_ids and stop strings still do), as benchmark
+    clients ask for fixed-length completions."""
+    min_tokens: int = 0
+    """No stop id can be sampled before the completion has this many tokens."""
     seed: int | None = None
     """Seed for this request; None draws from the global generator."""
     top_logprobs: int = 0
@@ -87,7 +93,7 @@ class GenerationEngine(Protocol):
 
 def stop_ids(tokenizer: Any, params: SamplingParams) -> list[int]:
     ids = list(params.stop_token_ids)
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+    if not params.ignore_eos and tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.append(tokenizer.eos_token_id)
     return ids
 
@@ -213,7 +219,7 @@ class HFEngine:
             output_scores=True,
             stop_strings=params.stop,
             tokenizer=self.tokenizer,
-            logits_processor=_logits_processors(params, input_ids.shape[1]),
+            logits_processor=_logits_processors(params, input_ids.shape[1], stop_ids(self.tokenizer, params)),
             temperature=1.0, top_p=1.0, top_k=None, min_p=None, repetition_penalty=1.0,
         )
         res = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
@@ -243,7 +249,7 @@ class HFEngine:
 
         n, rows = params.n, input_ids.shape[0] * params.n
         device = input_ids.device
-        processors = _logits_processors(params, input_ids.shape[1])
+        processors = _logits_processors(params, input_ids.shape[1], stop_ids(self.tokenizer, params))
         stops = torch.tensor(stop_ids(self.tokenizer, params), device=device)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         cache = preallocated_cache(self.model.config, input_ids.shape[1] + params.max_tokens)
@@ -315,11 +321,14 @@ class CompletionPenalties(LogitsProcessor):
         return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
 
 
-def _logits_processors(params: SamplingParams, prompt_width: int) -> LogitsProcessorList:
-    """The processors of the distribution sampled from, in vLLM's order: logit bias and penalties on the raw logits,
-    then temperature, top-k, top-p and min-p (HF's own classes where HF has one). `prompt_width` is the (padded)
-    prompt's length, after which the processors' `input_ids` hold the completion so far."""
+def _logits_processors(params: SamplingParams, prompt_width: int, stops: list[int]) -> LogitsProcessorList:
+    """The processors of the distribution sampled from, in vLLM's order: `min_tokens` (the `stops` ids forbidden
+    until then), logit bias and penalties on the raw logits, then temperature, top-k, top-p and min-p (HF's own
+    classes where HF has one). `prompt_width` is the (padded) prompt's length, after which the processors'
+    `input_ids` hold the completion so far."""
     out = LogitsProcessorList()
+    if params.min_tokens and stops:
+        out.append(MinNewTokensLengthLogitsProcessor(prompt_width, params.min_tokens, stops))
     if params.logit_bias:
         out.append(SequenceBiasLogitsProcessor([[[token], bias] for token, bias in params.logit_bias.items()]))
     if params.repetition_penalty != 1.0:

@@ -138,3 +138,15 @@ def test_bias_and_penalties_act_the_same_in_both_sampling_paths(engine):
         hf = engine.generate([prompt], replace(params, stop=["zzz-never"]))[0][0].token_ids
         assert loop == hf
     assert loop == [42] * 5
+
+
+def test_min_tokens_and_ignore_eos_in_both_sampling_paths(engine):
+    eos = engine.tokenizer.eos_token_id
+    prompt = _ids(engine, "Hi")
+    for stop in ([], ["zzz-never"]):
+        certain = SamplingParams(max_tokens=5, seed=0, logit_bias={eos: 100.0}, stop=stop)
+        assert engine.generate([prompt], certain)[0][0].token_ids == [eos]
+        (late,) = engine.generate([prompt], replace(certain, min_tokens=2))[0]
+        assert late.token_ids[2:] == [eos] and eos not in late.token_ids[:2] and late.finish_reason == "stop"
+        (ignored,) = engine.generate([prompt], replace(certain, ignore_eos=True))[0]
+        assert ignored.token_ids == [eos] * 5 and ignored.finish_reason == "length"

@@ -243,8 +243,8 @@ def test_null_fields_and_fields_sent_turned_off_are_taken_as_absent(server):
     assert texts("/v1/chat/completions", messages=USER, max_tokens=4, temperature=0) == texts(
         "/v1/chat/completions", messages=USER, max_tokens=None, max_completion_tokens=4, temperature=0,
         parallel_tool_calls=True, tools=None, top_logprobs=None, add_special_tokens=False, echo=False, **turned_off)
-    refused = [("/v1/completions", "min_tokens", 2), ("/v1/completions", "best_of", True),
-               ("/v1/completions", "ignore_eos", True), ("/v1/chat/completions", "echo", True)]
+    refused = [("/v1/completions", "use_beam_search", True), ("/v1/completions", "best_of", True),
+               ("/v1/completions", "best_of", 2), ("/v1/chat/completions", "echo", True)]
     for route, field, value in refused:
         body = {"prompt": "Hi"} if route == "/v1/completions" else {"messages": USER}
         r = post(server, route, max_tokens=4, **body, **{field: value})
@@ -523,6 +523,20 @@ def test_logit_bias_and_openai_penalties_change_what_is_sampled(server):
     assert chat["choices"][0]["token_ids"] == [77] * 4
 
 
+def test_ignore_eos_and_min_tokens_decide_where_a_completion_may_end(server, tokenizer):
+    eos = tokenizer.eos_token_id
+    body = dict(prompt=[5, 17, 42, 9], max_tokens=6, temperature=1.0, seed=0, return_token_ids=True,
+                logit_bias={str(eos): 100})  # eos is all but certain at every step
+    (ends,) = post(server, "/v1/completions", **body).json()["choices"]
+    assert ends["token_ids"] == [eos] and ends["finish_reason"] == "stop"
+    (runs_on,) = post(server, "/v1/completions", **body, ignore_eos=True).json()["choices"]
+    assert runs_on["token_ids"] == [eos] * 6 and runs_on["finish_reason"] == "length"
+    (later,) = post(server, "/v1/chat/completions", messages=USER, **{k: v for k, v in body.items() if k != "prompt"},
+                    min_tokens=3).json()["choices"]
+    assert len(later["token_ids"]) == 4 and later["token_ids"][-1] == eos and eos not in later["token_ids"][:3]
+    assert later["finish_reason"] == "stop"
+
+
 def test_chat_completions_render_the_requests_template_tools_and_continuation(server, tokenizer):
     template = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
                 "{% if tools %}[{{ tools[0].function.name }}]{% endif %}{% if add_generation_prompt %}<a>{% endif %}")
@@ -550,7 +564,7 @@ def test_chat_completions_render_the_requests_template_tools_and_continuation(se
     ({"messages": USER, "top_logprobs": 2}, 422, "top_logprobs=2 needs logprobs: true"),
     ({"messages": USER, "top_logprobs": 101, "logprobs": True}, 422,
      "top_logprobs=101 is more than the server limit 100"),
-    ({"messages": USER, "min_tokens": 3}, 422, "unsupported fields ['min_tokens']"),
+    ({"messages": USER, "min_tokens": 5, "max_tokens": 3}, 422, "min_tokens=5 is more than max_tokens=3"),
     ({"messages": USER, "n": 99}, 422, "n=99 is more than the server limit 8"),
     ({"messages": USER, "max_completion_tokens": 65}, 422, "max_tokens=65 is more than the server limit 64"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}]}, 422,

@@ -70,6 +70,10 @@ class SamplingFields(BaseModel):
     max_tokens: int = Field(16, ge=1)
     stop_token_ids: list[int] | None = None
     seed: int | None = None
+    min_tokens: int = Field(0, ge=0)
+    """No stop id (eos, stop_token_ids) can end a completion before it has this many tokens."""
+    ignore_eos: bool = False
+    """The tokenizer's eos does not end a completion (stop_token_ids and stop strings still do)."""
 
     @field_validator("logit_bias")
     @classmethod
@@ -111,8 +115,8 @@ class GenerateResponse(BaseModel):
 
 IGNORED_COMPLETION_FIELDS = ("user", "store", "metadata", "parallel_tool_calls")
 """Fields that cannot change a completion here (bookkeeping, tool-call parsing that is not done)."""
-NEUTRAL_COMPLETION_VALUES: dict[str, Any] = {"best_of": 1, "ignore_eos": False, "use_beam_search": False,
-                                             "response_format": {"type": "text"}, "min_tokens": 0}
+NEUTRAL_COMPLETION_VALUES: dict[str, Any] = {"best_of": 1, "use_beam_search": False,
+                                             "response_format": {"type": "text"}}
 """Unsupported fields sent at the value that turns them off (clients that send every default): accepted."""
 ALWAYS_ON_COMPLETION_FIELDS = ("include_stop_str_in_output", "skip_special_tokens")
 """What this server always does: stop strings stay in the completion (as in HFEngine); `text` skips special tokens."""
@@ -322,8 +326,8 @@ def sampling_fields(params: SamplingParams) -> dict[str, Any]:
         min_p=params.min_p,
         repetition_penalty=params.repetition_penalty,
         # only when set, so that a server that does not know them (TRL's older /generate/) is not sent them
-        **{name: getattr(params, name) for name in ("frequency_penalty", "presence_penalty", "logit_bias")
-           if getattr(params, name)},
+        **{name: getattr(params, name) for name in ("frequency_penalty", "presence_penalty", "logit_bias",
+                                                    "min_tokens", "ignore_eos") if getattr(params, name)},
         max_tokens=params.max_tokens,
         stop=params.stop or None,
         stop_token_ids=params.stop_token_ids or None,

@@ -133,6 +133,8 @@ def sampling_params(req: GenerateRequest, limits: ServerLimits) -> SamplingParam
         raise _bad(422, f"n={req.n} is more than the server limit {limits.max_n}")
     if req.max_tokens > limits.max_tokens:
         raise _bad(422, f"max_tokens={req.max_tokens} is more than the server limit {limits.max_tokens}")
+    if req.min_tokens > req.max_tokens:
+        raise _bad(422, f"min_tokens={req.min_tokens} is more than max_tokens={req.max_tokens}")
     if req.images and any(img is not None for img in req.images):
         raise _bad(422, "images are not supported by this server")
     if req.structured_outputs_regex or req.guided_decoding_regex:
@@ -151,6 +153,8 @@ def sampling_params(req: GenerateRequest, limits: ServerLimits) -> SamplingParam
         frequency_penalty=req.frequency_penalty,
         presence_penalty=req.presence_penalty,
         logit_bias=dict(req.logit_bias),
+        min_tokens=req.min_tokens,
+        ignore_eos=req.ignore_eos,
         stop=list(req.stop or []),
         stop_token_ids=list(req.stop_token_ids or []),
         seed=req.seed,
@@ -420,8 +424,8 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
                 raise _bad(422, f"{name}={asked} is more than the server limit {limits.max_logprobs} "
                                 "(`rcl serve --max-logprobs`)")
         refuse_unsupported(req, "n, temperature, top_p, top_k, min_p, repetition_penalty, frequency_penalty, "
-                                "presence_penalty, logit_bias, max_tokens, stop, stop_token_ids, seed, logprobs, echo, "
-                                "prompt_logprobs")
+                                "presence_penalty, logit_bias, max_tokens, min_tokens, ignore_eos, stop, stop_token_ids, "
+                                "seed, logprobs, echo, prompt_logprobs")
         gen = validated(req.as_generate)
         # echo's log-probs (any k) come from scoring prompt and completion together, not from the sampler
         prompts, groups = await generate_for(gen, generate=req.max_tokens > 0,
@@ -454,8 +458,8 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatCompletionsRequest):
         refuse_unsupported(req, "n, temperature, top_p, top_k, min_p, repetition_penalty, frequency_penalty, "
-                                "presence_penalty, logit_bias, max_tokens or max_completion_tokens, stop, "
-                                "stop_token_ids, seed, logprobs, top_logprobs")
+                                "presence_penalty, logit_bias, max_tokens or max_completion_tokens, min_tokens, "
+                                "ignore_eos, stop, stop_token_ids, seed, logprobs, top_logprobs")
         check_template(req)
         if req.top_logprobs and not req.logprobs:
             raise _bad(422, f"top_logprobs={req.top_logprobs} needs logprobs: true")
