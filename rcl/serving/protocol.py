@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rcl.engines import SamplingParams
+from rcl.serving.tool_calls import arguments_as_objects
 
 SAFETENSORS_MEDIA_TYPE = "application/octet-stream"
 BUCKET_UPDATE_ID = "rcl_update_id"
@@ -224,7 +225,7 @@ class ChatMessage(BaseModel):
             if kinds:
                 raise ValueError(f"message content parts of type {kinds} are not supported by this server (text only)")
             content = "\n".join(str(part.get("text", "")) for part in content)
-        return {**(self.model_extra or {}), "role": self.role, "content": content}
+        return arguments_as_objects({**(self.model_extra or {}), "role": self.role, "content": content})
 
 
 class ChatCompletionsRequest(OpenAIRequest):
@@ -247,7 +248,9 @@ class ChatCompletionsRequest(OpenAIRequest):
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     tools: list[dict[str, Any]] | None = None
-    """Rendered into the prompt by the chat template; calls are not parsed, so `tool_choice` must be "none"."""
+    """Rendered into the prompt by the chat template. The calls a completion makes are read back into the message's
+    `tool_calls` with `rcl serve --tool-call-parser` and `tool_choice` "auto" (the default); otherwise `tool_choice`
+    must be "none" and calls stay in the text."""
     tool_choice: str | dict[str, Any] | None = None
     add_special_tokens: bool = False
     """False, as in vLLM: the chat template writes the special tokens itself, so tokenizing adds none."""

@@ -33,6 +33,7 @@ from pydantic import ValidationError
 from rcl.engines import Completion, SamplingParams
 from rcl.serving.backends import ServingBackend, UnsupportedOperation
 from rcl.serving.batching import RequestBatcher
+from rcl.serving.tool_calls import TOOL_PARSERS, ToolParser
 from rcl.serving.prompt_logprobs import as_vllm_json
 from rcl.serving.protocol import (
     ChatCompletionsRequest,
@@ -173,10 +174,18 @@ def _usage(prompts: list[list[int]], completions: list[Any]) -> dict[str, int]:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def _chat_choice(index: int, completion: Any, req: ChatCompletionsRequest, tokenizer: Any) -> dict:
-    """One `/v1/chat/completions` choice, shaped as vLLM's server shapes it."""
+def _chat_choice(index: int, completion: Any, req: ChatCompletionsRequest, tokenizer: Any,
+                 tool_parser: ToolParser | None = None) -> dict:
+    """One `/v1/chat/completions` choice, shaped as vLLM's server shapes it; with `tool_parser` and tools offered,
+    the calls the text makes become the message's `tool_calls` (finish reason "tool_calls")."""
     choice: dict[str, Any] = {"index": index, "message": {"role": "assistant", "content": completion.text},
                               "finish_reason": completion.finish_reason, "logprobs": None}
+    if tool_parser is not None and req.tools and req.tool_choice in (None, "auto"):
+        parsed = tool_parser(completion.text)
+        if parsed.calls:
+            choice["message"] = {"role": "assistant", "content": parsed.content,
+                                 "tool_calls": [call.as_openai() for call in parsed.calls]}
+            choice["finish_reason"] = "tool_calls"
     if req.return_token_ids:
         choice["token_ids"] = list(completion.token_ids)
     if req.logprobs and completion.logprobs is not None:
@@ -201,13 +210,18 @@ def _alternatives(completion: Any, req: CompletionsRequest | ChatCompletionsRequ
             for alts in completion.top_logprobs]
 
 
-def _render_chat(req: ChatCompletionsRequest, tokenizer: Any) -> str:
-    """The conversation as the prompt text, by the request's or the tokenizer's chat template."""
+def _render_chat(req: ChatCompletionsRequest, tokenizer: Any, parses_tools: bool = False) -> str:
+    """The conversation as the prompt text, by the request's or the tokenizer's chat template. `parses_tools`:
+    the server reads tool calls out of completions (`--tool-call-parser`), so `tool_choice: "auto"` is served."""
     if req.add_generation_prompt and req.continue_final_message:
         raise _bad(422, "add_generation_prompt and continue_final_message cannot both be true")
-    if req.tools and req.tool_choice != "none":
-        raise _bad(422, f"tool_choice {req.tool_choice!r} needs tool-call parsing, which this server does not do: send "
-                        "tool_choice 'none' (the tools are rendered into the prompt and calls stay in the text)")
+    if req.tools and req.tool_choice not in ("none", "auto", None):
+        raise _bad(422, f"tool_choice {req.tool_choice!r} needs constrained decoding, which this server does not do: "
+                        "send tool_choice 'auto' (with `rcl serve --tool-call-parser`) or 'none'")
+    if req.tools and req.tool_choice != "none" and not parses_tools:
+        raise _bad(422, f"tool_choice {req.tool_choice!r} needs tool-call parsing: start the server with "
+                        "`--tool-call-parser hermes`, or send tool_choice 'none' (the tools are rendered into the "
+                        "prompt and calls stay in the text)")
     if req.chat_template is None and not getattr(tokenizer, "chat_template", None):
         raise _bad(400, "the served tokenizer has no chat template: send chat_template, or use /v1/completions")
     try:
@@ -223,8 +237,9 @@ def _render_chat(req: ChatCompletionsRequest, tokenizer: Any) -> str:
         raise _bad(400, f"the chat template could not render these messages: {type(exc).__name__}: {exc}") from None
 
 
-def chat_request_prompt_ids(req: ChatCompletionsRequest, tokenizer: Any) -> list[int]:
-    return tokenizer(_render_chat(req, tokenizer), add_special_tokens=req.add_special_tokens)["input_ids"]
+def chat_request_prompt_ids(req: ChatCompletionsRequest, tokenizer: Any, parses_tools: bool = False) -> list[int]:
+    text = _render_chat(req, tokenizer, parses_tools)
+    return tokenizer(text, add_special_tokens=req.add_special_tokens)["input_ids"]
 
 
 def _choice(index: int, prompt: list[int], completion: Any, req: CompletionsRequest, tokenizer: Any) -> dict:
@@ -289,8 +304,10 @@ def _event_stream(head: dict, parts: list[tuple[dict, int]], usage: dict, option
 def _chat_stream_parts(choice: dict, completion: Any) -> list[tuple[dict, int]]:
     """A chat choice as stream chunk choices: its message as one delta, then its finish reason, as vLLM ends a
     choice's stream."""
-    delta = {"index": choice["index"], "delta": choice["message"], "logprobs": choice["logprobs"],
-             "finish_reason": None}
+    message = choice["message"]
+    if "tool_calls" in message:  # a stream numbers its calls
+        message = {**message, "tool_calls": [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]}
+    delta = {"index": choice["index"], "delta": message, "logprobs": choice["logprobs"], "finish_reason": None}
     if "token_ids" in choice:
         delta["token_ids"] = choice["token_ids"]
     end = {"index": choice["index"], "delta": {}, "logprobs": None, "finish_reason": choice["finish_reason"]}
@@ -298,10 +315,13 @@ def _chat_stream_parts(choice: dict, completion: Any) -> list[tuple[dict, int]]:
 
 
 def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_key: str | None = None,
-               model_name: str | list[str] = "rcl", trust_request_chat_template: bool = False) -> FastAPI:
+               model_name: str | list[str] = "rcl", trust_request_chat_template: bool = False,
+               tool_call_parser: str | None = None) -> FastAPI:
     """`model_name`: the name, or names, a `/v1/completions` request may give as `model` (or leave out); `/v1/models`
     lists them, the first first (the one clients that read the list use). `trust_request_chat_template`: whether a
-    chat request may bring its own Jinja template (as vLLM, off by default: a template is code the server runs)."""
+    chat request may bring its own Jinja template (as vLLM, off by default: a template is code the server runs).
+    `tool_call_parser`: a `rcl.serving.tool_calls` parser name, for `tool_choice: "auto"` (None: calls stay text)."""
+    tool_parser = TOOL_PARSERS[tool_call_parser] if tool_call_parser else None
     model_names = [model_name] if isinstance(model_name, str) else list(model_name)
     started = int(time.time())  # /v1/models' `created`, as vLLM gives it: when the server started
     model_name = model_names[0]
@@ -466,13 +486,13 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
         if (req.top_logprobs or 0) > limits.max_logprobs:
             raise _bad(422, f"top_logprobs={req.top_logprobs} is more than the server limit {limits.max_logprobs} "
                             "(`rcl serve --max-logprobs`)")
-        prompt_ids = chat_request_prompt_ids(req, backend.tokenizer)
+        prompt_ids = chat_request_prompt_ids(req, backend.tokenizer, tool_parser is not None)
         prompts, groups = await generate_for(validated(lambda: req.as_generate(prompt_ids, limits.max_tokens)),
                                              top_logprobs=req.top_logprobs or 0)
         (group,) = groups
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
                 "model": model_name}
-        choices = [_chat_choice(i, c, req, backend.tokenizer) for i, c in enumerate(group)]
+        choices = [_chat_choice(i, c, req, backend.tokenizer, tool_parser) for i, c in enumerate(group)]
         extra = {"prompt_token_ids": prompts[0]} if req.return_token_ids else {}
         if req.stream:
             parts = [part for choice, c in zip(choices, group) for part in _chat_stream_parts(choice, c)]
@@ -488,7 +508,7 @@ def create_app(backend: ServingBackend, limits: ServerLimits | None = None, api_
             chat = validated(lambda: ChatCompletionsRequest.model_validate(body))
             check_model(chat.model)
             check_template(chat)
-            ids = chat_request_prompt_ids(chat, tokenizer)
+            ids = chat_request_prompt_ids(chat, tokenizer, tool_parser is not None)
         else:
             text = validated(lambda: TokenizeRequest.model_validate(body))
             check_model(text.model)
@@ -666,6 +686,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="take LoRA adapters on /load_adapter/ (adapter-only weight sync); vllm: served as LoRA "
                         "requests")
     p.add_argument("--max-lora-rank", type=int, default=64, help="vllm engine, with --enable-lora")
+    p.add_argument("--tool-call-parser", choices=sorted(TOOL_PARSERS), default=None,
+                   help="read tool calls out of chat completions, for tool_choice 'auto' (hermes: Qwen2.5/Qwen3 and "
+                        "Hermes <tool_call> blocks); without it, tools need tool_choice 'none'")
     for f in fields(ServerLimits):
         p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, help="request limit")
     p.add_argument("--trust-request-chat-template", action="store_true",
@@ -725,7 +748,8 @@ def cli_main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _exit_cleanly)
     try:
         app = create_app(backend, limits, api_key, model_name=[*args.served_model_name, args.model],
-                         trust_request_chat_template=args.trust_request_chat_template)
+                         trust_request_chat_template=args.trust_request_chat_template,
+                         tool_call_parser=args.tool_call_parser)
         log.info("serving %s with the %s engine on http://%s:%d (api key %s)", args.model, args.engine, args.host,
                  args.port, "required" if api_key else "off")
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
