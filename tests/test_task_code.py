@@ -10,7 +10,7 @@ import pytest
 
 from rcl.tasks import get_task
 from rcl.tasks.code import CodeTask, called_first, continuation, defines, prompt_context
-from rcl.tasks.extract import answer_text, extract_code, last_tagged, strip_reasoning
+from rcl.tasks.extract import answer_text, extract_code, fenced_body, last_tagged, strip_reasoning
 
 SANDBOX = {"workers": 2, "timeout_s": 5.0}
 
@@ -40,10 +40,25 @@ def task() -> CodeTask:
         # the chat template opened the thought (Qwen3, DeepSeek-R1): the code drafted in it is not the answer
         ("drafting ```python\nprint(0)\n```</think>\nprint(9)", "print(9)\n"),
         ("", ""),
+        # Markdown's fences: an indented fence (inside a numbered step) gives its body without that indentation
+        ("1. Write it:\n   ```python\n   def f():\n       return 1\n   ```\n2. Done.", "def f():\n    return 1\n"),
+        ("~~~python\nprint(10)\n~~~", "print(10)\n"),  # tildes
+        ('````python\nprint("```")\n```\n````', 'print("```")\n```\n'),  # a longer fence holds ``` lines
+        ("Use ```x``` inline, then:\n```python\nprint(11)\n```", "print(11)\n"),  # inline code is no fence
+        ("Code: ```python\nprint(12)\n```", "print(12)\n"),  # as small models write it
+        ("```python\nreturn 13```\nafter", "return 13\n"),
+        ("```python\nprint(0)\n``` and then ```python\nprint(14)\n```", "print(14)\n"),
     ],
 )
 def test_extract_code(completion, code):
     assert extract_code(completion, ["python", "py"]) == code
+
+
+def test_fenced_body_is_a_whole_text_of_one_block():
+    assert fenced_body("  ```\nabc\n```  ") == "abc\n"
+    assert fenced_body("~~~text\n  x\n~~~") == "  x\n"
+    for text in ("x ```\nabc\n```", "```\na\n```\n```\nb\n```", "```\na\n```\nthen", "plain"):
+        assert fenced_body(text) is None
 
 
 def test_tags_and_reasoning():

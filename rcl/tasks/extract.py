@@ -6,7 +6,8 @@ import re
 from typing import Callable
 
 _REASONING_TAGS = ("think", "thinking", "reasoning")
-_FENCE_RE = re.compile(r"```[ \t]*([^\n`]*)\n(.*?)```", re.DOTALL)
+_OPENING_FENCE = re.compile(r"^([ \t]*)(`{3,}|~{3,})[ \t]*([^\n]*?)[ \t]*$")
+_FENCE_AFTER_TEXT = re.compile(r"^([^`]*?[^`\s][^`]*?)(`{3,})[ \t]*([^`\n]*?)[ \t]*$")  # "Code: ```python"
 
 
 def strip_reasoning(text: str) -> str:
@@ -41,20 +42,67 @@ def answer_text(completion: str) -> str:
 
 def fenced_body(text: str) -> str | None:
     """The body of `text` when all of it is one fenced block (blank space around it aside), else None."""
-    match = _FENCE_RE.fullmatch(text.strip())
-    return match.group(2) if match else None
+    lines = text.strip().split("\n")
+    blocks = _fenced_blocks("\n".join(lines))
+    if len(blocks) != 1 or not lines[0].startswith(("```", "~~~")):
+        return None
+    tag, body, end = blocks[0]
+    return body if end == len(lines) else None
 
 
-def _fenced_blocks(text: str) -> list[tuple[str, str]]:
-    """(language tag, body) for each ``` block, plus a final unclosed one (a truncated completion)."""
-    blocks = [(info.strip().split(" ")[0].lower() if info.strip() else "", body) for info, body in
-              _FENCE_RE.findall(text)]
-    consumed = _FENCE_RE.sub("", text)
-    unclosed = re.search(r"```[ \t]*([^\n`]*)\n(.*)$", consumed, flags=re.DOTALL)
-    if unclosed:
-        info = unclosed.group(1).strip()
-        blocks.append((info.split(" ")[0].lower() if info else "", unclosed.group(2)))
+def _fenced_blocks(text: str) -> list[tuple[str, str, int]]:
+    """(language tag, body, the line after the block) of each fenced block, as Markdown reads them, plus a final
+    unclosed one (a truncated completion).
+
+    A fence is three or more backticks or tildes; it is closed by a line of the same character, at least as long,
+    so a ```` fence may hold ``` lines. A body loses the indentation its opening fence had (models indent fences
+    inside numbered steps). Leniently, as small models write them, a backtick fence may also open after text on its
+    line (`Code: ```python`) and close at the end of a line (`return x```) or at the start of one (``` then text,
+    which is read on for a next block)."""
+    lines = text.split("\n")  # a list the scan may shorten in place (the text after a closing fence)
+    blocks, i = [], 0
+    while i < len(lines):
+        opening = _OPENING_FENCE.match(lines[i])
+        if opening and opening.group(2)[0] == "`" and "`" in opening.group(3):  # inline code, not a fence
+            opening = None
+        after_text = None if opening else _FENCE_AFTER_TEXT.match(lines[i])
+        if not opening and not after_text:
+            i += 1
+            continue
+        indent, fence, info = opening.groups() if opening else ("", *after_text.groups()[1:])
+        body, j, closed = [], i + 1, False
+        while j < len(lines):
+            line = lines[j]
+            stripped = line.rstrip()
+            if stripped.lstrip() and set(stripped.lstrip()) == {fence[0]} and len(stripped.lstrip()) >= len(fence):
+                closed = True
+                break
+            if fence[0] == "`" and stripped.endswith(fence) and not stripped.endswith(fence + "`"):
+                body.append(stripped[: -len(fence)])
+                closed = True
+                break
+            if fence[0] == "`" and line.lstrip().startswith(fence) and not line.lstrip().startswith(fence + "`"):
+                lines[j] = line.lstrip()[len(fence) :]  # "``` and then ```python": the rest may open a block
+                closed = True
+                j -= 1
+                break
+            body.append(line)
+            j += 1
+        width = len(indent.expandtabs(4))
+        body = [_dedent(line, width) for line in body]
+        tag = info.split()[0].lower() if info.split() else ""
+        blocks.append((tag, "\n".join(body) + ("\n" if body else ""), j + 1 if closed else j))
+        i = j + 1
     return blocks
+
+
+def _dedent(line: str, width: int) -> str:
+    """`line` without up to `width` columns of leading blank space."""
+    removed = 0
+    while removed < width and line[:1] in (" ", "\t"):
+        removed += 4 if line[0] == "\t" else 1
+        line = line[1:]
+    return line
 
 
 def extract_code(completion: str, fence_tags: list[str] | tuple[str, ...] = ("python", "py"),
@@ -67,7 +115,7 @@ def extract_code(completion: str, fence_tags: list[str] | tuple[str, ...] = ("py
     text = answer_text(completion)
     blocks = _fenced_blocks(text)
     tags = {tag.lower() for tag in fence_tags}
-    tiers = [[body for tag, body in blocks if wanted(tag)]
+    tiers = [[body for tag, body, _ in blocks if wanted(tag)]
              for wanted in (lambda tag: tag in tags, lambda tag: tag == "", lambda tag: True)]
     if prefer is not None:
         for chosen in tiers:
