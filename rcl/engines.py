@@ -12,17 +12,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol, Sequence, runtime_checkable
 
 import torch
-from transformers.generation.logits_process import (
-    LogitsProcessor,
-    LogitsProcessorList,
-    MinNewTokensLengthLogitsProcessor,
-    MinPLogitsWarper,
-    RepetitionPenaltyLogitsProcessor,
-    SequenceBiasLogitsProcessor,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
 
 from rcl.hf_compat import cache_kwargs
 
@@ -306,9 +295,10 @@ def _top_pairs(ids: torch.Tensor, logprobs: torch.Tensor) -> list[list[list[tupl
             for row_ids, row_lps in zip(ids.tolist(), logprobs.tolist())]
 
 
-class CompletionPenalties(LogitsProcessor):
+class CompletionPenalties:
     """OpenAI's frequency and presence penalties, over the tokens generated so far (not the prompt's), as vLLM
-    applies them. No HF processor does this: HF's repetition penalty is multiplicative and counts the prompt."""
+    applies them. No HF processor does this: HF's repetition penalty is multiplicative and counts the prompt. (A
+    logits processor by HF's calling convention; not a subclass, so that importing rcl.engines stays cheap.)"""
 
     def __init__(self, prompt_width: int, frequency: float, presence: float):
         self.prompt_width, self.frequency, self.presence = prompt_width, frequency, presence
@@ -321,11 +311,22 @@ class CompletionPenalties(LogitsProcessor):
         return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
 
 
-def _logits_processors(params: SamplingParams, prompt_width: int, stops: list[int]) -> LogitsProcessorList:
+def _logits_processors(params: SamplingParams, prompt_width: int, stops: list[int]):
     """The processors of the distribution sampled from, in vLLM's order: `min_tokens` (the `stops` ids forbidden
     until then), logit bias and penalties on the raw logits, then temperature, top-k, top-p and min-p (HF's own
     classes where HF has one). `prompt_width` is the (padded) prompt's length, after which the processors'
     `input_ids` hold the completion so far."""
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        MinNewTokensLengthLogitsProcessor,
+        MinPLogitsWarper,
+        RepetitionPenaltyLogitsProcessor,
+        SequenceBiasLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
     out = LogitsProcessorList()
     if params.min_tokens and stops:
         out.append(MinNewTokensLengthLogitsProcessor(prompt_width, params.min_tokens, stops))

@@ -33,7 +33,6 @@ from pydantic import ValidationError
 from rcl.engines import Completion, SamplingParams
 from rcl.serving.backends import ServingBackend, UnsupportedOperation
 from rcl.serving.batching import RequestBatcher
-from rcl.serving.tool_calls import TOOL_PARSERS, ToolParser
 from rcl.serving.prompt_logprobs import as_vllm_json
 from rcl.serving.protocol import (
     ChatCompletionsRequest,
@@ -51,6 +50,7 @@ from rcl.serving.protocol import (
     WeightsUpdateResponse,
 )
 from rcl.serving.collective import bucket_nbytes
+from rcl.serving.tool_calls import TOOL_PARSERS, ToolParser
 from rcl.serving.weights import decode_bucket
 
 log = logging.getLogger("rcl.serve")
