@@ -140,7 +140,8 @@ def _seeded(seed: int | None):
 
 
 class HFEngine:
-    """In-process generation with `transformers.generate` (KV cache, left padding).
+    """In-process generation from a transformers model: rcl's own KV-cache sampling loop over HF's logits processors
+    (left padding, one prefill per distinct prompt, finished rows leave the batch; stop ids and stop strings).
 
     `model` may be the live policy: generation reads its current weights, so in-process rollouts are always on-policy.
     """
@@ -183,50 +184,18 @@ class HFEngine:
                 raise ValueError("empty prompt")
             input_ids[i, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
             attention[i, width - len(p) :] = 1
-        if params.stop:  # stop strings need the tokenizer at every step: HF generate handles them
-            new, logps, top = self._hf_generate(input_ids.to(device), attention.to(device), params)
-        else:
-            new, logps, top = self._sample(input_ids.to(device), attention.to(device), params)
+        new, logps, top = self._sample(input_ids.to(device), attention.to(device), params)
         new_rows, logp_rows = new.tolist(), logps.tolist()
         top_rows = _top_pairs(*top) if top is not None else [None] * len(new_rows)
         rows = [trim_completion(new_rows[i], logp_rows[i], self.tokenizer, params, top_rows[i])
                 for i in range(len(new_rows))]
         return [rows[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]
 
-    def _hf_generate(
-        self, input_ids: torch.Tensor, attention: torch.Tensor, params: SamplingParams
-    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
-        # the sampling loop's processors, in its order; HF's own are turned off so that the model's generation config
-        # (a checkpoint's top_k, temperature or repetition_penalty) cannot add any
-        kwargs: dict[str, Any] = dict(
-            max_new_tokens=params.max_tokens,
-            do_sample=params.temperature != 0,
-            num_return_sequences=params.n,
-            eos_token_id=stop_ids(self.tokenizer, params),
-            pad_token_id=self.pad_id,
-            return_dict_in_generate=True,
-            output_scores=True,
-            stop_strings=params.stop,
-            tokenizer=self.tokenizer,
-            logits_processor=_logits_processors(params, input_ids.shape[1], stop_ids(self.tokenizer, params)),
-            temperature=1.0, top_p=1.0, top_k=None, min_p=None, repetition_penalty=1.0,
-        )
-        res = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
-        new = res.sequences[:, input_ids.shape[1] :].cpu()
-        # scores are the processed logits the sampler drew from: their log-softmax is the behaviour log-prob.
-        scores = torch.stack(res.scores, dim=1).float().log_softmax(-1)
-        logps = scores.gather(-1, new.to(scores.device).unsqueeze(-1)).squeeze(-1).cpu()
-        top = None
-        if params.top_logprobs:
-            values, ids = scores.topk(min(params.top_logprobs, scores.shape[-1]), dim=-1)
-            top = (ids.cpu(), values.cpu())
-        return new, logps, top
-
     def _sample(
         self, input_ids: torch.Tensor, attention: torch.Tensor, params: SamplingParams
     ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         """A KV-cache sampling loop: each distinct prompt is prefilled once and its cache copied to its `n` rows;
-        rows that reached a stop id leave the batch, so finished completions cost nothing.
+        rows that reached a stop id or a stop string leave the batch, so finished completions cost nothing.
 
         The same distribution as HF generate (the same logits processors; an exact draw from the processed
         distribution, `sample_categorical`, where HF calls `multinomial`, so the same seed gives other tokens) and
@@ -271,6 +240,8 @@ class HFEngine:
             if step == params.max_tokens - 1:
                 break
             running = ~torch.isin(chosen, stops)
+            if params.stop:
+                running &= ~self._stop_string_ended(tokens[active, : step + 1], params.stop)
             if not bool(running.any()):
                 break
             if not bool(running.all()):
@@ -286,6 +257,14 @@ class HFEngine:
             logits = out.logits[:, -1, :].float()
             next_pos = next_pos + 1
         return tokens.cpu(), logps.cpu(), (top_ids.cpu(), top_logps.cpu()) if k else None
+
+    def _stop_string_ended(self, generated: torch.Tensor, stop: list[str]) -> torch.Tensor:
+        """Per row of `generated` [R, T]: whether its text now holds a stop string, as vLLM matches them (in the
+        completion's text, not the prompt's). Only the last tokens are decoded, enough to hold the longest stop
+        string (a character is at most four byte tokens); a stop string that ended earlier stopped its row then."""
+        window = 4 * max(len(s) for s in stop) + 2
+        texts = self.tokenizer.batch_decode(generated[:, -window:].tolist(), skip_special_tokens=False)
+        return torch.tensor([any(s in text for s in stop) for text in texts], device=generated.device)
 
 
 def _top_pairs(ids: torch.Tensor, logprobs: torch.Tensor) -> list[list[list[tuple[int, float]]]]:

@@ -85,7 +85,7 @@ def test_sample_categorical_refuses_a_row_that_is_no_distribution(bad):
         sample_categorical(probs)
 
 
-@pytest.mark.parametrize("stop", [[], ["zzz-never"]])  # the sampling loop, and HF generate (stop strings)
+@pytest.mark.parametrize("stop", [[], ["zzz-never"]])  # a stop string that never matches changes nothing
 def test_top_logprobs_are_the_sampling_distributions_most_likely_tokens(engine, stop):
     prompt = _ids(engine, "What is 47+38?")
     with torch.no_grad():
@@ -128,19 +128,19 @@ def test_completion_penalties_count_only_the_completions_tokens():
     assert torch.equal(CompletionPenalties(5, 0.5, 2.0)(seen, scores), scores)  # nothing generated yet
 
 
-def test_bias_and_penalties_act_the_same_in_both_sampling_paths(engine):
-    """The sampling loop and HF generate (stop strings) apply one processor list: same greedy tokens, and a +100
-    bias makes a token certain in both."""
+def test_bias_and_penalties_with_and_without_stop_strings(engine):
+    """A stop string that never matches changes nothing (the same greedy tokens under the penalties), and a +100
+    bias makes a token certain."""
     prompt = _ids(engine, "What is 47+38?")
     for params in (SamplingParams(max_tokens=8, temperature=0, presence_penalty=1.5, frequency_penalty=0.5),
                    SamplingParams(max_tokens=5, temperature=1.0, seed=0, logit_bias={42: 100.0})):
-        loop = engine.generate([prompt], params)[0][0].token_ids
-        hf = engine.generate([prompt], replace(params, stop=["zzz-never"]))[0][0].token_ids
-        assert loop == hf
-    assert loop == [42] * 5
+        plain = engine.generate([prompt], params)[0][0].token_ids
+        with_stop = engine.generate([prompt], replace(params, stop=["zzz-never"]))[0][0].token_ids
+        assert plain == with_stop
+    assert plain == [42] * 5
 
 
-def test_min_tokens_and_ignore_eos_in_both_sampling_paths(engine):
+def test_min_tokens_and_ignore_eos_with_and_without_stop_strings(engine):
     eos = engine.tokenizer.eos_token_id
     prompt = _ids(engine, "Hi")
     for stop in ([], ["zzz-never"]):
@@ -150,3 +150,22 @@ def test_min_tokens_and_ignore_eos_in_both_sampling_paths(engine):
         assert late.token_ids[2:] == [eos] and eos not in late.token_ids[:2] and late.finish_reason == "stop"
         (ignored,) = engine.generate([prompt], replace(certain, ignore_eos=True))[0]
         assert ignored.token_ids == [eos] * 5 and ignored.finish_reason == "length"
+
+
+def test_a_stop_string_ends_the_row_in_the_sampling_loop(engine):
+    """Greedy rows with a stop string taken from their own text: each ends at the token that completes its first
+    occurrence, with finish reason "stop", and is a prefix of the row without it."""
+    prompts = [_ids(engine, "What is 47+38?"), _ids(engine, "Hi")]
+    free = [g[0] for g in engine.generate(prompts, SamplingParams(max_tokens=16, temperature=0))]
+    tok = engine.tokenizer
+    stop = tok.decode(free[0].token_ids[3:5], skip_special_tokens=False)
+    stopped = [g[0] for g in engine.generate(prompts, SamplingParams(max_tokens=16, temperature=0, stop=[stop]))]
+    for before, after in zip(free, stopped):
+        assert before.token_ids[: len(after.token_ids)] == after.token_ids
+        texts = [tok.decode(before.token_ids[:i], skip_special_tokens=False) for i in range(17)]
+        first = next((i for i, text in enumerate(texts) if stop in text), None)
+        if first is None:
+            assert after.token_ids == before.token_ids
+        else:
+            assert len(after.token_ids) == first and after.finish_reason == "stop"
+    assert len(stopped[0].token_ids) <= 5

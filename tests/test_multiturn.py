@@ -2,6 +2,8 @@
 turn's last token, returns aggregate by last or sum, a crashing or hanging environment fails only its episode, and
 the toy environments' scripted optimal policies beat their random ones, deterministically by seed."""
 
+import gc
+import threading
 import time
 
 import pytest
@@ -180,6 +182,29 @@ def test_the_pool_replaces_hung_workers():
     first = pool.map([lambda: time.sleep(2.0)])
     assert "timed out" in str(first[0])
     assert pool.map([lambda: 41 + 1]) == [42]  # not queued behind the hung call
+
+
+def test_a_closed_or_dropped_pool_stops_its_workers():
+    earlier = set(threading.enumerate())  # an earlier test's abandoned worker may end at any time: not counted
+
+    def workers():
+        return sum(t.name.startswith("rcl-env") and t.is_alive() for t in set(threading.enumerate()) - earlier)
+
+    def settles_at(count):
+        deadline = time.monotonic() + 10
+        while workers() != count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return workers() == count
+
+    before = workers()
+    closed, dropped = EnvPool(workers=2), EnvPool(workers=3)
+    assert closed.map([lambda: 1]) == [1] and dropped.map([lambda: 2, lambda: 3]) == [2, 3]
+    assert workers() == before + 5
+    closed.close()
+    assert settles_at(before + 3)
+    del dropped  # never closed: its finalizer stops the workers, which hold only the queue
+    gc.collect()
+    assert settles_at(before)
 
 
 @pytest.mark.parametrize("name", ["grid", "craft", "shop"])

@@ -587,6 +587,7 @@ def main(
             optimizer_args, stop_ids, history_path, stop)
     finally:
         stop.restore()
+        runner.close()  # a multi-turn runner's environment workers
         for engine in engines.values():  # server clients leave their weight groups with the servers
             close = getattr(engine, "close", None)
             if callable(close):

@@ -17,6 +17,7 @@ import copy
 import queue
 import threading
 import time
+import weakref
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, replace
@@ -65,29 +66,17 @@ class EnvPool:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.workers, self.timeout_s = workers, timeout_s
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._live = self._spawned = 0
+        self._live = [0]  # shared with the finalizer, which must not hold the pool
+        self._spawned = 0
+        # the workers hold the queue, not the pool, so a pool dropped without close() still stops its idle workers
+        self._stop = weakref.finalize(self, _stop_workers, self._queue, self._live)
         for _ in range(workers):
             self._spawn()
 
     def _spawn(self) -> None:
-        threading.Thread(target=self._work, name=f"rcl-env-{self._spawned}", daemon=True).start()
-        self._live, self._spawned = self._live + 1, self._spawned + 1
-
-    def _work(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            call, future = item
-            if not future.set_running_or_notify_cancel():
-                continue
-            future.started_at = time.monotonic()
-            try:
-                future.set_result(call())
-            except BaseException as exc:  # noqa: BLE001 - handed to map(), which fails only this episode
-                future.set_exception(exc)
-            if getattr(future, "abandoned", False):  # map() gave up on this call and spawned a replacement
-                return
+        threading.Thread(target=_work, args=(self._queue,), name=f"rcl-env-{self._spawned}", daemon=True).start()
+        self._live[0] += 1
+        self._spawned += 1
 
     def map(self, calls: Sequence[Callable[[], Any]]) -> list[Any]:
         """Results in order; a call that raised or ran past the timeout gives an EnvironmentFailure instead."""
@@ -112,7 +101,7 @@ class EnvPool:
                 started = future.started_at
                 if started is not None and time.monotonic() - started >= self.timeout_s:
                     future.abandoned = True
-                    self._live -= 1
+                    self._live[0] -= 1
                     self._spawn()
                     return EnvironmentFailure(f"environment call timed out after {self.timeout_s:g} s")
             except Exception as exc:  # noqa: BLE001 - any environment error fails only its episode
@@ -120,9 +109,31 @@ class EnvPool:
 
     def close(self) -> None:
         """Stop the idle workers (a hung one is a daemon thread and never holds up exit)."""
-        for _ in range(self._live):
-            self._queue.put(None)
-        self._live = 0
+        self._stop()
+
+
+def _work(calls: queue.SimpleQueue) -> None:
+    """An EnvPool worker: runs calls until it takes a stop (None), or until map() abandoned its call."""
+    while True:
+        item = calls.get()
+        if item is None:
+            return
+        call, future = item
+        if not future.set_running_or_notify_cancel():
+            continue
+        future.started_at = time.monotonic()
+        try:
+            future.set_result(call())
+        except BaseException as exc:  # noqa: BLE001 - handed to map(), which fails only this episode
+            future.set_exception(exc)
+        if getattr(future, "abandoned", False):  # map() gave up on this call and spawned a replacement
+            return
+
+
+def _stop_workers(calls: queue.SimpleQueue, live: list[int]) -> None:
+    for _ in range(live[0]):
+        calls.put(None)
+    live[0] = 0
 
 
 @dataclass(frozen=True)

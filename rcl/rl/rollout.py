@@ -181,6 +181,9 @@ class RolloutRunner:
         self.task = task if task is not None else get_task("math")
         self.health = health if health is not None else VerifierHealth()
 
+    def close(self) -> None:
+        """Nothing to release (the multi-turn runner's `close` stops its environment workers)."""
+
     def run(self, rows: Sequence[dict], seed: int, settings: RolloutSettings) -> Rollout:
         if settings.protocol == "adaptive_teaching":
             if self.student is None:
