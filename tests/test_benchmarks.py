@@ -56,9 +56,12 @@ def test_rollout_counts_match_the_formulas_for_both_designs(models_dir):
 def test_engine_benchmark_generates_equal_token_counts(models_dir):
     from experiments.benchmarks.engine import generation_benchmark
 
-    rows = generation_benchmark("tiny-1m", reps=1, prompts=2, n=3, new_tokens=12)
-    assert set(rows) == {"rcl HFEngine", "plain model.generate"}
-    assert {r["tokens"] for r in rows.values()} == {2 * 3 * 12}, "eos is off on both sides: every row is full"
+    from experiments.benchmarks.engine import NEVER_STOPS
+
+    for stop in ((), NEVER_STOPS):
+        rows = generation_benchmark("tiny-1m", reps=1, prompts=2, n=3, new_tokens=12, stop=stop)
+        assert set(rows) == {"rcl HFEngine", "plain model.generate"}
+        assert {r["tokens"] for r in rows.values()} == {2 * 3 * 12}, "eos is off and no stop string matches: full rows"
 
 
 @pytest.mark.slow

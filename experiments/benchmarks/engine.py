@@ -5,6 +5,7 @@
 1. rcl's `HFEngine` against a plain `model.generate` loop: batch 32 (4 prompts x n=8 for the engine, the same 32
    rows for plain generate), 64 new tokens, sampling at T=1. Both produce exactly 64 tokens per row: plain generate
    with `min_new_tokens=64`, the engine with eos switched off (a tokenizer view whose eos is an id outside the vocabulary).
+   Each preset runs twice: without stop strings, and with two that the model never writes (checked at every step).
 2. Weight sync of a preset to a local `python -m rcl serve --engine hf` server through `ServerEngine.update_weights`:
    one big HTTP bucket, one HTTP request per tensor (a bucket smaller than any tensor), and one big bucket broadcast
    over a gloo weight group.
@@ -23,6 +24,8 @@ import torch
 from experiments.benchmarks.common import ROOT, format_table, spread, worker_env
 
 PROMPTS, N, NEW_TOKENS = 4, 8, 64
+NEVER_STOPS = ("</never-written>", "\n\n\n\n\n\n")
+"""Stop strings the tiny models do not write: both sides check them at every step and still generate every token."""
 
 
 class _NoEosTokenizer:
@@ -57,9 +60,9 @@ def _left_pad(prompts: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.T
 
 
 def generation_benchmark(preset: str, reps: int = 3, prompts: int = PROMPTS, n: int = N,
-                         new_tokens: int = NEW_TOKENS) -> dict:
+                         new_tokens: int = NEW_TOKENS, stop: tuple[str, ...] = ()) -> dict:
     """Seconds per batch of `prompts` x `n` rows of `new_tokens` tokens: rcl HFEngine vs plain `model.generate`,
-    alternating, after a warm-up of each."""
+    alternating, after a warm-up of each; `stop`: stop strings both sides check at every step."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rcl.engines import HFEngine, SamplingParams
@@ -70,7 +73,8 @@ def generation_benchmark(preset: str, reps: int = 3, prompts: int = PROMPTS, n: 
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     questions = _prompts(tokenizer, prompts)
     engine = HFEngine(model, _NoEosTokenizer(tokenizer, model.config.vocab_size))
-    params = SamplingParams(max_tokens=new_tokens, n=n, temperature=1.0, seed=0)
+    params = SamplingParams(max_tokens=new_tokens, n=n, temperature=1.0, seed=0, stop=list(stop))
+    stop_kwargs = dict(stop_strings=list(stop), tokenizer=tokenizer) if stop else {}
     ids, mask = _left_pad([p for p in questions for _ in range(n)], tokenizer.pad_token_id)
 
     def run_engine() -> int:
@@ -81,7 +85,7 @@ def generation_benchmark(preset: str, reps: int = 3, prompts: int = PROMPTS, n: 
     def run_plain() -> int:
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens,
                              min_new_tokens=new_tokens, do_sample=True, temperature=1.0, top_k=None,
-                             pad_token_id=tokenizer.pad_token_id)
+                             pad_token_id=tokenizer.pad_token_id, **stop_kwargs)
         return out[:, ids.shape[1]:].numel()
 
     runners = {"rcl HFEngine": run_engine, "plain model.generate": run_plain}
@@ -174,6 +178,7 @@ def run_engine_benchmarks(presets: list[str], reps: int, sync_preset: str = "tin
     for preset in presets:
         log(f"[engine] generation {preset}")
         generation[preset] = generation_benchmark(preset, reps)
+        generation[f"{preset}, 2 stop strings"] = generation_benchmark(preset, reps, stop=NEVER_STOPS)
     log(f"[engine] weight sync {sync_preset}")
     sync = weight_sync_benchmark(sync_preset, reps)
     return {"generation": generation, "weight_sync": {sync_preset: sync}, "reps": reps}
