@@ -123,6 +123,26 @@ def test_stdio_cases_pass_and_fail(box):
     assert results[1].stdout == "4\n"
 
 
+def test_the_programs_objects_stay_in_the_sandbox_as_handles(box):
+    program = ("class Box:\n    def __init__(self, v):\n        self.v = v\n    def __eq__(self, other):\n"
+               "        return True\n\ndef unbox(b):\n    return b.v\n\ndef make():\n    return Box(1)\n")
+    passed = box.run_assert(program, "def check(candidate):\n    assert candidate([Box(2), Box(3)][1]) == 3\n", "unbox")
+    assert passed.outcome == "pass"
+    # the judge compares handles by identity: the program's always-true __eq__ never runs there
+    same = box.run_assert(program, "def check(candidate):\n    assert Box(1) == Box(1)\n", "unbox")
+    assert same.outcome == "wrong_answer"
+    # only a call of one of the program's classes gives a handle: a function's object is still refused
+    made = box.run_assert(program, "def check(candidate):\n    assert candidate() == 1\n", "make")
+    assert made.outcome == "wrong_answer" and "not plain data" in made.error
+    # a handle the runner never gave is a malformed request, not the program's failure
+    from rcl.sandbox import wire
+
+    assert wire.decode({"h": 0}, handles=["kept"]) == "kept"
+    for data, handles in (({"h": 0}, None), ({"h": 1}, ["kept"]), ({"h": True}, ["kept"])):
+        with pytest.raises(ValueError):
+            wire.decode(data, handles=handles)
+
+
 def test_assert_style_pass_wrong_and_crash(box):
     assert box.run_assert(ADD_OK, ADD_TEST, "add").outcome == "pass"
     assert box.run_assert("def add(a, b):\n    return a - b\n", ADD_TEST, "add").outcome == "wrong_answer"

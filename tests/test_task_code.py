@@ -282,6 +282,24 @@ def test_mbpp_style_asserts_score_one_test_per_assert(task):
     assert task.score(hack, MBPP_ROW).reward == 0.0
 
 
+RECT_ROW = {
+    "question": "Write a function that returns the total area of a list of rectangles, scaled.",
+    "asserts": ["assert total_area([Rect(2, 3), Rect(1, 1)]) == 7", "assert total_area([]) == 0",
+                "assert total_area(rects=(Rect(4, 5),), scale=2) == 80"],
+    "solution": "class Rect:\n    def __init__(self, w, h):\n        self.w, self.h = w, h\n\n"
+                "def total_area(rects, scale=1):\n    return sum(r.w * r.h for r in rects) * scale ** 2\n",
+}
+
+
+def test_asserts_that_build_the_solutions_own_objects(task):
+    """`Rect(2, 3)` is the program's class: the object stays in the sandbox and the judge passes its handle back
+    to `total_area`, so a right solution passes every assert and a wrong one fails them."""
+    assert task.score(task.gold_completion(RECT_ROW), RECT_ROW).details["passed"] == 3
+    perimeter = RECT_ROW["solution"].replace("r.w * r.h", "2 * (r.w + r.h)")
+    wrong = task.score(f"```python\n{perimeter}```", RECT_ROW)
+    assert wrong.details["passed"] == 1 and wrong.details["outcome"] == "wrong_answer"  # only the empty list
+
+
 def test_mbpp_setup_code_and_the_function_under_test():
     assert called_first(["assert set(similar((1,), (1,))) == {1}"]) == "similar"
     assert called_first(["assert math.isclose(area(2), 12.56, rel_tol=0.01)"]) == "area"

@@ -6,7 +6,8 @@ numbers of the inherited pipe ends to the runner).
 
 The test code (`check(candidate)`, HumanEval's convention) runs here, in a process the program cannot reach. Every
 name the test code uses but does not define (`candidate`, and helpers such as HumanEval's `poly`) is a proxy that
-calls into the program; only plain data comes back (wire.py). So exiting early, redefining `check` or `assert`, or
+calls into the program; only plain data comes back (wire.py), or a handle for an object the test built with one of
+the program's classes, which only the program can use. So exiting early, redefining `check` or `assert`, or
 printing fake results does nothing: the verdict is this process's, written to its own stdout as the last line, tagged
 with the run's nonce.
 """
@@ -139,6 +140,9 @@ class Remote:
                 raise channel.fail(Stop("memory", "MemoryError"))
             channel.last_raised = _remote_exception(*raised)
             raise channel.last_raised
+        handle = reply.get("handle")
+        if type(handle) is list and len(handle) == 2 and type(handle[0]) is int and type(handle[1]) is str:
+            return wire.Handle(handle[0], handle[1][:100])  # an object of the program's, to pass back to it
         if "unencodable" in reply:
             raise TypeError(f"{self._name} returned something that is not plain data ({reply['unencodable']})")
         if "bad_request" in reply:

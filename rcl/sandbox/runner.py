@@ -6,7 +6,9 @@ program that exits, hangs or writes garbage simply fails its tests.
 
 Protocol: one JSON line per message. The runner first sends {"ready": true} (or {"load_error": [type, message]});
 then each request {"call": name, "args": [...], "kwargs": [[k, v], ...]} gets {"ok": value},
-{"raise": [type, message]} or {"unencodable": description}.
+{"raise": [type, message]} or {"unencodable": description}. A call of one of the program's classes whose instance is
+not plain data gets {"handle": [index, class name]}: the instance stays here, and the judge may pass it back as an
+argument (wire.Handle).
 """
 
 import os
@@ -39,12 +41,13 @@ def _describe(error: BaseException) -> list:
 
 
 def _serve(namespace: dict) -> None:
+    objects: list = []  # what the test built with the program's classes, by handle index
     for line in iter(_requests.readline, b""):
         try:
             request = wire.loads(line)
             function = namespace[request["call"]]
-            args = wire.decode(request["args"])
-            kwargs = dict(wire.decode(request["kwargs"]))
+            args = wire.decode(request["args"], handles=objects)
+            kwargs = dict(wire.decode(request["kwargs"], handles=objects))
         except Exception as error:  # a malformed request is the judge's bug, reported as such
             _send({"bad_request": _describe(error)})
             continue
@@ -56,7 +59,11 @@ def _serve(namespace: dict) -> None:
         try:
             reply = {"ok": wire.encode(result)}
         except wire.Unencodable as error:
-            reply = {"unencodable": str(error)}
+            if isinstance(function, type) and isinstance(result, function):
+                objects.append(result)
+                reply = {"handle": [len(objects) - 1, function.__name__]}
+            else:
+                reply = {"unencodable": str(error)}
         except RecursionError:
             reply = {"unencodable": "value nested too deeply"}
         _send(reply)

@@ -10,6 +10,10 @@ compares genuine builtins: an object whose `__eq__` always answers True cannot r
 methods so that no override runs: a `Counter`, `defaultdict` or namedtuple arrives as the dict or tuple that the
 standard HumanEval harness would compare, and an `int` subclass whose `__eq__` always answers True as its plain int.
 A numpy scalar (`np.int64(3)`, which equals 3 there too) is sent as its `.item()`. Any other object is refused.
+
+One exception, one way: a `Handle` names an object the program built when the test called one of its classes
+(`Pair(5, 24)`), kept in the runner. The judge sends handles back as arguments (`{"h": n}`, resolved only by the
+runner's `decode(..., handles)`); it never receives one inside a value, so a program cannot pass an object off as data.
 """
 
 from __future__ import annotations
@@ -23,6 +27,19 @@ MAX_DEPTH = 100
 
 class Unencodable(TypeError):
     """A value that is not plain builtin data."""
+
+
+class Handle:
+    """The judge's stand-in for an object that stays in the program (see the module docstring). It equals only
+    itself: comparing two of the program's objects would run the program's `__eq__`."""
+
+    __slots__ = ("index", "kind")
+
+    def __init__(self, index: int, kind: str):
+        self.index, self.kind = index, kind
+
+    def __repr__(self) -> str:
+        return f"<{self.kind} object in the sandbox>"
 
 
 # The base types' own methods, called on the subclass instance: an override in the subclass is never consulted.
@@ -58,6 +75,8 @@ def encode(value, depth: int = 0):
     kind = type(value)
     if value is None or kind is bool or kind is str:
         return value
+    if kind is Handle:
+        return {"h": value.index}
     if kind is int:
         return {"i": str(value)} if abs(value) > 2**53 else value
     if kind is float:
@@ -88,16 +107,19 @@ def _float(text) -> float:
     return float(text)
 
 
-def decode(data, depth: int = 0):
+def decode(data, depth: int = 0, handles: list | None = None):
+    """The value `encode` sent; `handles` (the runner's objects) resolves `{"h": n}`, which is refused without it."""
     if depth > MAX_DEPTH:
         raise ValueError("value nested too deeply")
     kind = type(data)
     if data is None or kind in (bool, int, float, str):
         return data
     if kind is list:
-        return [decode(item, depth + 1) for item in data]
+        return [decode(item, depth + 1, handles) for item in data]
     if kind is dict and len(data) == 1:
         (tag, body), = data.items()
+        if tag == "h" and handles is not None and type(body) is int and 0 <= body < len(handles):
+            return handles[body]
         if tag == "i" and type(body) is str:
             return int(body)
         if tag == "f":
@@ -107,10 +129,10 @@ def decode(data, depth: int = 0):
         if tag == "b" and type(body) is str:
             return base64.b64decode(body, validate=True)
         if tag in ("t", "s", "fs") and type(body) is list:
-            items = [decode(item, depth + 1) for item in body]
+            items = [decode(item, depth + 1, handles) for item in body]
             return {"t": tuple, "s": set, "fs": frozenset}[tag](items)
         if tag == "d" and type(body) is list:
-            pairs = [decode(pair, depth + 1) for pair in body]
+            pairs = [decode(pair, depth + 1, handles) for pair in body]
             if any(type(pair) is not list or len(pair) != 2 for pair in pairs):
                 raise ValueError("bad dict")
             return {key: value for key, value in pairs}
